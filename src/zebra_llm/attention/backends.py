@@ -1,0 +1,127 @@
+"""Kernel choice, made in one place.
+
+A backend is *how* attention is computed; the variant (global, local,
+global_approx) says *which* keys each query sees. Every variant registers one
+implementation per backend it supports; ``resolve`` picks one for the inputs
+at hand.
+
+Backends:
+  ``sdpa``        PyTorch ``scaled_dot_product_attention``; local variants use a
+                  blocked band formulation, O(seq * window). Works everywhere.
+  ``flex``        FlexAttention with a block-sparse mask (compiled on CUDA).
+  ``flash_attn``  flash-attn's ``window_size`` (CUDA, fp16/bf16, no padding mask;
+                  install the ``flash`` extra).
+  ``reference``   the dense oracle in ``reference.py`` (O(seq^2); debugging only).
+  ``auto``        flash_attn when it applies, else flex on CUDA, else sdpa.
+
+Force one with the ``backend=`` argument, with ``use_backend(name)`` as a
+context manager, with ``set_backend(name)``, or with the environment variable
+``ZEBRA_ATTENTION_BACKEND``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import importlib.util
+import os
+from collections.abc import Callable, Iterator
+
+import torch
+
+BACKENDS = ("auto", "sdpa", "flex", "flash_attn", "reference")
+
+_IMPLS: dict[tuple[str, str], Callable] = {}
+_current: contextvars.ContextVar[str | None] = contextvars.ContextVar("zebra_attention_backend", default=None)
+
+
+def register(variant: str, backend: str) -> Callable[[Callable], Callable]:
+    """Decorator: register ``fn`` as ``variant``'s implementation on ``backend``."""
+    if backend not in BACKENDS or backend == "auto":
+        raise ValueError(f"backend must be one of {BACKENDS[1:]}, got {backend!r}")
+
+    def deco(fn: Callable) -> Callable:
+        _IMPLS[(variant, backend)] = fn
+        return fn
+
+    return deco
+
+
+def _check_name(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+def set_backend(name: str | None) -> None:
+    """Set the default backend for this context (``None`` returns to ``auto``)."""
+    _current.set(None if name is None else _check_name(name))
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Use ``name`` for every attention call inside the ``with`` block."""
+    token = _current.set(_check_name(name))
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def default_backend() -> str:
+    name = _current.get()
+    if name is not None:
+        return name
+    return _check_name(os.environ.get("ZEBRA_ATTENTION_BACKEND", "auto"))
+
+
+@functools.lru_cache(maxsize=None)
+def flash_attn_available() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
+
+
+@functools.lru_cache(maxsize=None)
+def flex_available() -> bool:
+    return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+
+
+def supported(variant: str) -> list[str]:
+    return [b for (v, b) in _IMPLS if v == variant]
+
+
+def resolve(variant: str, backend: str | None, q: torch.Tensor, *, padded: bool) -> Callable:
+    """Pick ``variant``'s implementation for these inputs.
+
+    ``padded`` says whether a key padding mask is in play (flash-attn's
+    fixed-length kernel cannot take one).
+    """
+    name = _check_name(backend if backend is not None else default_backend())
+    if name == "auto":
+        name = _auto(variant, q, padded=padded)
+    impl = _IMPLS.get((variant, name))
+    if impl is None:
+        raise ValueError(f"backend {name!r} does not implement {variant!r} attention; it has {supported(variant)}")
+    if name == "flash_attn":
+        if not flash_attn_available():
+            raise ValueError("backend 'flash_attn' needs the flash-attn package and a CUDA device")
+        if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16) or padded:
+            raise ValueError(
+                "backend 'flash_attn' needs CUDA tensors in float16 or bfloat16 and no key padding mask, "
+                f"got device={q.device.type}, dtype={q.dtype}, padded={padded}"
+            )
+    return impl
+
+
+def _auto(variant: str, q: torch.Tensor, *, padded: bool) -> str:
+    if q.device.type == "cuda":
+        if (
+            (variant, "flash_attn") in _IMPLS
+            and flash_attn_available()
+            and q.dtype in (torch.float16, torch.bfloat16)
+            and not padded
+        ):
+            return "flash_attn"
+        if (variant, "flex") in _IMPLS and flex_available():
+            return "flex"
+    return "sdpa"

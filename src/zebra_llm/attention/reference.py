@@ -1,0 +1,133 @@
+"""Dense, obviously-correct attention: the test oracle for every fast path.
+
+Everything here builds the full ``[seq_q, seq_kv]`` score matrix and an
+explicit boolean mask from the predicates in ``masks.py``, then does one
+softmax in float32. It is O(seq^2) in time and memory and is never used on a
+fast path (though ``backend="reference"`` lets a user force it for debugging).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import masks
+from ._checks import check_key_padding_mask, check_positive_int, check_qkv, resolve_scale
+
+
+def dense_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    allowed: torch.Tensor,
+    *,
+    scale: float,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Softmax attention under an explicit mask.
+
+    q: [B, Hq, Sq, D]; k, v: [B, Hkv, Skv, D]; allowed: bool, broadcastable to
+    [B, Hq, Sq, Skv]; bias: float added to the scores, same broadcasting.
+    """
+    groups = q.shape[1] // k.shape[1]
+    kf = k.float().repeat_interleave(groups, dim=1)  # (B, Hq, Skv, D)
+    vf = v.float().repeat_interleave(groups, dim=1)
+    scores = torch.einsum("bhqd,bhkd->bhqk", q.float(), kf) * scale  # (B, Hq, Sq, Skv)
+    if bias is not None:
+        scores = scores + bias.float()
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return torch.einsum("bhqk,bhkd->bhqd", probs, vf).to(q.dtype)
+
+
+def _grid(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    qi = masks.query_indices(q.shape[2], k.shape[2], device=q.device)[:, None]  # (Sq, 1)
+    kj = torch.arange(k.shape[2], device=q.device)[None, :]  # (1, Skv)
+    return qi, kj
+
+
+def _allowed(predicate, q, k, key_padding_mask) -> torch.Tensor:
+    qi, kj = _grid(q, k)
+    allowed = masks.padded(predicate, key_padding_mask)(qi, kj)
+    # (Sq, Skv) or (B, Sq, Skv) -> broadcast over heads
+    return allowed.unsqueeze(-3)
+
+
+def global_attention(q, k, v, *, scale=None, key_padding_mask=None):
+    """Causal full attention (dense reference)."""
+    check_qkv(q, k, v)
+    kpm = check_key_padding_mask(key_padding_mask, k)
+    return dense_attention(q, k, v, _allowed(masks.causal, q, k, kpm), scale=resolve_scale(scale, q.shape[-1]))
+
+
+def local_attention(q, k, v, *, window, scale=None, key_padding_mask=None):
+    """Causal sliding-window attention (dense reference): query i sees ``i - window < j <= i``."""
+    check_qkv(q, k, v)
+    check_positive_int("window", window)
+    kpm = check_key_padding_mask(key_padding_mask, k)
+    allowed = _allowed(masks.sliding_window(window), q, k, kpm)
+    return dense_attention(q, k, v, allowed, scale=resolve_scale(scale, q.shape[-1]))
+
+
+def chunk_summaries(k, v, *, chunk_size, key_padding_mask=None):
+    """Mean key and value of each complete chunk of real keys, one chunk at a time.
+
+    Returns (k_sum, v_sum, exists): [B, Hkv, N, D], [B, Hkv, N, D], [B, N] where N
+    is the number of complete chunks in the longest row; ``exists[b, c]`` is False
+    where row b has fewer than ``(c + 1) * chunk_size`` real keys.
+    """
+    batch, heads, seq, dim = k.shape
+    ranks = masks.key_ranks(key_padding_mask, batch, seq, device=k.device)
+    real = torch.ones(batch, seq, dtype=torch.bool, device=k.device) if key_padding_mask is None else key_padding_mask
+    n_real = real.sum(-1)  # (B,)
+    n_chunks = int(n_real.max().item()) // chunk_size
+    k_sum = k.new_zeros(batch, heads, n_chunks, dim, dtype=torch.float32)
+    v_sum = k.new_zeros(batch, heads, n_chunks, dim, dtype=torch.float32)
+    for b in range(batch):
+        for c in range(n_chunks):
+            members = real[b] & (ranks[b] // chunk_size == c)
+            if members.sum() == chunk_size:
+                k_sum[b, :, c] = k[b, :, members].float().mean(dim=1)
+                v_sum[b, :, c] = v[b, :, members].float().mean(dim=1)
+    exists = (torch.arange(n_chunks, device=k.device)[None, :] + 1) * chunk_size <= n_real[:, None]
+    return k_sum.to(k.dtype), v_sum.to(v.dtype), exists
+
+
+def global_approx_attention(q, k, v, *, window, chunk_size, scale=None, key_padding_mask=None):
+    """Local attention with global approximation (dense reference).
+
+    Keys are split into consecutive chunks of ``chunk_size`` real tokens; each
+    chunk is summarised by the mean of its keys and the mean of its values.
+    Query i attends, in one softmax, to its sliding window and to the summary
+    of every chunk whose last token is at or before ``i - window``; a summary's
+    logit gets ``+ln(chunk_size)`` so that it weighs as much as the
+    ``chunk_size`` tokens it stands for (exactly so when they share one key).
+    """
+    check_qkv(q, k, v)
+    check_positive_int("window", window)
+    check_positive_int("chunk_size", chunk_size)
+    kpm = check_key_padding_mask(key_padding_mask, k)
+    batch = q.shape[0]
+    k_sum, v_sum, exists = chunk_summaries(k, v, chunk_size=chunk_size, key_padding_mask=kpm)
+    n_chunks = k_sum.shape[2]
+
+    band = _allowed(masks.sliding_window(window), q, k, kpm).expand(batch, 1, q.shape[2], k.shape[2])
+    ranks = masks.key_ranks(kpm, batch, k.shape[2], device=q.device)
+    q_rank = ranks[:, k.shape[2] - q.shape[2] :]  # (B, Sq)
+    chunk = torch.arange(n_chunks, device=q.device)
+    visible = masks.chunk_summary_visible(window, chunk_size)(q_rank[:, :, None], chunk[None, None, :])
+    visible = (visible & exists[:, None, :]).unsqueeze(1)  # (B, 1, Sq, N)
+
+    allowed = torch.cat([band, visible], dim=-1)
+    bias = torch.cat(
+        [torch.zeros(k.shape[2], device=q.device), torch.full((n_chunks,), math.log(chunk_size), device=q.device)]
+    )
+    return dense_attention(
+        q,
+        torch.cat([k, k_sum], dim=2),
+        torch.cat([v, v_sum], dim=2),
+        allowed,
+        scale=resolve_scale(scale, q.shape[-1]),
+        bias=bias,
+    )
