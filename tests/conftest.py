@@ -13,3 +13,22 @@ import torch  # noqa: E402
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """Directory of the embedded SmolLM2-135M (float32 safetensors, built once)."""
+    from zebra_llm.loading import smollm2_dir
+
+    return smollm2_dir()
+
+
+@pytest.fixture
+def load_smollm2(smollm2_dir):
+    """Loads a fresh copy of the embedded SmolLM2 (under a second once cached)."""
+    from zebra_llm.loading import load_model
+
+    def load(**kwargs):
+        return load_model("smollm2", **kwargs)
+
+    return load

@@ -1,0 +1,3 @@
+from zebra_llm.cli import main
+
+main()

@@ -1,0 +1,52 @@
+"""The ``zebra`` command: a thin layer over the library's functions.
+
+Each subcommand group lives in its own module and is mounted here.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ._common import run_guarded
+
+app = typer.Typer(
+    name="zebra",
+    help="Long context for language models: Zebra attention and Dual Chunk Attention.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Long context for language models: Zebra attention and Dual Chunk Attention."""
+
+
+@app.command()
+def info() -> None:
+    """Print versions, devices and the attention backends available here."""
+    import platform
+
+    import torch
+    import transformers
+
+    import zebra_llm
+    from zebra_llm.attention import backends
+
+    typer.echo(f"zebra-llm {zebra_llm.__version__}")
+    typer.echo(f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}")
+    typer.echo(f"cuda: {torch.cuda.get_device_name() if torch.cuda.is_available() else 'not available'}")
+    typer.echo(f"attention backend (default): {backends.default_backend()}")
+    typer.echo(f"flash-attn: {'yes' if backends.flash_attn_available() else 'no'}")
+    typer.echo(f"flex attention: {'yes' if backends.flex_available() else 'no'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``zebra`` console script."""
+    sys.exit(run_guarded(app, argv))
+
+
+__all__ = ["app", "main"]

