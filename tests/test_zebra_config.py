@@ -51,7 +51,7 @@ def test_invalid_values_name_the_field(kwargs, field):
 
 def test_presets():
     names = list_presets()
-    assert {"debug", "cpu-25m", "paper-117m", "llama2-7b"} <= set(names)
+    assert {"debug", "cpu-20m", "paper-117m", "llama2-7b"} <= set(names)
     dbg = ZebraConfig.from_preset("debug")
     assert (dbg.num_hidden_layers, dbg.hidden_size, dbg.num_attention_heads, dbg.num_key_value_heads) == (4, 64, 4, 2)
     assert dbg.vocab_size == 49152 and dbg.window == 16 and dbg.layer_group_size == 2

@@ -107,6 +107,19 @@ def test_real_smollm2_global_conversion_equals_original(load_smollm2):
         assert max_abs_err(zebra(ids).logits, original(ids).logits) <= TOL
 
 
+def test_config_overrides_for_long_context_adaptation():
+    source = FAMILIES["mistral"]()
+    rope = {"rope_type": "default", "rope_theta": 500000.0}
+    zebra = convert_to_zebra(source, attention="global", rope_parameters=rope, max_position_embeddings=1024)
+    assert zebra.config.rope_parameters["rope_theta"] == 500000.0 and zebra.config.max_position_embeddings == 1024
+    expected = 1.0 / (500000.0 ** (torch.arange(0, 16, 2).float() / 16))
+    assert torch.allclose(zebra.model.rotary_emb.inv_freq, expected)
+    ids = torch.randint(0, 300, (1, 30))
+    with torch.no_grad():  # position 0 is unrotated, later positions see the new base
+        ours, theirs = zebra(ids).logits, source(ids).logits
+        assert max_abs_err(ours[:, 0], theirs[:, 0]) <= TOL and max_abs_err(ours, theirs) > 1e-3
+
+
 def test_unsupported_families_are_refused():
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
     with pytest.raises(ValueError, match="'gpt2'"):

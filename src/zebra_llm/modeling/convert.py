@@ -67,9 +67,12 @@ def zebra_config_from(
     window: int = 512,
     approx_chunk_size: int | None = None,
     layer_types: list[str] | None = None,
+    **config_overrides,
 ) -> ZebraConfig:
     """The ``ZebraConfig`` of a Llama-family config: same shapes, norms, RoPE, biases, special tokens;
-    attention as asked (``layer_types`` overrides ``attention``/``layer_group_size``)."""
+    attention as asked (``layer_types`` overrides ``attention``/``layer_group_size``); any other
+    ``ZebraConfig`` field in ``config_overrides`` (e.g. a new ``rope_parameters`` or
+    ``max_position_embeddings`` for long context adaptation) replaces the source's value."""
     model_type = getattr(source_config, "model_type", None)
     if model_type not in FAMILIES:
         raise ValueError(
@@ -112,6 +115,7 @@ def zebra_config_from(
     )
     if getattr(c, "dtype", None) is not None:
         kwargs["dtype"] = c.dtype
+    kwargs.update(config_overrides)
     config = ZebraConfig(**kwargs)
     _warn_if_source_slides(c, model_type)
     return config
@@ -175,6 +179,7 @@ def convert_to_zebra(
     approx_chunk_size: int | None = None,
     layer_types: list[str] | None = None,
     dtype: torch.dtype | str | None = None,
+    **config_overrides,
 ) -> ZebraForCausalLM:
     """A ``ZebraForCausalLM`` with the weights of a Llama / Mistral / Ministral / Qwen2 / Qwen3 checkpoint.
 
@@ -188,6 +193,8 @@ def convert_to_zebra(
         approx_chunk_size: chunk length of ``global_approx`` layers (default ``window``).
         layer_types: explicit per-layer types (overrides ``attention``).
         dtype: dtype to load a string source in (default float32); a model object keeps its own.
+        config_overrides: other ``ZebraConfig`` fields to change, typically ``rope_parameters`` (a larger
+            ``rope_theta`` or a scaling) and ``max_position_embeddings`` for long context adaptation.
 
     The weights are copied unchanged (a model object is left untouched: its tensors are cloned), tied
     embeddings stay tied, and the generation config is carried over.
@@ -203,6 +210,7 @@ def convert_to_zebra(
         window=window,
         approx_chunk_size=approx_chunk_size,
         layer_types=layer_types,
+        **config_overrides,
     )
     # A model the caller holds is left untouched; one loaded here just hands its tensors over.
     return _transplant(source, config, clone=isinstance(model_or_path, PreTrainedModel))
@@ -247,6 +255,7 @@ def convert_checkpoint(
     layer_types: list[str] | None = None,
     dtype: torch.dtype | str | None = None,
     portable: bool = False,
+    **config_overrides,
 ) -> Path:
     """Convert ``source`` and save it (with its tokenizer, when there is one) to ``output_dir``, atomically.
 
@@ -264,6 +273,7 @@ def convert_checkpoint(
         window=window,
         approx_chunk_size=approx_chunk_size,
         layer_types=layer_types,
+        **config_overrides,
     )
     zebra = _transplant(model, config, clone=isinstance(source, PreTrainedModel))
     del model

@@ -4,10 +4,12 @@ All are Llama-style (RMSNorm, SwiGLU, RoPE) with Zebra's grouped local-global
 attention: layers 0, L, 2L, ... global, the others a sliding window.
 
 * ``debug``: a tiny model for tests (fits SmolLM2's tokenizer).
-* ``cpu-25m``: about 25M parameters, small enough to train and benchmark at
-  16k tokens on a CPU (``benchmarks/zebra_model.py``); its 8192-token
-  vocabulary keeps the logits of a 16k-token batch at 0.5 GiB. Override
-  ``vocab_size=49152`` to train it with SmolLM2's tokenizer.
+* ``cpu-20m``: about 20M parameters, small enough to train and benchmark at
+  16k tokens on a CPU (``benchmarks/zebra_model.py``): a forward + backward
+  pass over 16384 tokens peaks near 6 GiB in float32, most of it the
+  activations; the 4096-token vocabulary keeps the logits of such a batch at
+  256 MiB. Override ``vocab_size=49152`` to train it with SmolLM2's tokenizer
+  (43M parameters).
 * ``paper-117m`` / ``paper-345m``: small paper-like models for pretraining
   from scratch, 117M- and 345M-class; the widths are GPT-2 small / medium
   shapes in Llama form (our choice, not the paper's published
@@ -49,13 +51,13 @@ PRESETS: dict[str, Preset] = {
             approx_chunk_size=8,
         ),
     ),
-    "cpu-25m": Preset(
-        "~25M parameters for CPU benchmarks and short training runs: 8 layers, hidden 512, 8 query / 2 key-value "
-        "heads, MLP 1536, vocabulary 8192, window 512, group size 4",
+    "cpu-20m": Preset(
+        "~20M parameters for CPU benchmarks and short training runs: 8 layers, hidden 512, 8 query / 2 key-value "
+        "heads, MLP 1024, vocabulary 4096, window 512, group size 4",
         dict(
-            vocab_size=8192,
+            vocab_size=4096,
             hidden_size=512,
-            intermediate_size=1536,
+            intermediate_size=1024,
             num_hidden_layers=8,
             num_attention_heads=8,
             num_key_value_heads=2,

@@ -1,0 +1,298 @@
+"""A Zebra model against the same weights with all-global attention, in one run.
+
+    python benchmarks/zebra_model.py                       # the README table
+    python benchmarks/zebra_model.py --seq 4096 --repeats 1
+
+For each sequence length and pass (forward; forward + backward of the LM loss)
+the script times ``ZebraForCausalLM`` (``attention="group"``, ``L`` and
+``window`` from the preset, 4 and 512 for ``cpu-20m``) and the same weights
+with every layer global (the same tensors), float32, batch 1. Times come from
+one child process per (length, pass) that runs the two models alternately, a
+``--warmup`` round each and then ``--repeats`` rounds, and keeps each model's fastest
+round, so that load from other jobs on a shared machine hits both alike. Peak
+memory comes from a fresh child process per model and case, so it is that
+pass's own (on CPU: the rise of the resident set's high-water mark, reset
+after the model and inputs are built; on CUDA: ``max_memory_allocated`` above
+the allocated bytes). Finally each model prefills ``--kv-seq`` tokens into its
+``DynamicCache`` and the bytes the cache holds are counted.
+
+Next to every measured time ratio it prints the ratio that
+``zebra_llm.flops.estimate`` predicts, and checks the issue's two targets:
+the measured time ratio within 25% of the FLOPs ratio, and the KV cache of the
+Zebra model at most ``1/L + window/seq`` of the global model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import platform
+import statistics
+import sys
+import time
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024  # kB
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak_rss() -> int:
+    """Reset the kernel's resident-set high-water mark (Linux >= 4.0) and return the current RSS."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_bytes("VmRSS")
+
+
+def _peak_rss() -> int:
+    return _status_bytes("VmHWM")
+
+
+def _configs(args):
+    from zebra_llm import ZebraConfig
+
+    zebra = ZebraConfig.from_preset(args["preset"], attention="group", **args["overrides"])
+    dense = ZebraConfig.from_preset(args["preset"], attention="global", **args["overrides"])
+    return zebra, dense
+
+
+def _build(args, device):
+    """The Zebra model and the all-global model, sharing one set of weights."""
+    import torch
+
+    from zebra_llm import ZebraForCausalLM
+
+    zebra_cfg, dense_cfg = _configs(args)
+    torch.manual_seed(0)
+    dtype = getattr(torch, args["dtype"])
+    zebra = ZebraForCausalLM(zebra_cfg).to(device=device, dtype=dtype)
+    with torch.device("meta"):
+        dense = ZebraForCausalLM(dense_cfg)
+    dense.load_state_dict(zebra.state_dict(), assign=True)  # the very same tensors, every layer global
+    dense.lm_head.weight = dense.model.embed_tokens.weight
+    dense.model.rotary_emb = zebra.model.rotary_emb
+    return {"zebra": zebra, "global": dense}
+
+
+def _runner(model, ids, mode, device):
+    import torch
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    if mode == "fwd":
+        model.eval()
+
+        def run():
+            with torch.no_grad():
+                model(ids, use_cache=False)
+            sync()
+    else:
+        model.train()
+
+        def run():
+            model(ids, labels=ids, use_cache=False).loss.backward()
+            model.zero_grad(set_to_none=True)
+            sync()
+
+    return run
+
+
+def _inputs(seq, vocab, device):
+    import torch
+
+    return torch.randint(0, vocab, (1, seq), generator=torch.Generator().manual_seed(1)).to(device)
+
+
+def _setup(args):
+    import torch
+
+    if args["threads"]:
+        torch.set_num_threads(args["threads"])
+    device = torch.device(args["device"])
+    return device, _build(args, device)
+
+
+def _memory_case(variant, seq, mode, args, out_q):
+    """One pass of one model in a fresh process: its peak memory above the weights and inputs."""
+    import torch
+
+    device, models = _setup(args)
+    model = models[variant]
+    del models
+    ids = _inputs(seq, model.config.vocab_size, device)
+    if mode == "kv":
+        model.eval()
+        with torch.no_grad():
+            cache = model(ids, use_cache=True, logits_to_keep=1).past_key_values
+        held = [layer.keys.shape[-2] for layer in cache.layers]
+        nbytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+        out_q.put({"kv_bytes": nbytes, "held": held})
+        return
+    run = _runner(model, ids, mode, device)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = _reset_peak_rss()
+    run()
+    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda" else _peak_rss()) - base
+    out_q.put({"peak_bytes": peak})
+
+
+def _timing_case(seq, mode, args, out_q):
+    """Both models in one process, timed alternately (``warmup`` rounds, then ``repeats`` rounds), so load
+    changes on a shared machine hit both alike; the fastest round of each is reported."""
+    device, models = _setup(args)
+    ids = _inputs(seq, models["zebra"].config.vocab_size, device)
+    runs = {name: _runner(model, ids, mode, device) for name, model in models.items()}
+    for _ in range(args["warmup"]):
+        for run in runs.values():
+            run()
+    times = {name: [] for name in runs}
+    for _ in range(args["repeats"]):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+    out_q.put({name: {"best": min(t), "median": statistics.median(t), "all": t} for name, t in times.items()})
+
+
+def _child(target, *args):
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=target, args=(*args, q))
+    p.start()
+    result = q.get()  # before join: a large result would otherwise block the child's exit
+    p.join()
+    if p.exitcode != 0:
+        raise RuntimeError(f"{target.__name__}{args[:-1]} failed with exit code {p.exitcode}")
+    return result
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="cpu-20m")
+    ap.add_argument("--seq", type=int, nargs="+", default=[4096, 16384])
+    ap.add_argument("--kv-seq", type=int, default=16384, help="prefill length for the KV cache measurement")
+    ap.add_argument("--modes", nargs="+", default=["fwd", "fwd+bwd"])
+    ap.add_argument("--window", type=int, default=None, help="override the preset's window")
+    ap.add_argument("--layer-group-size", type=int, default=None, help="override the preset's L")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=2, help="timed rounds per model")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed rounds per model before them")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--json", help="also write the results to this JSON file")
+    a = ap.parse_args(argv)
+    overrides = {}
+    if a.window is not None:
+        overrides["window"] = a.window
+    if a.layer_group_size is not None:
+        overrides["layer_group_size"] = a.layer_group_size
+    args = {"preset": a.preset, "overrides": overrides, "dtype": a.dtype, "device": a.device,
+            "repeats": a.repeats, "warmup": a.warmup, "threads": a.threads}
+
+    import torch
+
+    from zebra_llm import flops
+
+    zebra_cfg, dense_cfg = _configs(args)
+    group, window = zebra_cfg.layer_group_size, zebra_cfg.window
+    n_params = _param_count(zebra_cfg)
+
+    rows = []
+    for seq in a.seq:
+        flops_ratio = flops.forward_flops(zebra_cfg, seq) / flops.forward_flops(dense_cfg, seq)
+        for mode in a.modes:
+            timing = _child(_timing_case, seq, mode, args)
+            zebra_peak = _child(_memory_case, "zebra", seq, mode, args)["peak_bytes"]
+            dense_peak = _child(_memory_case, "global", seq, mode, args)["peak_bytes"]
+            zebra, dense = timing["zebra"], timing["global"]
+            time_ratio = zebra["best"] / dense["best"]
+            row = {
+                "seq": seq,
+                "mode": mode,
+                "zebra_s": zebra["best"],
+                "global_s": dense["best"],
+                "zebra_times": zebra["all"],
+                "global_times": dense["all"],
+                "time_ratio": time_ratio,
+                "flops_ratio": flops_ratio,
+                "time_vs_flops": time_ratio / flops_ratio - 1,
+                "zebra_peak": zebra_peak,
+                "global_peak": dense_peak,
+                "mem_ratio": zebra_peak / dense_peak if dense_peak > 0 else float("nan"),
+            }
+            rows.append(row)
+            print(
+                f"seq {seq:>6} {mode:<8} zebra {row['zebra_s']:8.3f} s  global {row['global_s']:8.3f} s  "
+                f"time x{time_ratio:.3f}  flops x{flops_ratio:.3f}  peak {row['zebra_peak'] / 2**20:.0f} / "
+                f"{row['global_peak'] / 2**20:.0f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    kv_dense = _child(_memory_case, "global", a.kv_seq, "kv", args)
+    kv_zebra = _child(_memory_case, "zebra", a.kv_seq, "kv", args)
+    kv = {
+        "seq": a.kv_seq,
+        "zebra_bytes": kv_zebra["kv_bytes"],
+        "global_bytes": kv_dense["kv_bytes"],
+        "ratio": kv_zebra["kv_bytes"] / kv_dense["kv_bytes"],
+        "bound": 1 / group + window / a.kv_seq,
+        "zebra_held": kv_zebra["held"],
+    }
+
+    device = a.device if a.device != "cuda" else torch.cuda.get_device_name()
+    print(
+        f"\nDevice: {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
+        f"torch {torch.__version__}, {a.dtype}, batch 1; preset {a.preset} ({n_params / 1e6:.1f}M parameters, "
+        f"{zebra_cfg.num_hidden_layers} layers, hidden {zebra_cfg.hidden_size}, {zebra_cfg.num_attention_heads}/"
+        f"{zebra_cfg.num_key_value_heads} heads), Zebra: group L={group}, window {window}; baseline: same weights, "
+        "all layers global\n"
+    )
+    print("| seq | pass | Zebra (s) | global (s) | time ratio | FLOPs ratio | time ratio / FLOPs ratio | "
+          "Zebra peak (MiB) | global peak (MiB) | memory ratio |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['seq']} | {r['mode']} | {r['zebra_s']:.2f} | {r['global_s']:.2f} | {r['time_ratio']:.3f} | "
+            f"{r['flops_ratio']:.3f} | {r['time_ratio'] / r['flops_ratio']:.2f} | {r['zebra_peak'] / 2**20:.0f} | "
+            f"{r['global_peak'] / 2**20:.0f} | {r['mem_ratio']:.2f} |"
+        )
+    print(f"\nKV cache after a {kv['seq']}-token prefill: Zebra {kv['zebra_bytes'] / 2**20:.1f} MiB, global "
+          f"{kv['global_bytes'] / 2**20:.1f} MiB, ratio {kv['ratio']:.4f} (bound 1/L + window/seq = {kv['bound']:.4f}); "
+          f"positions held per layer (Zebra): {kv['zebra_held']}")
+    print("\nTargets:")
+    for r in rows:
+        ok = abs(r["time_vs_flops"]) <= 0.25
+        print(f"  seq {r['seq']} {r['mode']}: time ratio {r['time_ratio']:.3f} vs FLOPs ratio {r['flops_ratio']:.3f} "
+              f"({r['time_vs_flops']:+.0%}) -> {'met' if ok else 'MISSED'} (within 25%)")
+    print(f"  KV cache ratio {kv['ratio']:.4f} <= {kv['bound']:.4f} -> {'met' if kv['ratio'] <= kv['bound'] else 'MISSED'}")
+
+    result = {"args": vars(a), "parameters": n_params, "rows": rows, "kv": kv}
+    if a.json:
+        from zebra_llm.io import write_json_atomic
+
+        write_json_atomic(a.json, result)
+    return result
+
+
+def _param_count(cfg) -> int:
+    import torch
+
+    from zebra_llm import ZebraForCausalLM
+
+    with torch.device("meta"):
+        model = ZebraForCausalLM(cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+if __name__ == "__main__":
+    main()
