@@ -608,3 +608,33 @@ def load_for_run(config, spec: MethodSpec, model_objects: dict | None = None) ->
     if model_objects and str(spec) in model_objects:
         return load_with_method(model_objects[str(spec)], spec)
     return load_with_method(config.model, spec, dtype=config.dtype, device=config.device)
+
+
+def model_config(model_spec):
+    """The unmodified config of a model spec (or of a ``(model, tokenizer)`` pair), without its weights."""
+    from transformers import AutoConfig
+
+    from zebra_llm.loading import ModelSource, smollm2_dir
+
+    if isinstance(model_spec, tuple):
+        return model_spec[0].config
+    source = ModelSource.parse(model_spec)
+    if source.kind == "embedded":
+        return AutoConfig.from_pretrained(smollm2_dir())
+    if source.kind == "gguf":
+        from pathlib import Path
+
+        path = Path(source.location)
+        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    return AutoConfig.from_pretrained(source.location, trust_remote_code=False)
+
+
+def check_plan(model_spec, methods, lengths, *, exempt=()) -> None:
+    """Refuse, before any work, a length above a method's limit (``exempt``: specs not checked)."""
+    config = model_config(model_spec)
+    for m in methods:
+        spec = MethodSpec.parse(m)
+        if str(spec) in exempt:
+            continue
+        for n in lengths:
+            spec.check_length(config, n)

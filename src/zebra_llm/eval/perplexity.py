@@ -30,7 +30,7 @@ import torch
 
 from .corpus import TokenDocs, load_token_docs
 from .loss import DEFAULT_LOSS_CHUNK, check_loss_path, token_nll
-from .methods import MethodSpec, load_for_run, parse_methods
+from .methods import MethodSpec, check_plan, load_for_run, parse_methods
 from .progress import progress_bar
 from .results import ResultsFile, group_rows
 
@@ -297,6 +297,8 @@ def run_perplexity(
         resume=resume,
     )
     methods = [MethodSpec.parse(m) for m in config.methods]
+    if not model_objects:
+        check_plan(config.model, methods, config.groups)  # fail fast, before any work
     docs = None
     segments: list[Segment] | None = None
     for spec in methods:

@@ -245,6 +245,8 @@ def run_retrieval(
         resume=resume,
     )
     methods = [MethodSpec.parse(m) for m in config.methods]
+    if not model_objects:
+        check_plan(config.model, methods, config.lengths)  # fail fast, before any work
     for spec in methods:
         loaded = load_for_run(config, spec, model_objects)
         for n in config.lengths:
