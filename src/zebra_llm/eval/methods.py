@@ -427,6 +427,15 @@ def _rebuild_rotary_embeddings(model) -> int:
 # --- DCA and Zebra (built by other modules of the library; imported when applied)
 
 
+def _library_function(name: str, method: str):
+    import zebra_llm
+
+    fn = getattr(zebra_llm, name, None)
+    if fn is None:
+        raise ValueError(f"method {method}: this installation of zebra_llm has no {name}")
+    return fn
+
+
 @dataclass(frozen=True)
 class DCAOptions:
     pretraining_length: int | None = None
@@ -466,7 +475,7 @@ class DualChunkAttention(Method):
 
     @classmethod
     def apply(cls, model, options):
-        from zebra_llm import apply_dca  # lazily: lives in zebra_llm.dca
+        apply_dca = _library_function("apply_dca", "dca")  # lazily: lives in zebra_llm.dca
 
         if options.chunk_size is not None and options.pretraining_length is None:
             c = trained_context(model.config)
@@ -525,7 +534,7 @@ class ZebraConversion(Method):
 
     @classmethod
     def apply(cls, model, options):
-        from zebra_llm import convert_to_zebra  # lazily: lives in zebra_llm.modeling
+        convert_to_zebra = _library_function("convert_to_zebra", "zebra")  # lazily: zebra_llm.modeling
 
         kwargs = {"attention": options.attention}
         if options.layer_group_size is not None:

@@ -29,7 +29,7 @@ from typing import Protocol
 
 import torch
 
-from .methods import LoadedModel, MethodSpec, load_for_run, parse_methods
+from .methods import LoadedModel, MethodSpec, check_plan, load_for_run, parse_methods
 from .progress import progress_bar
 from .results import ResultsFile, group_rows
 

@@ -1,0 +1,30 @@
+"""The README's main job: a short method comparison on the embedded defaults.
+
+Perplexity of SmolLM2-135M (trained context 8192) on the first tokens of the
+standard library's ``_pydecimal.py`` at a length inside its trained context
+and one past it, for the unmodified model, the three rope-scaling baselines
+and DCA, side by side: the DCA paper's Table 1 in miniature. A few minutes on
+2 CPU cores; the full 4k..32k comparison is ``zebra eval ppl`` with longer
+``--lengths`` (README, Results).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .perplexity import PerplexityConfig, run_perplexity
+from .report import report
+
+DEMO_METHODS = ("none", "linear:factor=2", "dynamic:factor=2", "yarn:factor=2", "dca")
+DEMO_LENGTHS = (2048, 10240)
+
+
+def run_demo(out_dir="results/demo", *, model: str = "smollm2", methods=DEMO_METHODS, lengths=DEMO_LENGTHS,
+             progress: bool = True) -> tuple[str, list[Path], Path]:
+    """Run the comparison; returns (Markdown table, figure paths, results path)."""
+    out_dir = Path(out_dir)
+    config = PerplexityConfig(model=model, methods=list(methods), lengths=list(lengths), doc_limit=1)
+    output = out_dir / "ppl.json"
+    run_perplexity(config, output, progress=progress)
+    text, figures = report([output], out_dir=out_dir)
+    return text, figures, output
