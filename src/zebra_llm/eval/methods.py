@@ -60,7 +60,8 @@ class MethodSpec:
         method = METHODS[name]
         values: dict[str, Any] = {}
         if rest.strip():
-            for part in rest.split(","):
+            # "," separates options; ";" too, for places where "," is taken (lm-eval's model_args)
+            for part in rest.replace(";", ",").split(","):
                 key, eq, raw = part.partition("=")
                 key = key.strip()
                 if not eq or not key:
