@@ -228,6 +228,10 @@ class Method:
         raise NotImplementedError
 
     @classmethod
+    def check_available(cls) -> None:
+        """Raise ValueError when this installation cannot apply the method."""
+
+    @classmethod
     def nominal_context(cls, config, options) -> int | None:
         return trained_context(config)
 
@@ -475,6 +479,10 @@ class DualChunkAttention(Method):
     options_type = DCAOptions
 
     @classmethod
+    def check_available(cls) -> None:
+        _library_function("apply_dca", "dca")
+
+    @classmethod
     def apply(cls, model, options):
         apply_dca = _library_function("apply_dca", "dca")  # lazily: lives in zebra_llm.dca
 
@@ -532,6 +540,10 @@ class ZebraConversion(Method):
 
     name = "zebra"
     options_type = ZebraOptions
+
+    @classmethod
+    def check_available(cls) -> None:
+        _library_function("convert_to_zebra", "zebra")
 
     @classmethod
     def apply(cls, model, options):
@@ -644,6 +656,7 @@ def check_plan(model_spec, methods, lengths, *, exempt=()) -> None:
     config = model_config(model_spec)
     for m in methods:
         spec = MethodSpec.parse(m)
+        spec.method.check_available()
         if str(spec) in exempt:
             continue
         for n in lengths:
