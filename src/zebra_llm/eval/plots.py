@@ -46,6 +46,15 @@ def _length_label(n: int) -> str:
     return f"{n // 1024}k" if n % 1024 == 0 and n >= 1024 else str(n)
 
 
+def _length_axis(ax, lengths: list[int]) -> None:
+    """Log2 x axis with a tick and label at each measured length only."""
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [_length_label(n) for n in lengths])
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
 def plot_perplexity(rows: list[dict], path, *, title: str = "Perplexity by length", trained_context: int | None = None):
     """``rows``: dicts with method, length, ppl."""
     rows = [r for r in rows if r.get("ppl") is not None]
@@ -57,16 +66,20 @@ def plot_perplexity(rows: list[dict], path, *, title: str = "Perplexity by lengt
     for method in _methods_in_order(rows):
         pts = sorted((r["length"], r["ppl"]) for r in rows if r["method"] == method)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xticks(lengths, [_length_label(n) for n in lengths])
-    ax.minorticks_off()
+    _length_axis(ax, lengths)
+    values = [r["ppl"] for r in rows]
+    if max(values) / min(values) > 3:  # a log axis where extrapolation blows up, a linear one otherwise
+        from matplotlib.ticker import LogFormatter
+
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(3, 1)))
     if trained_context:
         ax.axvline(trained_context, color="gray", linestyle="--", linewidth=1)
         ax.annotate("trained context", (trained_context, ax.get_ylim()[1]), rotation=90, va="top", ha="right",
                     fontsize=8, color="gray")
     ax.set_xlabel("sequence length (tokens)")
-    ax.set_ylabel("perplexity (log scale)")
+    ax.set_ylabel("perplexity")
     ax.set_title(title)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)
@@ -133,9 +146,7 @@ def plot_bench(rows: list[dict], path, *, title: str = "Efficiency by length"):
             pts = sorted((r["length"], r[key] * scale) for r in rows if r["method"] == method and r.get(key) is not None)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(lengths, [_length_label(n) for n in lengths])
-        ax.minorticks_off()
+        _length_axis(ax, lengths)
         ax.set_xlabel("sequence length (tokens)")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
