@@ -73,28 +73,20 @@ class BenchConfig:
 # ----------------------------------------------------------------- FLOPs
 
 
-def estimate_flops(config, seq_len: int) -> int | None:
-    """The library's FLOPs estimate for a forward of ``seq_len`` tokens, or None when it
-    has no estimate for this config. The one place ``zebra bench`` asks for FLOPs."""
+def estimate_flops(config, seq_len: int, *, batch_size: int = 1) -> int | None:
+    """The library's FLOPs estimate (``zebra_llm.flops``) for a forward of ``batch_size`` sequences of
+    ``seq_len`` tokens, or None for a model family it does not cover. The one place ``zebra bench``
+    asks for FLOPs.
+
+    DCA does not change the count: its three partial attentions together score exactly the causal
+    (query, key) pairs of full attention, and the rope-scaling methods change no matmul.
+    """
+    from zebra_llm.flops import forward_flops
+
     try:
-        from zebra_llm import flops as library_flops
-    except ImportError:
-        return None
-    fn = library_flops
-    if not callable(fn):
-        fn = next(
-            (getattr(library_flops, n) for n in ("forward_flops", "estimate_flops", "flops") if hasattr(library_flops, n)),
-            None,
-        )
-    if fn is None:
-        return None
-    try:
-        value = fn(config, seq_len)
+        return int(forward_flops(config, seq_len, batch_size=batch_size))
     except ValueError:
-        return None  # a model family the estimate does not cover
-    if isinstance(value, dict):
-        value = value.get("forward", value.get("total"))
-    return None if value is None else int(value)
+        return None
 
 
 # ----------------------------------------------------------------- memory
@@ -233,7 +225,7 @@ def _case(config: BenchConfig, method: str, length: int) -> dict:
         loaded.check_length(length)
     result = measure(loaded.model, length, decode_tokens=config.decode_tokens, repeats=config.repeats,
                      batch_size=config.batch_size)
-    result["flops"] = estimate_flops(loaded.model.config, length)
+    result["flops"] = estimate_flops(loaded.model.config, length, batch_size=config.batch_size)
     result["model"] = {"source": loaded.source, "method": spec.to_dict(), **loaded.info}
     return result
 

@@ -515,11 +515,13 @@ class ZebraOptions:
     attention: str = "group"
     layer_group_size: int | None = None
     window: int | None = None
+    approx_chunk_size: int | None = None
     max_length: int | None = None
     converters: ClassVar[dict[str, Callable]] = {
         "attention": lambda key, raw: str(raw),
         "layer_group_size": _to_int,
         "window": _to_int,
+        "approx_chunk_size": _to_int,
         "max_length": _to_int,
     }
     attentions: ClassVar[tuple[str, ...]] = ("group", "global", "local", "global_approx")
@@ -531,6 +533,8 @@ class ZebraOptions:
             raise ValueError(f"option layer_group_size must be >= 1, got {self.layer_group_size}")
         if self.window is not None and self.window < 1:
             raise ValueError(f"option window must be >= 1, got {self.window}")
+        if self.approx_chunk_size is not None and self.approx_chunk_size < 1:
+            raise ValueError(f"option approx_chunk_size must be >= 1, got {self.approx_chunk_size}")
         _check_max_length(self.max_length)
 
 
@@ -550,10 +554,9 @@ class ZebraConversion(Method):
         convert_to_zebra = _library_function("convert_to_zebra", "zebra")  # lazily: zebra_llm.modeling
 
         kwargs = {"attention": options.attention}
-        if options.layer_group_size is not None:
-            kwargs["layer_group_size"] = options.layer_group_size
-        if options.window is not None:
-            kwargs["window"] = options.window
+        for key in ("layer_group_size", "window", "approx_chunk_size"):
+            if getattr(options, key) is not None:
+                kwargs[key] = getattr(options, key)
         converted = convert_to_zebra(model, **kwargs)
         return converted.eval()
 
