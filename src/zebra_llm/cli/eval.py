@@ -99,6 +99,8 @@ def ppl(
     buckets: Optional[str] = typer.Option(None, "--buckets", help="Bucket upper bounds for --mode buckets."),
     max_docs: Optional[int] = typer.Option(None, "--max-docs", help="At most this many documents (or windows) "
                                            "per length."),
+    all_docs: bool = typer.Option(False, "--all-docs", help="Fixed mode: at each length use every document "
+                                  "long enough for it (default: only those long enough for the longest length)."),
     loss_chunk: int = typer.Option(1024, "--loss-chunk", help="Positions per LM-head chunk."),
     batch_size: int = BATCH,
     dtype: str = DTYPE,
@@ -116,6 +118,7 @@ def ppl(
         model=model, methods=method or ["none"], data=data, field=field, split=split, doc_limit=doc_limit,
         concat=concat, mode=mode, lengths=parse_lengths(lengths) if mode != "buckets" else [],
         stride=stride, buckets=parse_lengths(buckets, "buckets") if buckets else [], max_docs=max_docs,
+        same_docs=not all_docs,
         batch_size=batch_size, loss_chunk=loss_chunk, dtype=dtype, device=device,
     )
     output = _prepare_output(output, overwrite)

@@ -1,8 +1,9 @@
 """Markdown tables and figures from saved results files (``zebra report``).
 
-Summaries are recomputed from the per-item results, so a report of a run
-that was stopped halfway shows what was finished; several files of one kind
-(e.g. one per method or per machine) are merged into one table and figure.
+A finished run's saved summary is used as is; for a run that was stopped
+halfway the summary is recomputed from the items finished so far. Several
+files of one kind (e.g. one per method or per machine) are merged into one
+table and figure.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ def summarize(kind: str, items: list[dict]) -> list[dict]:
     if kind == "bench":
         return summarize_bench(items)
     raise ValueError(f"results: unknown kind {kind!r}; known kinds are {', '.join(KINDS)}")
+
+
+def file_rows(data: dict) -> list[dict]:
+    """A file's summary rows: the saved summary of a finished run (it covers that run's plan), or,
+    for a run that has not finished, a summary recomputed from the items finished so far."""
+    return data.get("summary") or summarize(data["kind"], data["items"])
 
 
 def _methods(rows):
@@ -149,10 +156,9 @@ def report(paths: Sequence[str | os.PathLike], *, out_dir: str | os.PathLike | N
         if kind not in by_kind:
             continue
         files = by_kind[kind]
-        items = [i for _, d in files for i in d["items"]]
-        if not items:
+        if not any(d["items"] for _, d in files):
             raise ValueError(f"results: {', '.join(str(p) for p, _ in files)} has no finished items yet")
-        rows = summarize(kind, items)
+        rows = [r for _, d in files for r in file_rows(d)]
         text = [f"### {_TITLES[kind]}", "", _table_note(kind, files), "", markdown_table(kind, rows)]
         if figures:
             target = Path(out_dir) if out_dir is not None else files[0][0].parent
