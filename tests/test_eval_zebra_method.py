@@ -53,3 +53,23 @@ def test_estimate_flops_uses_library_estimate():
     assert estimate_flops(config, 64, batch_size=3) == 3 * forward_flops(config, 64)
     config.model_type = "gpt2"  # a family the estimate does not cover: reported as n/a
     assert estimate_flops(config, 64) is None
+
+
+def test_zebra_prefix_cache_reuse_is_exact(tiny_model_dir):
+    """Continuing a prefilled Zebra cache (sliding-window layers past their window) equals a full prefill."""
+    from zebra_llm.eval.passkey import run_passkey
+    from zebra_llm.eval.retrieval import RetrievalConfig, prefill_cache
+
+    loaded = load_with_method(str(tiny_model_dir), "zebra:layer_group_size=2,window=8")
+    ids = torch.randint(0, 1000, (1, 50), generator=torch.Generator().manual_seed(1))
+    cache = prefill_cache(loaded.model, ids[0, :30].tolist())
+    with torch.no_grad():
+        cont = loaded.model(ids[:, 30:], past_key_values=cache).logits
+        full = loaded.model(ids).logits[:, 30:]
+    torch.testing.assert_close(cont, full, rtol=1e-4, atol=1e-4)
+
+    base = dict(model=str(tiny_model_dir), methods=["zebra:layer_group_size=2,window=8"], lengths=[120],
+                depths=[0.5], trials=2, max_new_tokens=4)
+    a = run_passkey(RetrievalConfig(**base), progress=False)
+    b = run_passkey(RetrievalConfig(**base, reuse_prefix=False, batch_size=2), progress=False)
+    assert [i["output"] for i in a["items"]] == [i["output"] for i in b["items"]]
