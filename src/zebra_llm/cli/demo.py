@@ -15,7 +15,7 @@ def demo(
     model: str = typer.Option("smollm2", "--model"),
     method: Optional[list[str]] = typer.Option(None, "--method", "-m", help="Methods (default: none, "
                                                "linear:factor=2, dynamic:factor=2, yarn:factor=2, dca)."),
-    lengths: Optional[str] = typer.Option(None, "--lengths", help="Lengths (default: 2k,10k)."),
+    lengths: Optional[str] = typer.Option(None, "--lengths", help="Lengths (default: 2k,12k)."),
     no_progress: bool = NO_PROGRESS,
 ) -> None:
     """Perplexity of SmolLM2-135M inside and past its trained context, for none, linear, dynamic, yarn and
