@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import zebra_llm
-from zebra_llm.eval import MethodSpec, PerplexityConfig, load_with_method, run_perplexity
+from zebra_llm.eval import PerplexityConfig, load_with_method, run_perplexity
 from zebra_llm.eval.passkey import run_passkey
 from zebra_llm.eval.retrieval import RetrievalConfig, prefill_cache
 
