@@ -146,3 +146,12 @@ def test_loaded_model_checks_length():
     loaded.check_length(8 * TINY_CONTEXT)
     with pytest.raises(ValueError, match="above what method linear:factor=2 supports"):
         loaded.check_length(8 * TINY_CONTEXT + 1)
+
+
+def test_check_plan_refuses_before_work(tiny_model_dir):
+    from zebra_llm.eval.methods import check_plan
+
+    check_plan(str(tiny_model_dir), ["none", "yarn:factor=2"], [200, 256])
+    with pytest.raises(ValueError, match="length 300 is above what method none supports"):
+        check_plan(str(tiny_model_dir), ["yarn:factor=2", "none"], [300])
+    check_plan(str(tiny_model_dir), ["none"], [300], exempt=("none",))

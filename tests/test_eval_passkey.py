@@ -65,20 +65,20 @@ def _summary(data):
 
 def test_run_passkey_tiny_model_prefix_reuse_and_batching_are_exact(tiny_model_dir, tmp_path):
     base = dict(model=str(tiny_model_dir), methods=["none", "linear:factor=2", "dynamic:factor=2"],
-                lengths=[100, 160], depths=[0.0, 0.5], trials=3, max_new_tokens=6)
+                lengths=[130], depths=[0.0, 0.5], trials=2, max_new_tokens=5)
     reused = run_passkey(RetrievalConfig(**base), tmp_path / "pk.json", progress=False)
     full = run_passkey(RetrievalConfig(**base, reuse_prefix=False), progress=False)
     batched = run_passkey(RetrievalConfig(**base, batch_size=3), progress=False)
     outputs = lambda d: [(i["method"], i["length"], i["depth"], i["trial"], i["output"]) for i in d["items"]]  # noqa: E731
     assert outputs(reused) == outputs(full) == outputs(batched)
-    assert len(reused["items"]) == 3 * 2 * 2 * 3
+    assert len(reused["items"]) == 3 * 1 * 2 * 2
     assert all(i["correct"] == first_number_matches(i["output"], i["answer"]) for i in reused["items"])
     # a random model does not find keys: its outputs are not the answers
     assert sum(i["correct"] for i in reused["items"]) == 0
     # same keys for every method
     keys = {(i["length"], i["depth"], i["trial"]): i["answer"] for i in reused["items"] if i["method"] == "none"}
     assert all(keys[(i["length"], i["depth"], i["trial"])] == i["answer"] for i in reused["items"])
-    assert ("none", 100, "all") in _summary(reused)
+    assert ("none", 130, "all") in _summary(reused)
 
 
 def test_prefix_cache_continuation_equals_full_forward(tiny_model_dir):
@@ -104,10 +104,10 @@ def test_run_passkey_errors(tiny_model_dir):
 
 
 def test_smollm2_finds_passkey_at_1k(load_smollm2):
-    """Golden number: the real SmolLM2-135M retrieves every key at 1024 tokens, depths 0 and 0.5."""
+    """Golden number: the real SmolLM2-135M retrieves the key at 1024 tokens, depths 0 and 0.5."""
     model, tok = load_smollm2()
     data = run_passkey(
-        RetrievalConfig(lengths=[1024], depths=[0.0, 0.5], trials=2), progress=False,
+        RetrievalConfig(lengths=[1024], depths=[0.0, 0.5], trials=1), progress=False,
         model_objects={"none": (model, tok)},
     )
-    assert [i["correct"] for i in data["items"]] == [True] * 4, [i["output"] for i in data["items"]]
+    assert [i["correct"] for i in data["items"]] == [True] * 2, [i["output"] for i in data["items"]]

@@ -223,3 +223,22 @@ def test_smollm2_perplexity_on_stdlib_matches_full_logits(load_smollm2):
     ref = torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]).exp().item()
     assert row["ppl"] == pytest.approx(ref, rel=1e-4)
     assert 2 < row["ppl"] < 50  # a real model on real Python source (a random one: ~49k)
+
+
+def test_same_docs_across_lengths(tiny_model_dir, tiny_corpus):
+    from zebra_llm.eval.corpus import load_token_docs
+    from zebra_llm.eval.perplexity import plan_segments
+    from zebra_llm.loading import load_model
+
+    _, tok = load_model(tiny_model_dir)
+    docs = load_token_docs(tok, str(tiny_corpus))
+    longest = max(docs.lengths())
+    shortest = min(docs.lengths())
+    lengths = [32, shortest + 1]
+    same = plan_segments(PerplexityConfig(data=str(tiny_corpus), lengths=lengths), docs)
+    every = plan_segments(PerplexityConfig(data=str(tiny_corpus), lengths=lengths, same_docs=False), docs)
+    names = lambda segs, n: sorted(s.name for s in segs if s.group == n)  # noqa: E731
+    assert names(same, 32) == names(same, shortest + 1) and len(names(same, 32)) == 2
+    assert len(names(every, 32)) == 3
+    with pytest.raises(ValueError, match=f"at least {longest + 1} tokens"):
+        plan_segments(PerplexityConfig(data=str(tiny_corpus), lengths=[32, longest + 1]), docs)

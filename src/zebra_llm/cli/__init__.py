@@ -48,6 +48,17 @@ def info() -> None:
     typer.echo(f"flex attention: {'yes' if backends.flex_available() else 'no'}")
 
 
+from . import bench as _bench, demo as _demo, eval as _eval, generate as _generate, lm_eval as _lm_eval  # noqa: E402
+from . import report as _report  # noqa: E402
+
+app.add_typer(_eval.app, name="eval")
+app.command("bench")(_bench.bench)
+app.command("generate")(_generate.generate)
+app.command("report")(_report.report)
+app.command("demo")(_demo.demo)
+app.command("lm-eval", context_settings=_lm_eval.SETTINGS, add_help_option=False)(_lm_eval.lm_eval)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``zebra`` console script."""
     sys.exit(run_guarded(app, argv))

@@ -60,7 +60,8 @@ class MethodSpec:
         method = METHODS[name]
         values: dict[str, Any] = {}
         if rest.strip():
-            for part in rest.split(","):
+            # "," separates options; ";" too, for places where "," is taken (lm-eval's model_args)
+            for part in rest.replace(";", ",").split(","):
                 key, eq, raw = part.partition("=")
                 key = key.strip()
                 if not eq or not key:
@@ -225,6 +226,10 @@ class Method:
     @classmethod
     def apply(cls, model, options):
         raise NotImplementedError
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise ValueError when this installation cannot apply the method."""
 
     @classmethod
     def nominal_context(cls, config, options) -> int | None:
@@ -427,6 +432,15 @@ def _rebuild_rotary_embeddings(model) -> int:
 # --- DCA and Zebra (built by other modules of the library; imported when applied)
 
 
+def _library_function(name: str, method: str):
+    import zebra_llm
+
+    fn = getattr(zebra_llm, name, None)
+    if fn is None:
+        raise ValueError(f"method {method}: this installation of zebra_llm has no {name}")
+    return fn
+
+
 @dataclass(frozen=True)
 class DCAOptions:
     pretraining_length: int | None = None
@@ -465,8 +479,12 @@ class DualChunkAttention(Method):
     options_type = DCAOptions
 
     @classmethod
+    def check_available(cls) -> None:
+        _library_function("apply_dca", "dca")
+
+    @classmethod
     def apply(cls, model, options):
-        from zebra_llm import apply_dca  # lazily: lives in zebra_llm.dca
+        apply_dca = _library_function("apply_dca", "dca")  # lazily: lives in zebra_llm.dca
 
         if options.chunk_size is not None and options.pretraining_length is None:
             c = trained_context(model.config)
@@ -497,11 +515,13 @@ class ZebraOptions:
     attention: str = "group"
     layer_group_size: int | None = None
     window: int | None = None
+    approx_chunk_size: int | None = None
     max_length: int | None = None
     converters: ClassVar[dict[str, Callable]] = {
         "attention": lambda key, raw: str(raw),
         "layer_group_size": _to_int,
         "window": _to_int,
+        "approx_chunk_size": _to_int,
         "max_length": _to_int,
     }
     attentions: ClassVar[tuple[str, ...]] = ("group", "global", "local", "global_approx")
@@ -513,6 +533,8 @@ class ZebraOptions:
             raise ValueError(f"option layer_group_size must be >= 1, got {self.layer_group_size}")
         if self.window is not None and self.window < 1:
             raise ValueError(f"option window must be >= 1, got {self.window}")
+        if self.approx_chunk_size is not None and self.approx_chunk_size < 1:
+            raise ValueError(f"option approx_chunk_size must be >= 1, got {self.approx_chunk_size}")
         _check_max_length(self.max_length)
 
 
@@ -524,14 +546,17 @@ class ZebraConversion(Method):
     options_type = ZebraOptions
 
     @classmethod
+    def check_available(cls) -> None:
+        _library_function("convert_to_zebra", "zebra")
+
+    @classmethod
     def apply(cls, model, options):
-        from zebra_llm import convert_to_zebra  # lazily: lives in zebra_llm.modeling
+        convert_to_zebra = _library_function("convert_to_zebra", "zebra")  # lazily: zebra_llm.modeling
 
         kwargs = {"attention": options.attention}
-        if options.layer_group_size is not None:
-            kwargs["layer_group_size"] = options.layer_group_size
-        if options.window is not None:
-            kwargs["window"] = options.window
+        for key in ("layer_group_size", "window", "approx_chunk_size"):
+            if getattr(options, key) is not None:
+                kwargs[key] = getattr(options, key)
         converted = convert_to_zebra(model, **kwargs)
         return converted.eval()
 
@@ -608,3 +633,34 @@ def load_for_run(config, spec: MethodSpec, model_objects: dict | None = None) ->
     if model_objects and str(spec) in model_objects:
         return load_with_method(model_objects[str(spec)], spec)
     return load_with_method(config.model, spec, dtype=config.dtype, device=config.device)
+
+
+def model_config(model_spec):
+    """The unmodified config of a model spec (or of a ``(model, tokenizer)`` pair), without its weights."""
+    from transformers import AutoConfig
+
+    from zebra_llm.loading import ModelSource, smollm2_dir
+
+    if isinstance(model_spec, tuple):
+        return model_spec[0].config
+    source = ModelSource.parse(model_spec)
+    if source.kind == "embedded":
+        return AutoConfig.from_pretrained(smollm2_dir())
+    if source.kind == "gguf":
+        from pathlib import Path
+
+        path = Path(source.location)
+        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    return AutoConfig.from_pretrained(source.location, trust_remote_code=False)
+
+
+def check_plan(model_spec, methods, lengths, *, exempt=()) -> None:
+    """Refuse, before any work, a length above a method's limit (``exempt``: specs not checked)."""
+    config = model_config(model_spec)
+    for m in methods:
+        spec = MethodSpec.parse(m)
+        spec.method.check_available()
+        if str(spec) in exempt:
+            continue
+        for n in lengths:
+            spec.check_length(config, n)

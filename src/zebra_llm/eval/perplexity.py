@@ -3,7 +3,9 @@
 Three protocols, each a plan of token segments scored with :func:`token_nll`:
 
 * ``fixed``: the first N tokens of every document with at least N tokens (the
-  DCA paper's Table 1 protocol on PG19, An et al. 2024 section 4.1).
+  DCA paper's Table 1 protocol on PG19, An et al. 2024 section 4.1); by default
+  (``same_docs``) only the documents long enough for the longest length, at
+  every length, so that lengths differ by context only.
 * ``windows``: windows of N tokens every ``stride`` tokens through each
   document. With ``stride < N`` the windows overlap and each window scores
   only the tokens the previous one did not (transformers' "perplexity of
@@ -30,7 +32,7 @@ import torch
 
 from .corpus import TokenDocs, load_token_docs
 from .loss import DEFAULT_LOSS_CHUNK, check_loss_path, token_nll
-from .methods import MethodSpec, load_for_run, parse_methods
+from .methods import MethodSpec, check_plan, load_for_run, parse_methods
 from .progress import progress_bar
 from .results import ResultsFile, group_rows
 
@@ -54,17 +56,22 @@ class Segment:
         return self.end - self.start
 
 
-def fixed_segments(docs: TokenDocs, length: int, *, max_docs: int | None = None) -> list[Segment]:
-    """The first ``length`` tokens of each document that has that many."""
+def fixed_segments(
+    docs: TokenDocs, length: int, *, max_docs: int | None = None, min_doc_length: int | None = None
+) -> list[Segment]:
+    """The first ``length`` tokens of each document that has at least ``min_doc_length``
+    (default ``length``) tokens."""
     if length < 2:
         raise ValueError(f"length must be >= 2, got {length}")
+    need = max(length, min_doc_length or 0)
     segs = [
         Segment(i, docs.names[i], 0, length, 1, length)
         for i, t in enumerate(docs.ids)
-        if len(t) >= length
+        if len(t) >= need
     ]
     if not segs:
-        raise docs.too_short(length, f"perplexity at length {length}")
+        raise docs.too_short(need, f"perplexity at length {length}" + (
+            f" on the documents of the longest length {need}" if need > length else ""))
     return segs[:max_docs] if max_docs else segs
 
 
@@ -199,6 +206,7 @@ class PerplexityConfig:
     stride: int | None = None
     buckets: list[int] = dc_field(default_factory=list)
     max_docs: int | None = None
+    same_docs: bool = True  # fixed mode: every length on the documents long enough for the longest
     batch_size: int = 1
     loss_chunk: int = DEFAULT_LOSS_CHUNK
     dtype: str = "float32"
@@ -237,13 +245,17 @@ class PerplexityConfig:
         return {
             k: v
             for k, v in asdict(self).items()
-            if k not in ("methods", "lengths", "buckets", "batch_size", "device", "max_docs")
+            if k not in ("methods", "lengths", "buckets", "batch_size", "device", "max_docs", "same_docs")
         }
 
 
 def plan_segments(config: PerplexityConfig, docs: TokenDocs) -> list[Segment]:
     if config.mode == "fixed":
-        return [s for n in config.lengths for s in fixed_segments(docs, n, max_docs=config.max_docs)]
+        # The same documents at every length (those long enough for the longest), so that the numbers
+        # of different lengths differ by context only, as on PG19 in the DCA paper's Table 1.
+        floor = max(config.lengths) if config.same_docs else None
+        return [s for n in config.lengths
+                for s in fixed_segments(docs, n, max_docs=config.max_docs, min_doc_length=floor)]
     if config.mode == "windows":
         return [
             s for n in config.lengths for s in window_segments(docs, n, config.stride, max_windows=config.max_docs)
@@ -297,6 +309,8 @@ def run_perplexity(
         resume=resume,
     )
     methods = [MethodSpec.parse(m) for m in config.methods]
+    if not model_objects:
+        check_plan(config.model, methods, config.groups)  # fail fast, before any work
     docs = None
     segments: list[Segment] | None = None
     for spec in methods:
@@ -323,9 +337,10 @@ def run_perplexity(
             bar.close()
         del loaded
         gc.collect()
-    keep = {(str(m), n) for m in methods for n in config.groups}
-    results.set_summary(
-        [r for r in summarize_perplexity(results.items) if (r["method"], r["length"]) in keep]
-    )
+    # The summary covers this run's plan only (a resumed file may hold items of other plans).
+    planned = {(str(m), s.group, s.name, s.start) for m in methods for s in segments}
+    results.set_summary(summarize_perplexity(
+        [i for i in results.items if (i["method"], i["length"], i["doc"], i["start"]) in planned]
+    ))
     return results.data
 

@@ -29,7 +29,7 @@ from typing import Protocol
 
 import torch
 
-from .methods import LoadedModel, MethodSpec, load_for_run, parse_methods
+from .methods import LoadedModel, MethodSpec, check_plan, load_for_run, parse_methods
 from .progress import progress_bar
 from .results import ResultsFile, group_rows
 
@@ -245,6 +245,8 @@ def run_retrieval(
         resume=resume,
     )
     methods = [MethodSpec.parse(m) for m in config.methods]
+    if not model_objects:
+        check_plan(config.model, methods, config.lengths)  # fail fast, before any work
     for spec in methods:
         loaded = load_for_run(config, spec, model_objects)
         for n in config.lengths:

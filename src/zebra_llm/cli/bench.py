@@ -1,0 +1,40 @@
+"""``zebra bench``: efficiency per method and length (thin wrapper over ``zebra_llm.eval.efficiency``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .eval import BATCH, DEVICE, DTYPE, METHOD, MODEL, NO_FIGURE, NO_PROGRESS, OVERWRITE, finish, parse_lengths
+from .eval import _prepare_output, quiet_transformers
+
+
+def bench(
+    model: str = MODEL,
+    method: Optional[list[str]] = METHOD,
+    lengths: str = typer.Option("1k,4k", "--lengths", help="Comma-separated prefill lengths."),
+    decode_tokens: int = typer.Option(16, "--decode-tokens", help="Tokens decoded after the prefill."),
+    repeats: int = typer.Option(1, "--repeats", help="Prefills timed per case (the median is kept)."),
+    in_process: bool = typer.Option(False, "--in-process", help="Measure every case in this process instead of "
+                                    "a fresh one (faster; peak memory less exact)."),
+    batch_size: int = BATCH,
+    dtype: str = DTYPE,
+    device: Optional[str] = DEVICE,
+    output: Path = typer.Option(Path("results/bench.json"), "--output", "-o"),
+    overwrite: bool = OVERWRITE,
+    no_progress: bool = NO_PROGRESS,
+    no_figure: bool = NO_FIGURE,
+) -> None:
+    """FLOPs, prefill time, decode tokens/s, peak memory and KV-cache bytes per method and length,
+    with ratios to the unmodified model measured in the same run."""
+    from zebra_llm.eval.efficiency import BenchConfig, run_bench
+
+    quiet_transformers()
+    config = BenchConfig(model=model, methods=method or ["none"], lengths=parse_lengths(lengths),
+                         decode_tokens=decode_tokens, repeats=repeats, batch_size=batch_size,
+                         isolate=not in_process, dtype=dtype, device=device)
+    output = _prepare_output(output, overwrite)
+    data = run_bench(config, output, progress=not no_progress)
+    finish(data, output, figure=not no_figure)

@@ -1,0 +1,211 @@
+"""``zebra eval ppl|passkey|needle``: thin wrappers over ``zebra_llm.eval``.
+
+Every command writes its results JSON (resumable: finished items are kept and
+skipped when the same command runs again), draws its figure next to it, and
+prints the Markdown table.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(help="Perplexity, passkey and needle-in-a-haystack evaluations.", no_args_is_help=True)
+
+# ------------------------------------------------------------------ shared options
+
+MODEL = typer.Option("smollm2", "--model", help="smollm2 (embedded), a model directory, a .gguf file or a hub name.")
+METHOD = typer.Option(
+    None, "--method", "-m",
+    help="Method applied on load, repeatable: none, linear:factor=4, dynamic:factor=4, yarn:factor=4, dca, "
+         "dca:chunk_size=6144, zebra:layer_group_size=4,window=512 (default: none).",
+)
+DTYPE = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16.")
+DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cpu).")
+BATCH = typer.Option(1, "--batch-size", help="Sequences per forward.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Start the results file afresh instead of resuming it.")
+NO_PROGRESS = typer.Option(False, "--no-progress", help="No progress bars.")
+NO_FIGURE = typer.Option(False, "--no-figure", help="Do not draw the figure.")
+
+
+def parse_lengths(text: str, what: str = "lengths") -> list[int]:
+    """``"4k,8k,16384"`` -> ``[4096, 8192, 16384]``."""
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)(k?)", part)
+        if not m:
+            raise ValueError(f"{what}: expected numbers like 4096 or 4k separated by commas, got {part!r}")
+        out.append(int(m.group(1)) * (1024 if m.group(2) else 1))
+    if not out:
+        raise ValueError(f"{what}: give at least one value")
+    return out
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{what}: expected numbers separated by commas, got {text!r}") from None
+
+
+def quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
+def finish(data: dict, output: Path, *, figure: bool) -> None:
+    """Print where the results went and their table; draw the figure."""
+    from zebra_llm.eval.report import report
+
+    text, figures = report([output], figures=figure)
+    typer.echo(text)
+    typer.echo(f"results: {output}")
+    for f in figures:
+        typer.echo(f"figure: {f}")
+
+
+def _prepare_output(output: Path, overwrite: bool) -> Path:
+    if output.exists() and output.is_dir():
+        raise IsADirectoryError(f"--output {output} is a directory; give a .json file path")
+    if overwrite and output.exists():
+        output.unlink()
+    return output
+
+
+# ------------------------------------------------------------------ commands
+
+
+@app.command("ppl")
+def ppl(
+    model: str = MODEL,
+    method: Optional[list[str]] = METHOD,
+    data: Optional[str] = typer.Option(None, "--data", help="stdlib (default), a .txt/.jsonl/.parquet file, a "
+                                       "directory of text files, or a datasets name (e.g. pg19)."),
+    field: str = typer.Option("text", "--field", help="Text field of .jsonl/.parquet/datasets records."),
+    split: str = typer.Option("train", "--split", help="Split of a datasets name."),
+    doc_limit: Optional[int] = typer.Option(None, "--doc-limit", help="Read at most this many documents."),
+    concat: bool = typer.Option(False, "--concat", help="Join all documents into one token stream."),
+    mode: str = typer.Option("fixed", "--mode", help="fixed (first N tokens of each long-enough document), "
+                             "windows (N-token windows every --stride tokens) or buckets (documents of x/2+1..x)."),
+    lengths: str = typer.Option("4k", "--lengths", help="Comma-separated lengths, e.g. 4k,8k,16k,32k."),
+    stride: Optional[int] = typer.Option(None, "--stride", help="Window stride for --mode windows."),
+    buckets: Optional[str] = typer.Option(None, "--buckets", help="Bucket upper bounds for --mode buckets."),
+    max_docs: Optional[int] = typer.Option(None, "--max-docs", help="At most this many documents (or windows) "
+                                           "per length."),
+    all_docs: bool = typer.Option(False, "--all-docs", help="Fixed mode: at each length use every document "
+                                  "long enough for it (default: only those long enough for the longest length)."),
+    loss_chunk: int = typer.Option(1024, "--loss-chunk", help="Positions per LM-head chunk."),
+    batch_size: int = BATCH,
+    dtype: str = DTYPE,
+    device: Optional[str] = DEVICE,
+    output: Path = typer.Option(Path("results/ppl.json"), "--output", "-o", help="Results JSON (resumed if present)."),
+    overwrite: bool = OVERWRITE,
+    no_progress: bool = NO_PROGRESS,
+    no_figure: bool = NO_FIGURE,
+) -> None:
+    """Perplexity by length for each method, side by side."""
+    from zebra_llm.eval import PerplexityConfig, run_perplexity
+
+    quiet_transformers()
+    config = PerplexityConfig(
+        model=model, methods=method or ["none"], data=data, field=field, split=split, doc_limit=doc_limit,
+        concat=concat, mode=mode, lengths=parse_lengths(lengths) if mode != "buckets" else [],
+        stride=stride, buckets=parse_lengths(buckets, "buckets") if buckets else [], max_docs=max_docs,
+        same_docs=not all_docs,
+        batch_size=batch_size, loss_chunk=loss_chunk, dtype=dtype, device=device,
+    )
+    output = _prepare_output(output, overwrite)
+    data_ = run_perplexity(config, output, progress=not no_progress)
+    finish(data_, output, figure=not no_figure)
+
+
+def _retrieval_config(model, method, lengths, depths, trials, seed, batch_size, max_new_tokens, no_prefix_cache,
+                      dtype, device):
+    from zebra_llm.eval.retrieval import RetrievalConfig
+
+    return RetrievalConfig(
+        model=model, methods=method or ["none"], lengths=parse_lengths(lengths), depths=parse_floats(depths, "depths"),
+        trials=trials, seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        reuse_prefix=not no_prefix_cache, dtype=dtype, device=device,
+    )
+
+
+DEPTHS = typer.Option("0,0.25,0.5,0.75,1", "--depths", help="Comma-separated depths in [0, 1] (fraction of the "
+                      "filler before the needle).")
+TRIALS = typer.Option(2, "--trials", help="Trials (different keys) per length and depth.")
+SEED = typer.Option(0, "--seed", help="Seed of the keys (the same for every method).")
+MAX_NEW = typer.Option(None, "--max-new-tokens", help="Tokens to decode (default: the answer's length + 4).")
+NO_PREFIX_CACHE = typer.Option(False, "--no-prefix-cache", help="Prefill every trial in full instead of "
+                               "reusing the shared prefix's KV cache.")
+
+
+@app.command("passkey")
+def passkey(
+    model: str = MODEL,
+    method: Optional[list[str]] = METHOD,
+    lengths: str = typer.Option("4k", "--lengths", help="Comma-separated prompt lengths, e.g. 4k,8k,16k."),
+    depths: str = DEPTHS,
+    trials: int = TRIALS,
+    digits: int = typer.Option(5, "--digits", help="Digits of the pass key."),
+    seed: int = SEED,
+    max_new_tokens: Optional[int] = MAX_NEW,
+    no_prefix_cache: bool = NO_PREFIX_CACHE,
+    batch_size: int = BATCH,
+    dtype: str = DTYPE,
+    device: Optional[str] = DEVICE,
+    output: Path = typer.Option(Path("results/passkey.json"), "--output", "-o"),
+    overwrite: bool = OVERWRITE,
+    no_progress: bool = NO_PROGRESS,
+    no_figure: bool = NO_FIGURE,
+) -> None:
+    """Passkey retrieval accuracy (greedy, exact match), lengths x depths x trials, with a heatmap."""
+    from zebra_llm.eval.passkey import run_passkey
+
+    quiet_transformers()
+    config = _retrieval_config(model, method, lengths, depths, trials, seed, batch_size, max_new_tokens,
+                               no_prefix_cache, dtype, device)
+    output = _prepare_output(output, overwrite)
+    data = run_passkey(config, output, digits=digits, progress=not no_progress)
+    finish(data, output, figure=not no_figure)
+
+
+@app.command("needle")
+def needle(
+    model: str = MODEL,
+    method: Optional[list[str]] = METHOD,
+    data: Optional[str] = typer.Option(None, "--data", help="Haystack corpus: stdlib (default), a file, a "
+                                       "directory or a datasets name."),
+    field: str = typer.Option("text", "--field"),
+    split: str = typer.Option("train", "--split"),
+    lengths: str = typer.Option("4k", "--lengths", help="Comma-separated prompt lengths."),
+    depths: str = DEPTHS,
+    trials: int = TRIALS,
+    digits: int = typer.Option(7, "--digits", help="Digits of the magic number."),
+    seed: int = SEED,
+    max_new_tokens: Optional[int] = MAX_NEW,
+    no_prefix_cache: bool = NO_PREFIX_CACHE,
+    batch_size: int = BATCH,
+    dtype: str = DTYPE,
+    device: Optional[str] = DEVICE,
+    output: Path = typer.Option(Path("results/needle.json"), "--output", "-o"),
+    overwrite: bool = OVERWRITE,
+    no_progress: bool = NO_PROGRESS,
+    no_figure: bool = NO_FIGURE,
+) -> None:
+    """Needle in a haystack over a real corpus, lengths x depths x trials, with a heatmap."""
+    from zebra_llm.eval.needle import run_needle
+
+    quiet_transformers()
+    config = _retrieval_config(model, method, lengths, depths, trials, seed, batch_size, max_new_tokens,
+                               no_prefix_cache, dtype, device)
+    output = _prepare_output(output, overwrite)
+    result = run_needle(config, output, data=data, field=field, split=split, digits=digits,
+                        progress=not no_progress)
+    finish(result, output, figure=not no_figure)
