@@ -44,6 +44,11 @@ def info() -> None:
     typer.echo(f"flex attention: {'yes' if backends.flex_available() else 'no'}")
 
 
+from .train import app as _train_app  # noqa: E402
+
+app.add_typer(_train_app, name="train")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``zebra`` console script."""
     sys.exit(run_guarded(app, argv))
