@@ -118,8 +118,14 @@ def is_peft(model) -> bool:
 
 def full_model_state(model) -> dict:
     """The full (unsharded) state dict on rank 0, keyed like the unwrapped model;
-    a collective call under FSDP2."""
-    return get_model_state_dict(unwrap(model), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    a collective call under FSDP2. Tied parameters (output embeddings shared
+    with the input ones) appear once: gathered from shards they are separate
+    tensors, which ``save_pretrained`` would store twice."""
+    inner = unwrap(model)
+    sd = get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    for name in _tied_names(inner):
+        sd.pop(name, None)
+    return sd
 
 
 def save_model_dir(directory: Path, model, tokenizer, state_dict: dict | None = None) -> None:
