@@ -171,3 +171,13 @@ def test_curriculum_and_packed_mode(tmp_path):
     cfg["train"].update(output_dir=str(tmp_path / "cur2"), resume=str(tmp_path / "cur" / "checkpoints" / "step_00000002"))
     rest = pretrain(cfg)
     assert rest.losses == full.losses[2:]
+
+
+def test_tensorboard_scalars_when_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = pretrain(_config(tmp_path, tmp_path / "tb", train={"steps": 2}))
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(result.losses)
