@@ -10,6 +10,7 @@ import sys
 import typer
 
 from ._common import run_guarded
+from .model import app as _model_app
 
 app = typer.Typer(
     name="zebra",
@@ -18,6 +19,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+app.add_typer(_model_app)  # convert, export, presets, flops
 
 
 @app.callback()
