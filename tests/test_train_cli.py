@@ -76,3 +76,13 @@ def test_bad_lcat_and_lit_configs(tmp_path, capsys):
     assert zebra("lit", "--lora", "--set", "model.lora.r=0", "--data", tmp_path / "x.jsonl") == 2
     assert "model.lora.r" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_zebra_preset_errors(tmp_path, capsys):
+    assert zebra("pretrain", "--preset", "nope", "-o", tmp_path / "run") == 2
+    assert "model.preset: preset must be one of" in capsys.readouterr().err
+    assert zebra("pretrain", "--preset", "debug", "--seq-len", 16, "-o", tmp_path / "run") == 2  # debug: window 16
+    assert "data.seq_len (16) must be greater than the attention window (16)" in capsys.readouterr().err
+    assert zebra("pretrain", "--preset", "debug", "--attention", "global", "--seq-len", 16, "--steps", 0) == 2
+    assert "train.steps" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -89,8 +89,12 @@ def resolve_pretrain_config(opts):
     try:
         return config_cls.from_preset(opts.preset, **zebra_kwargs, **opts.overrides)
     except (KeyError, ValueError) as e:
-        msg = str(e).strip("'\"")
-        raise ValueError(msg if msg.startswith("model.") else f"model.preset: {msg}") from None
+        msg = str(e.args[0] if e.args else e)
+        if msg.startswith("model."):
+            raise ValueError(msg) from None
+        # an unknown name, or a field the preset's overrides made invalid
+        where = "model.preset" if "preset" in msg else "model (preset overrides)"
+        raise ValueError(f"{where}: {msg}") from None
 
 
 def attention_window(config) -> int | None:
