@@ -57,6 +57,9 @@ app.command("generate")(_generate.generate)
 app.command("report")(_report.report)
 app.command("demo")(_demo.demo)
 app.command("lm-eval", context_settings=_lm_eval.SETTINGS, add_help_option=False)(_lm_eval.lm_eval)
+from .train import app as _train_app  # noqa: E402
+
+app.add_typer(_train_app, name="train")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,205 @@
+"""``zebra train pretrain | lcat | lit``: thin layers over
+:func:`zebra_llm.train.pretrain`, :func:`~zebra_llm.train.lcat` and
+:func:`~zebra_llm.train.lit`.
+
+Every command reads an optional config file (``--config``, YAML/TOML/JSON);
+its flags, then ``--set KEY=VALUE`` pairs, override the file. Launch on
+several processes with ``torchrun --nproc-per-node N -m zebra_llm train ...``.
+A run stopped by SIGTERM writes a checkpoint and exits with status 143;
+rerun the same command with ``--resume`` to continue it exactly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    name="train",
+    help="Train models: pretraining from scratch, long context adaptation (LCAT), long instruction tuning (LIT).",
+    no_args_is_help=True,
+)
+
+EXIT_INTERRUPTED = 143  # 128 + SIGTERM, what a killed process reports
+
+# Options shared by the three commands (typer needs them in each signature).
+_CONFIG = typer.Option(None, "--config", "-c", help="YAML/TOML/JSON config file; flags override it.")
+_STEPS = typer.Option(None, help="Optimizer steps (train.steps).")
+_BATCH = typer.Option(None, help="Global batch in sequences/examples over all processes (train.batch_size).")
+_MICRO = typer.Option(None, help="Per-process micro-batch; the rest is gradient accumulation (train.micro_batch_size).")
+_LR = typer.Option(None, help="Peak learning rate (optim.lr).")
+_WARMUP = typer.Option(None, help="Linear warmup steps before the cosine decay (optim.warmup_steps).")
+_SEED = typer.Option(None, help="Seed of the initialisation and the data order (train.seed).")
+_OUT = typer.Option(None, "--output-dir", "-o", help="Run directory: checkpoints, metrics.jsonl, final model.")
+_SAVE = typer.Option(None, help="Resumable checkpoint every N steps (train.save_every; 0 = only on SIGTERM).")
+_RESUME = typer.Option(False, "--resume", help="Continue from the newest checkpoint in the output directory.")
+_RESUME_FROM = typer.Option(None, "--resume-from", help="Continue from this checkpoint directory.")
+_DEVICE = typer.Option(None, help="auto, cpu, cuda or cuda:N (engine.device).")
+_STRATEGY = typer.Option(None, help="auto, single, ddp or fsdp (engine.strategy).")
+_PRECISION = typer.Option(None, help="auto (bf16 autocast on GPU), fp32 or bf16 (engine.precision).")
+_AC = typer.Option(None, "--activation-checkpointing/--no-activation-checkpointing", help="Recompute activations in backward.")
+_COMPILE = typer.Option(None, "--compile/--no-compile", help="torch.compile each decoder block.")
+_PROGRESS = typer.Option(None, "--progress/--no-progress", help="Progress bar.")
+_SET = typer.Option(None, "--set", help="KEY=VALUE for any config field, e.g. --set optim.min_lr_ratio=0.05 (repeatable).")
+
+
+def _overrides(pairs: dict[str, object], *, steps, batch_size, micro_batch_size, lr, warmup_steps, seed, output_dir,
+               save_every, resume, resume_from, device, strategy, precision, activation_checkpointing, compile,
+               progress) -> dict[str, object]:
+    common = {
+        "train.steps": steps,
+        "train.batch_size": batch_size,
+        "train.micro_batch_size": micro_batch_size,
+        "optim.lr": lr,
+        "optim.warmup_steps": warmup_steps,
+        "train.seed": seed,
+        "train.output_dir": output_dir,
+        "train.save_every": save_every,
+        "train.resume": str(resume_from) if resume_from else (True if resume else None),
+        "engine.device": device,
+        "engine.strategy": strategy,
+        "engine.precision": precision,
+        "engine.activation_checkpointing": activation_checkpointing,
+        "engine.compile": compile,
+        "train.progress": progress,
+    }
+    return {k: v for k, v in {**pairs, **common}.items() if v is not None}
+
+
+def _load(cls, config: Path | None, overrides: dict[str, object], sets: list[str] | None):
+    from zebra_llm.train.config import apply_overrides, read_config_file
+
+    data = read_config_file(config) if config is not None else {}
+    data = apply_overrides(apply_overrides(data, overrides), list(sets or []))
+    return cls.from_dict(data)
+
+
+def _finish(result) -> None:
+    if int(os.environ.get("RANK", "0")) != 0:
+        if result.interrupted:
+            raise typer.Exit(EXIT_INTERRUPTED)
+        return
+    if result.interrupted:
+        typer.echo(
+            f"stopped after step {result.step} by SIGTERM; checkpoint {result.checkpoint}; "
+            "rerun with --resume to continue", err=True,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
+    last = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
+    typer.echo(f"trained to step {result.step} (final loss {last}); model in {result.final_dir}")
+
+
+@app.command()
+def pretrain(
+    config: Path = _CONFIG,
+    preset: str = typer.Option(None, help="Zebra preset name (model.preset)."),
+    model_config: str = typer.Option(None, "--model-config", help="Config file or directory of any transformers causal LM (model.config; replaces the preset)."),
+    attention: str = typer.Option(None, help="group, global, local or global_approx (model.attention)."),
+    layer_group_size: int = typer.Option(None, help="Zebra group size L (model.layer_group_size)."),
+    window: int = typer.Option(None, help="Local attention window (model.window)."),
+    tokenizer: str = typer.Option(None, help="Tokenizer: smollm2, a directory, a .gguf file or a hub name."),
+    data: str = typer.Option(None, "--data", help="Text: a file, a directory or a datasets name; default: the stdlib corpus."),
+    seq_len: int = typer.Option(None, help="Training sequence length (data.seq_len)."),
+    packing: str = typer.Option(None, help="split, packed or concat (data.packing)."),
+    steps: int = _STEPS, batch_size: int = _BATCH, micro_batch_size: int = _MICRO, lr: float = _LR,
+    warmup_steps: int = _WARMUP, seed: int = _SEED, output_dir: str = _OUT, save_every: int = _SAVE,
+    resume: bool = _RESUME, resume_from: Path = _RESUME_FROM, device: str = _DEVICE, strategy: str = _STRATEGY,
+    precision: str = _PRECISION, activation_checkpointing: bool = _AC, compile: bool = _COMPILE,
+    progress: bool = _PROGRESS, set_: list[str] = _SET,
+) -> None:
+    """Pretrain a Zebra (or global / local / global_approx) model from scratch."""
+    from zebra_llm.train import PretrainConfig
+    from zebra_llm.train import pretrain as run
+
+    pairs = {
+        "model.preset": preset, "model.config": model_config, "model.attention": attention,
+        "model.layer_group_size": layer_group_size, "model.window": window, "model.tokenizer": tokenizer,
+        "data.source": data, "data.seq_len": seq_len, "data.packing": packing,
+    }
+    overrides = _overrides(
+        pairs,
+        steps=steps, batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr, warmup_steps=warmup_steps,
+        seed=seed, output_dir=output_dir, save_every=save_every, resume=resume, resume_from=resume_from,
+        device=device, strategy=strategy, precision=precision, activation_checkpointing=activation_checkpointing,
+        compile=compile, progress=progress,
+    )
+    _finish(run(_load(PretrainConfig, config, overrides, set_)))
+
+
+@app.command()
+def lcat(
+    config: Path = _CONFIG,
+    source: str = typer.Option(None, "--from", help="Llama-family model: smollm2, a directory, a .gguf file or a hub name."),
+    attention: str = typer.Option(None, help="group (default), global, local or global_approx."),
+    layer_group_size: int = typer.Option(None, help="Zebra group size L (default 4)."),
+    window: int = typer.Option(None, help="Local attention window (default 512)."),
+    rope_theta: float = typer.Option(None, help="New RoPE base (model.rope_theta)."),
+    rope_scaling: str = typer.Option(None, help="RoPE scaling type: linear, dynamic, yarn, longrope, llama3."),
+    rope_factor: float = typer.Option(None, help="RoPE scaling factor (with --rope-scaling)."),
+    data: str = typer.Option(None, "--data", help="Text: a file, a directory or a datasets name; default: the stdlib corpus."),
+    seq_len: int = typer.Option(None, help="Training sequence length (data.seq_len, default 8192)."),
+    packing: str = typer.Option(None, help="split, packed or concat (data.packing)."),
+    steps: int = _STEPS, batch_size: int = _BATCH, micro_batch_size: int = _MICRO, lr: float = _LR,
+    warmup_steps: int = _WARMUP, seed: int = _SEED, output_dir: str = _OUT, save_every: int = _SAVE,
+    resume: bool = _RESUME, resume_from: Path = _RESUME_FROM, device: str = _DEVICE, strategy: str = _STRATEGY,
+    precision: str = _PRECISION, activation_checkpointing: bool = _AC, compile: bool = _COMPILE,
+    progress: bool = _PROGRESS, set_: list[str] = _SET,
+) -> None:
+    """Long context adaptation: convert a Llama-family checkpoint to Zebra and train it on long sequences."""
+    from zebra_llm.train import LCATConfig
+    from zebra_llm.train import lcat as run
+
+    if rope_factor is not None and rope_scaling is None:
+        raise ValueError("--rope-factor needs --rope-scaling (linear, dynamic, yarn, longrope, llama3)")
+    scaling = None
+    if rope_scaling is not None:
+        scaling = {"rope_type": rope_scaling, **({"factor": rope_factor} if rope_factor is not None else {})}
+    pairs = {
+        "model.source": source, "model.attention": attention, "model.layer_group_size": layer_group_size,
+        "model.window": window, "model.rope_theta": rope_theta, "model.rope_scaling": scaling,
+        "data.source": data, "data.seq_len": seq_len, "data.packing": packing,
+    }
+    overrides = _overrides(
+        pairs, steps=steps, batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr, warmup_steps=warmup_steps,
+        seed=seed, output_dir=output_dir, save_every=save_every, resume=resume, resume_from=resume_from,
+        device=device, strategy=strategy, precision=precision, activation_checkpointing=activation_checkpointing,
+        compile=compile, progress=progress,
+    )
+    _finish(run(_load(LCATConfig, config, overrides, set_)))
+
+
+@app.command()
+def lit(
+    config: Path = _CONFIG,
+    source: str = typer.Option(None, "--from", help="Model to tune: a directory (e.g. an LCAT result), smollm2, a .gguf file or a hub name."),
+    data: str = typer.Option(None, "--data", help="JSONL of {messages: [...]} or {prompt, response} records (data.path)."),
+    seq_len: int = typer.Option(None, help="Longest example in tokens (data.seq_len)."),
+    overflow: str = typer.Option(None, help="Longer examples: drop, truncate or error (data.overflow)."),
+    chat_template: str = typer.Option(None, help="auto (the tokenizer's template) or none (plain format)."),
+    lora: bool = typer.Option(None, "--lora/--no-lora", help="Train a LoRA adapter (peft) instead of every weight."),
+    lora_r: int = typer.Option(None, help="LoRA rank (model.lora.r)."),
+    lora_alpha: float = typer.Option(None, help="LoRA alpha (model.lora.alpha)."),
+    steps: int = _STEPS, batch_size: int = _BATCH, micro_batch_size: int = _MICRO, lr: float = _LR,
+    warmup_steps: int = _WARMUP, seed: int = _SEED, output_dir: str = _OUT, save_every: int = _SAVE,
+    resume: bool = _RESUME, resume_from: Path = _RESUME_FROM, device: str = _DEVICE, strategy: str = _STRATEGY,
+    precision: str = _PRECISION, activation_checkpointing: bool = _AC, compile: bool = _COMPILE,
+    progress: bool = _PROGRESS, set_: list[str] = _SET,
+) -> None:
+    """Long instruction tuning: loss on response tokens only, optionally with LoRA."""
+    from zebra_llm.train import LITConfig
+    from zebra_llm.train import lit as run
+
+    pairs = {
+        "model.source": source, "data.path": data, "data.seq_len": seq_len, "data.overflow": overflow,
+        "data.chat_template": chat_template, "model.lora.enabled": lora, "model.lora.r": lora_r,
+        "model.lora.alpha": lora_alpha,
+    }
+    overrides = _overrides(
+        pairs, steps=steps, batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr, warmup_steps=warmup_steps,
+        seed=seed, output_dir=output_dir, save_every=save_every, resume=resume, resume_from=resume_from,
+        device=device, strategy=strategy, precision=precision, activation_checkpointing=activation_checkpointing,
+        compile=compile, progress=progress,
+    )
+    _finish(run(_load(LITConfig, config, overrides, set_)))

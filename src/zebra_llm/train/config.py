@@ -1,0 +1,509 @@
+"""Typed training configs: dataclasses validated at construction, readable from
+YAML, TOML or JSON files, with dotted overrides on top (what the CLI flags set).
+
+A config is a tree of sections (``model``, ``data``, ``optim``, ``train``,
+``engine``); every error names the field by its dotted path, e.g.
+``train.steps must be >= 1, got -5``. The sections shared by the three
+training kinds (optimizer, run, engine) are defined once here; the task
+configs (:class:`PretrainConfig`, :class:`LCATConfig`, :class:`LITConfig`)
+differ only in their ``model`` and ``data`` sections.
+
+Checks that need more than one section or the outside world (the model's
+window against ``data.seq_len``, a data file that does not exist, the batch
+against the number of processes) run in each task's ``check`` before any
+training starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+ATTENTION_KINDS = ("group", "global", "local", "global_approx")
+PACKING_MODES = ("split", "packed", "concat")  # see zebra_llm.data.packing
+DECAYS = ("cosine", "linear", "constant")  # see zebra_llm.train.schedule
+STRATEGIES = ("auto", "single", "ddp", "fsdp")
+PRECISIONS = ("auto", "fp32", "bf16")
+OVERFLOW = ("drop", "truncate", "error")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message starts with the field's dotted path."""
+
+
+def _fail(path: str, message: str) -> None:
+    raise ConfigError(f"{path} {message}")
+
+
+def _check_int(section: str, name: str, value, *, minimum: int) -> None:
+    if value < minimum:
+        _fail(f"{section}.{name}", f"must be >= {minimum}, got {value}")
+
+
+def _check_choice(section: str, name: str, value, choices) -> None:
+    if value not in choices:
+        _fail(f"{section}.{name}", f"must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+# --------------------------------------------------------------------------- shared sections
+
+
+@dataclass
+class OptimOptions:
+    """AdamW with linear warmup and a decay to ``min_lr_ratio * lr`` (schedule.py)."""
+
+    _section: ClassVar[str] = "optim"
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    decay: str = "cosine"
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+
+    def __post_init__(self):
+        s = self._section
+        if not self.lr > 0:
+            _fail(f"{s}.lr", f"must be > 0, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            _fail(f"{s}.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        _check_int(s, "warmup_steps", self.warmup_steps, minimum=0)
+        _check_choice(s, "decay", self.decay, DECAYS)
+        if self.weight_decay < 0:
+            _fail(f"{s}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                _fail(f"{s}.{name}", f"must be in [0, 1), got {getattr(self, name)}")
+        if not self.eps > 0:
+            _fail(f"{s}.eps", f"must be > 0, got {self.eps}")
+        if self.grad_clip < 0:
+            _fail(f"{s}.grad_clip", f"must be >= 0 (0 disables clipping), got {self.grad_clip}")
+
+
+@dataclass
+class RunOptions:
+    """How long, how big a batch, where results go, when to checkpoint."""
+
+    _section: ClassVar[str] = "train"
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 8  # global batch, in sequences (LIT: examples), over all processes
+    micro_batch_size: int | None = None  # per process and forward; None = batch_size / processes
+    seed: int = 0
+    output_dir: str = "runs/zebra"
+    save_every: int = 0  # resumable checkpoint every N steps (and at the end); 0 = only on SIGTERM
+    keep_checkpoints: int = 2  # newest N resumable checkpoints kept
+    resume: bool | str = False  # True = newest checkpoint in output_dir (fresh start if none); or a path
+    log_every: int = 1  # metrics.jsonl / TensorBoard record every N steps
+    progress: bool = True  # progress bar on the main process
+
+    def __post_init__(self):
+        s = self._section
+        _check_int(s, "steps", self.steps, minimum=1)
+        _check_int(s, "batch_size", self.batch_size, minimum=1)
+        if self.micro_batch_size is not None:
+            _check_int(s, "micro_batch_size", self.micro_batch_size, minimum=1)
+        _check_int(s, "save_every", self.save_every, minimum=0)
+        _check_int(s, "keep_checkpoints", self.keep_checkpoints, minimum=1)
+        _check_int(s, "log_every", self.log_every, minimum=1)
+        if not str(self.output_dir).strip():
+            _fail(f"{s}.output_dir", "must not be empty")
+
+
+@dataclass
+class EngineOptions:
+    """Where and how the model runs: device, parallelism and the options applied
+    to the model from outside (activation checkpointing, torch.compile, autocast)."""
+
+    _section: ClassVar[str] = "engine"
+    device: str = "auto"  # auto (cuda if available), cpu, cuda
+    strategy: str = "auto"  # auto: ddp with several processes, else single; fsdp = FSDP2 sharding
+    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    activation_checkpointing: bool = False
+    compile: bool = False  # torch.compile each decoder block
+    compile_backend: str = "inductor"
+
+    def __post_init__(self):
+        s = self._section
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            _fail(f"{s}.device", f"must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        _check_choice(s, "strategy", self.strategy, STRATEGIES)
+        _check_choice(s, "precision", self.precision, PRECISIONS)
+
+
+@dataclass
+class CurriculumStage:
+    """``steps`` optimizer steps at ``seq_len`` before the next stage."""
+
+    steps: int
+    seq_len: int
+
+
+@dataclass
+class DataOptions:
+    """Pretraining / LCAT text: documents tokenized once (cached) and packed
+    into fixed-length sequences (zebra_llm.data.packing)."""
+
+    _section: ClassVar[str] = "data"
+    source: str | None = None  # None = the default stdlib corpus; a file, directory or datasets name
+    field: str = "text"
+    split: str = "train"
+    limit: int | None = None  # first N documents
+    seq_len: int = 2048
+    packing: str = "split"
+    curriculum: list[CurriculumStage] = dataclasses.field(default_factory=list)  # shorter stages first
+
+    def __post_init__(self):
+        s = self._section
+        _check_int(s, "seq_len", self.seq_len, minimum=2)
+        if self.limit is not None:
+            _check_int(s, "limit", self.limit, minimum=1)
+        _check_choice(s, "packing", self.packing, PACKING_MODES)
+        self.curriculum = [
+            st if isinstance(st, CurriculumStage) else _build(CurriculumStage, st, f"{s}.curriculum[{i}]")
+            for i, st in enumerate(self.curriculum)
+        ]
+        for i, st in enumerate(self.curriculum):
+            _check_int(f"{s}.curriculum[{i}]", "steps", st.steps, minimum=1)
+            if not 2 <= st.seq_len <= self.seq_len:
+                _fail(f"{s}.curriculum[{i}].seq_len", f"must be in [2, data.seq_len={self.seq_len}], got {st.seq_len}")
+
+    def stage_lengths(self, steps: int) -> list[tuple[int, int]]:
+        """``[(first_step, seq_len), ...]``: the curriculum stages, then ``seq_len``."""
+        from ..data.packing import curriculum_stages
+
+        return curriculum_stages([(st.steps, st.seq_len) for st in self.curriculum], self.seq_len, steps)
+
+
+@dataclass
+class InstructionDataOptions:
+    """LIT records: a JSONL file of ``messages`` or ``prompt``/``response``
+    records (zebra_llm.data.instructions)."""
+
+    _section: ClassVar[str] = "data"
+    path: str | None = None  # required
+    seq_len: int = 4096  # longest example, in tokens
+    chat_template: str = "auto"  # auto: the tokenizer's template when it has one; none: plain format
+    overflow: str = "drop"  # examples longer than seq_len: drop, truncate (keep the start) or error
+    limit: int | None = None
+
+    def __post_init__(self):
+        s = self._section
+        _check_int(s, "seq_len", self.seq_len, minimum=2)
+        _check_choice(s, "chat_template", self.chat_template, ("auto", "none"))
+        _check_choice(s, "overflow", self.overflow, OVERFLOW)
+        if self.limit is not None:
+            _check_int(s, "limit", self.limit, minimum=1)
+
+
+# --------------------------------------------------------------------------- model sections
+
+
+def _check_zebra_fields(s: str, attention, layer_group_size, window, approx_chunk_size) -> None:
+    if attention is not None:
+        _check_choice(s, "attention", attention, ATTENTION_KINDS)
+    if layer_group_size is not None:
+        _check_int(s, "layer_group_size", layer_group_size, minimum=1)
+    if window is not None:
+        _check_int(s, "window", window, minimum=1)
+    if approx_chunk_size is not None:
+        _check_int(s, "approx_chunk_size", approx_chunk_size, minimum=1)
+
+
+@dataclass
+class PretrainModelOptions:
+    """The model trained from scratch: a Zebra preset, or any transformers
+    causal-LM config file; the Zebra fields override the preset's."""
+
+    _section: ClassVar[str] = "model"
+    preset: str | None = "debug"  # ZebraConfig.from_preset name
+    config: str | None = None  # a config.json / model directory / YAML of any causal LM; replaces preset
+    attention: str | None = None  # group | global | local | global_approx
+    layer_group_size: int | None = None
+    window: int | None = None
+    approx_chunk_size: int | None = None
+    overrides: dict[str, Any] = dataclasses.field(default_factory=dict)  # any other config field
+    tokenizer: str = "smollm2"  # a model spec as in zebra_llm.loading, or a tokenizer directory
+    attn_implementation: str | None = None
+
+    def __post_init__(self):
+        s = self._section
+        if self.preset is None and self.config is None:
+            _fail(f"{s}.preset", "or model.config must be given")
+        _check_zebra_fields(s, self.attention, self.layer_group_size, self.window, self.approx_chunk_size)
+
+
+@dataclass
+class LCATModelOptions:
+    """Long Context Adaptation Training: a Llama-family checkpoint converted
+    with ``convert_to_zebra`` and optionally a new RoPE base or scaling."""
+
+    _section: ClassVar[str] = "model"
+    source: str = "smollm2"  # --from: a model spec (zebra_llm.loading)
+    attention: str = "group"
+    layer_group_size: int = 4
+    window: int = 512
+    approx_chunk_size: int | None = None
+    rope_theta: float | None = None  # new RoPE base (e.g. 500000)
+    rope_scaling: dict[str, Any] | None = None  # transformers rope_parameters, e.g. {rope_type: yarn, factor: 4}
+    max_position_embeddings: int | None = None  # default: max(source's, data.seq_len)
+
+    def __post_init__(self):
+        s = self._section
+        if not str(self.source).strip():
+            _fail(f"{s}.source", "must name a model (a directory, a .gguf file, a hub name or 'smollm2')")
+        _check_zebra_fields(s, self.attention, self.layer_group_size, self.window, self.approx_chunk_size)
+        if self.rope_theta is not None and not self.rope_theta > 0:
+            _fail(f"{s}.rope_theta", f"must be > 0, got {self.rope_theta}")
+        if self.rope_scaling is not None and "rope_type" not in self.rope_scaling:
+            _fail(f"{s}.rope_scaling", "needs a rope_type (linear, dynamic, yarn, longrope, llama3)")
+        if self.max_position_embeddings is not None:
+            _check_int(s, "max_position_embeddings", self.max_position_embeddings, minimum=1)
+
+
+@dataclass
+class LoraOptions:
+    _section: ClassVar[str] = "model.lora"
+    enabled: bool = False
+    r: int = 16
+    alpha: float = 32
+    dropout: float = 0.0
+    target_modules: list[str] | str = "all-linear"
+    merge: bool = True  # the final model is the base with the adapter merged in (and the adapter alone)
+
+    def __post_init__(self):
+        s = self._section
+        _check_int(s, "r", self.r, minimum=1)
+        if not 0 <= self.dropout < 1:
+            _fail(f"{s}.dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class LITModelOptions:
+    """Long Instruction Tuning of any causal LM (a Zebra checkpoint after LCAT,
+    or any transformers model), optionally through a LoRA adapter (peft)."""
+
+    _section: ClassVar[str] = "model"
+    source: str = "smollm2"  # --from
+    lora: LoraOptions = dataclasses.field(default_factory=LoraOptions)
+    attn_implementation: str | None = None
+
+    def __post_init__(self):
+        if not str(self.source).strip():
+            _fail(f"{self._section}.source", "must name a model (a directory, a .gguf file, a hub name or 'smollm2')")
+        if not isinstance(self.lora, LoraOptions):
+            self.lora = _build(LoraOptions, self.lora, "model.lora")
+
+
+# --------------------------------------------------------------------------- task configs
+
+
+@dataclass
+class _TaskConfig:
+    optim: OptimOptions = dataclasses.field(default_factory=OptimOptions)
+    train: RunOptions = dataclasses.field(default_factory=RunOptions)
+    engine: EngineOptions = dataclasses.field(default_factory=EngineOptions)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            cls = _hints(type(self))[f.name]
+            if isinstance(value, dict):
+                setattr(self, f.name, _build(cls, value, f.name))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, overrides: dict[str, Any] | list[str] | None = None):
+        """Read a YAML/TOML/JSON file (optional) and apply dotted overrides
+        (``{"train.steps": 10}`` or ``["train.steps=10"]``) on top."""
+        data = read_config_file(path) if path is not None else {}
+        return cls.from_dict(apply_overrides(data, overrides or {}))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        return _build(cls, data, "")
+
+
+@dataclass
+class PretrainConfig(_TaskConfig):
+    model: PretrainModelOptions = dataclasses.field(default_factory=PretrainModelOptions)
+    data: DataOptions = dataclasses.field(default_factory=DataOptions)
+
+
+@dataclass
+class LCATConfig(_TaskConfig):
+    model: LCATModelOptions = dataclasses.field(default_factory=LCATModelOptions)
+    data: DataOptions = dataclasses.field(default_factory=lambda: DataOptions(seq_len=8192))
+
+
+@dataclass
+class LITConfig(_TaskConfig):
+    model: LITModelOptions = dataclasses.field(default_factory=LITModelOptions)
+    data: InstructionDataOptions = dataclasses.field(default_factory=InstructionDataOptions)
+
+
+# --------------------------------------------------------------------------- reading and coercion
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A config file as a dict: ``.yaml``/``.yml``, ``.toml`` or ``.json``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config: {path} does not exist")
+    suffix = path.suffix.lower()
+    text = path.read_text(encoding="utf-8")
+    if suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text)
+    elif suffix == ".toml":
+        import tomllib
+
+        data = tomllib.loads(text)
+    elif suffix == ".json":
+        data = json.loads(text)
+    else:
+        raise ValueError(f"config: {path} must be a .yaml, .yml, .toml or .json file")
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config: {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | list[str]) -> dict[str, Any]:
+    """Set dotted keys in a nested dict (a copy). String items ``"a.b=value"``
+    are parsed as YAML scalars, so numbers, booleans and lists work."""
+    import copy
+
+    out = copy.deepcopy(data)
+    if isinstance(overrides, (list, tuple)):
+        parsed = {}
+        for item in overrides:
+            key, sep, raw = str(item).partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"--set expects KEY=VALUE (e.g. optim.lr=1e-3), got {item!r}")
+            import yaml
+
+            parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        overrides = parsed
+    for key, value in overrides.items():
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ValueError(f"config: cannot set {key}: {part} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _build(cls, data, path: str):
+    """Construct dataclass ``cls`` from a mapping, coercing values to the field
+    types and naming unknown or mistyped fields by their dotted path."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or 'config'} must be a mapping, got {type(data).__name__}")
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        where = path or "the config"
+        raise ConfigError(
+            f"{_join(path, unknown[0])} is not a known field; {where} has: {', '.join(names)}"
+        )
+    kwargs = {name: _coerce(hints[name], data[name], _join(path, name)) for name in names if name in data}
+    return cls(**kwargs)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _coerce(tp, value, path: str):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        # Exact type matches first, so that "bool | str" keeps True a bool and "x" a str.
+        for arg in sorted((a for a in args if a is not type(None)), key=lambda a: not _matches(a, value)):
+            try:
+                return _coerce(arg, value, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{path} must not be empty")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path} must be one of {', '.join(map(str, args))}; got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} must be a list, got {value!r}")
+        (item,) = args or (Any,)
+        return [_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{path} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str, float)):
+            raise ConfigError(f"{path} must be an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except ValueError:
+            raise ConfigError(f"{path} must be an integer, got {value!r}") from None
+        if as_float != int(as_float):
+            raise ConfigError(f"{path} must be an integer, got {value!r}")
+        return int(as_float)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path} must be a number, got {value!r}")
+        try:
+            return float(value)  # YAML reads 3e-4 (no dot) as a string
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path} must be a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{path} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _matches(tp, value) -> bool:
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if tp in (int, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    origin = typing.get_origin(tp) or tp
+    return isinstance(origin, type) and isinstance(value, origin)
