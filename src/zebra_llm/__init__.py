@@ -5,7 +5,8 @@
 """
 
 from . import attention
+from .dca import apply_dca, remove_dca
 
 __version__ = "0.1.0"
 
-__all__ = ["attention", "__version__"]
+__all__ = ["attention", "apply_dca", "remove_dca", "__version__"]
