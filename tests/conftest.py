@@ -32,3 +32,19 @@ def load_smollm2(smollm2_dir):
         return load_model("smollm2", **kwargs)
 
     return load
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(smollm2_dir, tmp_path_factory):
+    """A tiny random Llama (2 layers, trained context 64) with the SmolLM2 tokenizer, on disk."""
+    from eval_helpers import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", smollm2_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """Three text files of about 400, 800 and 1200 words."""
+    from eval_helpers import write_corpus
+
+    return write_corpus(tmp_path_factory.mktemp("corpus") / "texts")

@@ -203,3 +203,18 @@ def test_default_scale_is_inverse_sqrt_head_dim():
     assert max_abs_err(a, b) == 0
     c = A.local_attention(q, k, v, window=4, scale=0.5)
     assert max_abs_err(c, R.local_attention(q, k, v, window=4, scale=0.5)) <= 1e-5
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_non_contiguous_inputs(variant):
+    """Models hand over q/k/v as transposed views of [batch, seq, heads, dim]."""
+    q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in rand_qkv(2, 4, 2, 77, 8))
+    assert not q.is_contiguous()
+    out = _call(variant, q, k, v, 10, 4, backend="sdpa")
+    assert rel_err(out, _ref(variant, q, k, v, 10, 4)) <= 1e-5
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_empty_query(variant):
+    q, k, v = rand_qkv(1, 2, 2, 0, 8, seq_kv=5)
+    assert _call(variant, q, k, v, 3, 2).shape == (1, 2, 0, 8)

@@ -14,6 +14,10 @@ import torch
 from .masks import Predicate
 
 
+_BLOCK_MASKS: dict = {}
+_MAX_CACHED_MASKS = 32
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
@@ -33,6 +37,7 @@ def flex_run(
     n_band_keys: int | None = None,
     extra_visible=None,
     extra_bias: float = 0.0,
+    cache_key: tuple | None = None,
 ) -> torch.Tensor:
     """One FlexAttention call.
 
@@ -40,7 +45,9 @@ def flex_run(
     absolute indices (query ``i`` is key-axis index ``i + q_offset``) and by the
     padding mask. Keys past ``n_band_keys`` are extra keys (chunk summaries)
     judged by ``extra_visible(b, q_idx, extra_idx)`` and scored with
-    ``+extra_bias``.
+    ``+extra_bias``. Without padding or extra keys the block mask depends only
+    on ``cache_key`` (the predicate's identity, e.g. ``("local", window)``) and
+    the sizes, and is reused across calls (every layer of a forward).
     """
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
@@ -69,15 +76,23 @@ def flex_run(
             return torch.where(kv_idx >= n_band, score + extra_bias, score)
 
     on_cuda = q.device.type == "cuda"
-    block_mask = create_block_mask(
-        mask_mod,
-        B=batch if (kpm is not None or extra_visible is not None) else None,
-        H=None,
-        Q_LEN=seq_q,
-        KV_LEN=seq_kv,
-        device=q.device,
-        _compile=on_cuda,
-    )
+    shared = kpm is None and extra_visible is None
+    key = (cache_key, seq_q, seq_kv, str(q.device)) if shared and cache_key is not None else None
+    block_mask = _BLOCK_MASKS.get(key) if key is not None else None
+    if block_mask is None:
+        block_mask = create_block_mask(
+            mask_mod,
+            B=None if shared else batch,
+            H=None,
+            Q_LEN=seq_q,
+            KV_LEN=seq_kv,
+            device=q.device,
+            _compile=on_cuda,
+        )
+        if key is not None:
+            if len(_BLOCK_MASKS) >= _MAX_CACHED_MASKS:
+                _BLOCK_MASKS.pop(next(iter(_BLOCK_MASKS)))
+            _BLOCK_MASKS[key] = block_mask
     if on_cuda:
         fn = _compiled_flex()
     else:

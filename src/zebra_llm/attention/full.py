@@ -65,6 +65,7 @@ def _global_flex(q, k, v, *, scale, key_padding_mask):
         predicate=masks.causal,
         key_padding_mask=key_padding_mask,
         q_offset=k.shape[2] - q.shape[2],
+        cache_key=("global",),
     )
 
 

@@ -84,6 +84,8 @@ def windowed_attention(q, k, v, *, window, scale, key_padding_mask=None, extra: 
     against its own window in one batched SDPA call under one shared band mask.
     """
     seq_q, seq_kv = q.shape[2], k.shape[2]
+    if seq_q == 0:
+        return q.new_empty(q.shape)
     off = seq_kv - seq_q  # key-axis index of query 0
     backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
     block = block_size_for(window, n_extra=0 if extra is None else extra.keys.shape[2], backward=backward)
@@ -189,6 +191,7 @@ def _local_flex(q, k, v, *, window, scale, key_padding_mask):
         predicate=masks.sliding_window(window),
         key_padding_mask=key_padding_mask,
         q_offset=k.shape[2] - q.shape[2],
+        cache_key=("local", window),
     )
 
 

@@ -1,0 +1,610 @@
+"""Context-extension methods applied to a model on load, named by short specs.
+
+A spec is ``name`` or ``name:key=value,key=value``:
+
+    none                              the model as it is
+    linear:factor=4                   position interpolation (Chen et al., 2023)
+    dynamic:factor=4                  dynamic NTK scaling (transformers' "dynamic" rope type)
+    yarn:factor=4                     YaRN (Peng et al., 2023)
+    dca                               Dual Chunk Attention (An et al., 2024), defaults from the model
+    dca:chunk_size=6144               ... with its settings
+    zebra:layer_group_size=4,window=512
+                                      conversion to Zebra layerwise grouped local-global attention
+
+Each method is registered under its name with a typed options class that is
+validated when the spec is parsed, so a typo in a key or a bad value fails
+before any model is loaded. The rope-scaling baselines set transformers' own
+``rope_parameters`` on the config and rebuild the model's rotary-embedding
+module from it through its public constructor, so the frequencies are exactly
+the ones transformers computes for a checkpoint saved with that scaling.
+
+Every method also has a **length limit**: the longest sequence an evaluation
+may ask of it. By default it is four times the context the method is meant to
+reach (the trained context ``c`` for ``none`` and ``zebra``, ``factor * c`` for
+the rope-scaling methods); DCA has none. Past the limit a method's output says
+nothing useful and the run would only burn time, so evaluations refuse it;
+``max_length=N`` on any spec sets the limit explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+# How far past its nominal context a method may be asked to go by default.
+DEFAULT_LIMIT_MULTIPLE = 4
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method name and its options, parsed and validated (``MethodSpec.parse``)."""
+
+    name: str
+    options: Any = None  # the method's options dataclass
+    given: tuple[str, ...] = ()  # option names set explicitly, in canonical order
+
+    @classmethod
+    def parse(cls, text: "str | MethodSpec") -> "MethodSpec":
+        if isinstance(text, MethodSpec):
+            return text
+        text = str(text).strip()
+        name, _, rest = text.partition(":")
+        name = name.strip().lower()
+        if name not in METHODS:
+            raise ValueError(f"method: unknown method {name!r}; known methods are {', '.join(METHODS)}")
+        method = METHODS[name]
+        values: dict[str, Any] = {}
+        if rest.strip():
+            for part in rest.split(","):
+                key, eq, raw = part.partition("=")
+                key = key.strip()
+                if not eq or not key:
+                    raise ValueError(f"method {name}: expected key=value, got {part.strip()!r} in {text!r}")
+                if key in values:
+                    raise ValueError(f"method {name}: option {key!r} given twice")
+                values[key] = raw.strip()
+        return cls(name, method.make_options(values), tuple(sorted(values)))
+
+    @property
+    def method(self) -> "Method":
+        return METHODS[self.name]
+
+    def __str__(self) -> str:
+        """Canonical text: parses back to an equal spec."""
+        if not self.given:
+            return self.name
+        parts = [f"{k}={_format_value(getattr(self.options, k))}" for k in self.given]
+        return f"{self.name}:{','.join(parts)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "spec": str(self), "options": dataclasses.asdict(self.options)}
+
+    def apply(self, model):
+        """Apply the method to a loaded model (in place where possible); returns the model to use."""
+        return self.method.apply(model, self.options)
+
+    def max_length(self, config) -> int | None:
+        """The longest sequence this method may be evaluated at on a model with ``config`` (the
+        unmodified model's config; None: no limit)."""
+        if getattr(self.options, "max_length", None) is not None:
+            return self.options.max_length
+        return self.method.default_max_length(config, self.options)
+
+    def check_length(self, config, length: int) -> None:
+        """Refuse ``length`` above the limit on a model with ``config`` (the unmodified model's)."""
+        _check_limit(self, length, self.max_length(config), self.method.limit_reason(config, self.options))
+
+    @property
+    def prefix_cache_exact(self) -> bool:
+        """Whether a KV cache computed for a prompt's prefix gives exactly the logits of a full forward.
+
+        False for dynamic NTK: its frequencies depend on the length of each forward call.
+        """
+        return self.method.prefix_cache_exact
+
+
+def _check_limit(spec: MethodSpec, length: int, limit: int | None, reason: str) -> None:
+    if limit is not None and length > limit:
+        raise ValueError(
+            f"length {length} is above what method {spec} supports on this model ({limit} tokens: {reason}); "
+            f"add max_length={length} to the method spec to run it anyway"
+        )
+
+
+def parse_methods(specs) -> list[MethodSpec]:
+    """Parse a list of specs; duplicates (after canonicalisation) are an error."""
+    out = [MethodSpec.parse(s) for s in specs]
+    if not out:
+        raise ValueError("method: give at least one method")
+    seen = set()
+    for m in out:
+        if str(m) in seen:
+            raise ValueError(f"method: {m} given twice")
+        seen.add(str(m))
+    return out
+
+
+def _format_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v)
+
+
+# ---------------------------------------------------------------- option parsing
+
+
+def _to_int(key: str, raw: str | int) -> int:
+    try:
+        value = float(raw) if isinstance(raw, str) else raw
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"option {key} must be an integer, got {raw!r}") from None
+
+
+def _to_float(key: str, raw: str | float) -> float:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"option {key} must be a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"option {key} must be finite, got {raw!r}")
+    return value
+
+
+def _to_bool_or_float(key: str, raw: str | bool | float) -> bool | float:
+    if isinstance(raw, (bool, int, float)):
+        return raw
+    low = raw.strip().lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    return _to_float(key, raw)
+
+
+def _build(options_type, method_name: str, values: dict[str, Any]):
+    fields = {f.name: f for f in dataclasses.fields(options_type)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"method {method_name}: unknown option {unknown[0]!r}; allowed options are {', '.join(fields) or 'none'}"
+        )
+    converted = {}
+    for key, raw in values.items():
+        conv = options_type.converters[key]
+        try:
+            converted[key] = conv(key, raw)
+        except ValueError as e:
+            raise ValueError(f"method {method_name}: {e}") from None
+    try:
+        return options_type(**converted)
+    except ValueError as e:
+        raise ValueError(f"method {method_name}: {e}") from None
+
+
+def _check_max_length(value: int | None) -> None:
+    if value is not None and value < 2:
+        raise ValueError(f"max_length must be >= 2, got {value}")
+
+
+# ---------------------------------------------------------------- methods
+
+
+def trained_context(config) -> int:
+    """The context the model was pretrained on: rope scaling's original length when it records one."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    original = rope.get("original_max_position_embeddings") if isinstance(rope, dict) else None
+    if original:
+        return int(original)
+    value = getattr(config, "max_position_embeddings", None)
+    if not value:
+        raise ValueError(f"model type {getattr(config, 'model_type', '?')} has no max_position_embeddings")
+    return int(value)
+
+
+class Method:
+    """A registered method: an options class, how to apply it, and its length limit."""
+
+    name: ClassVar[str]
+    options_type: ClassVar[type]
+    prefix_cache_exact: ClassVar[bool] = True
+
+    @classmethod
+    def make_options(cls, values: dict[str, Any]):
+        return _build(cls.options_type, cls.name, values)
+
+    @classmethod
+    def apply(cls, model, options):
+        raise NotImplementedError
+
+    @classmethod
+    def nominal_context(cls, config, options) -> int | None:
+        return trained_context(config)
+
+    @classmethod
+    def default_max_length(cls, config, options) -> int | None:
+        nominal = cls.nominal_context(config, options)
+        return None if nominal is None else int(DEFAULT_LIMIT_MULTIPLE * nominal)
+
+    @classmethod
+    def limit_reason(cls, config, options) -> str:
+        if getattr(options, "max_length", None) is not None:
+            return "its max_length option"
+        return f"{DEFAULT_LIMIT_MULTIPLE}x its nominal context of {cls.nominal_context(config, options)}"
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+@dataclass(frozen=True)
+class NoneOptions:
+    max_length: int | None = None
+    converters: ClassVar[dict[str, Callable]] = {"max_length": _to_int}
+
+    def __post_init__(self):
+        _check_max_length(self.max_length)
+
+
+@register_method
+class NoMethod(Method):
+    """The model unchanged (plain RoPE extrapolation past the trained context)."""
+
+    name = "none"
+    options_type = NoneOptions
+
+    @classmethod
+    def apply(cls, model, options):
+        return model
+
+
+# --- rope scaling baselines (transformers' rope types)
+
+
+@dataclass(frozen=True)
+class RopeScalingOptions:
+    factor: float | None = None
+    original_max_position_embeddings: int | None = None
+    max_length: int | None = None
+    converters: ClassVar[dict[str, Callable]] = {
+        "factor": _to_float,
+        "original_max_position_embeddings": _to_int,
+        "max_length": _to_int,
+    }
+
+    def __post_init__(self):
+        if self.factor is None:
+            raise ValueError("option factor is required (e.g. factor=4)")
+        if self.factor < 1:
+            raise ValueError(f"option factor must be >= 1, got {_format_value(self.factor)}")
+        if self.original_max_position_embeddings is not None and self.original_max_position_embeddings < 1:
+            raise ValueError("option original_max_position_embeddings must be >= 1")
+        _check_max_length(self.max_length)
+
+
+@dataclass(frozen=True)
+class YarnOptions(RopeScalingOptions):
+    beta_fast: float | None = None
+    beta_slow: float | None = None
+    attention_factor: float | None = None
+    converters: ClassVar[dict[str, Callable]] = {
+        **RopeScalingOptions.converters,
+        "beta_fast": _to_float,
+        "beta_slow": _to_float,
+        "attention_factor": _to_float,
+    }
+
+    def __post_init__(self):
+        super().__post_init__()
+        if (self.beta_fast or 32) < (self.beta_slow or 1):
+            raise ValueError("option beta_fast must be >= beta_slow")
+        if self.attention_factor is not None and self.attention_factor <= 0:
+            raise ValueError("option attention_factor must be > 0")
+
+
+class _RopeScaling(Method):
+    """Set ``config.rope_parameters`` to a transformers rope type and rebuild the rotary embedding."""
+
+    rope_type: ClassVar[str]
+    options_type = RopeScalingOptions
+
+    @classmethod
+    def nominal_context(cls, config, options) -> int:
+        original = options.original_max_position_embeddings or trained_context(config)
+        return int(original * options.factor)
+
+    @classmethod
+    def rope_parameters(cls, current: dict, original: int, options) -> dict:
+        params = {k: v for k, v in current.items() if k not in ("type", "factor", "original_max_position_embeddings")}
+        params.update(rope_type=cls.rope_type, factor=float(options.factor))
+        return params
+
+    @classmethod
+    def apply(cls, model, options):
+        config = model.config
+        current = getattr(config, "rope_parameters", None)
+        if not isinstance(current, dict) or "rope_theta" not in current:
+            raise ValueError(
+                f"method {cls.name}: model type {config.model_type} has no single rope_parameters dict with "
+                f"rope_theta; rope scaling applies to RoPE models"
+            )
+        if current.get("rope_type", "default") != "default":
+            raise ValueError(
+                f"method {cls.name}: the model already uses rope_type {current['rope_type']!r}; "
+                "stacking two rope scalings is not supported"
+            )
+        original = options.original_max_position_embeddings or trained_context(config)
+        config.rope_parameters = cls.rope_parameters(current, original, options)
+        cls.set_max_positions(config, original, options)
+        config.validate_rope()
+        rebuilt = _rebuild_rotary_embeddings(model)
+        if rebuilt == 0:
+            raise ValueError(
+                f"method {cls.name}: found no rotary-embedding module in {type(model).__name__} to rebuild"
+            )
+        return model
+
+    @classmethod
+    def set_max_positions(cls, config, original: int, options) -> None:
+        # PI and YaRN models are published with max_position_embeddings = factor * original.
+        config.max_position_embeddings = int(original * options.factor)
+
+
+@register_method
+class LinearScaling(_RopeScaling):
+    """Position interpolation: positions divided by ``factor`` (Chen et al., 2023, arXiv 2306.15595)."""
+
+    name = "linear"
+    rope_type = "linear"
+
+
+@register_method
+class DynamicNTK(_RopeScaling):
+    """Dynamic NTK-aware scaling: the RoPE base grows with the sequence past the trained context."""
+
+    name = "dynamic"
+    rope_type = "dynamic"
+    # transformers recomputes the frequencies from the longest position of each forward call, so a
+    # prefix's cached keys are rotated with other frequencies than a full forward would use.
+    prefix_cache_exact = False
+
+    @classmethod
+    def set_max_positions(cls, config, original: int, options) -> None:
+        # transformers' dynamic NTK scales relative to max_position_embeddings: it must stay the original.
+        config.max_position_embeddings = int(original)
+
+
+@register_method
+class Yarn(_RopeScaling):
+    """YaRN: NTK-by-parts interpolation plus attention temperature (Peng et al., 2023, arXiv 2309.00071)."""
+
+    name = "yarn"
+    rope_type = "yarn"
+    options_type = YarnOptions
+
+    @classmethod
+    def rope_parameters(cls, current: dict, original: int, options) -> dict:
+        params = super().rope_parameters(current, original, options)
+        params["original_max_position_embeddings"] = int(original)
+        for key in ("beta_fast", "beta_slow", "attention_factor"):
+            if getattr(options, key) is not None:
+                params[key] = float(getattr(options, key))
+        return params
+
+
+def _rebuild_rotary_embeddings(model) -> int:
+    """Replace every rotary-embedding module by a fresh one built from its (updated) config.
+
+    Rotary modules in transformers are built by ``type(module)(config)`` and keep
+    their frequencies in a non-persistent ``inv_freq`` buffer, so rebuilding is
+    the public way to change them after loading.
+    """
+    targets = [
+        (name, module)
+        for name, module in model.named_modules()
+        if hasattr(module, "inv_freq") and hasattr(module, "rope_type") and hasattr(module, "config")
+    ]
+    for name, module in targets:
+        device = module.inv_freq.device
+        fresh = type(module)(module.config).to(device)
+        model.set_submodule(name, fresh)
+    return len(targets)
+
+
+# --- DCA and Zebra (built by other modules of the library; imported when applied)
+
+
+@dataclass(frozen=True)
+class DCAOptions:
+    pretraining_length: int | None = None
+    chunk_size: int | None = None
+    temperature: bool | float = True
+    max_length: int | None = None
+    converters: ClassVar[dict[str, Callable]] = {
+        "pretraining_length": _to_int,
+        "chunk_size": _to_int,
+        "temperature": _to_bool_or_float,
+        "max_length": _to_int,
+    }
+
+    def __post_init__(self):
+        if self.pretraining_length is not None and self.pretraining_length < 2:
+            raise ValueError(f"option pretraining_length must be >= 2, got {self.pretraining_length}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise ValueError(f"option chunk_size must be >= 1, got {self.chunk_size}")
+        if (
+            self.chunk_size is not None
+            and self.pretraining_length is not None
+            and self.chunk_size >= self.pretraining_length
+        ):
+            raise ValueError(
+                f"option chunk_size ({self.chunk_size}) must be smaller than pretraining_length "
+                f"({self.pretraining_length}): the local window is pretraining_length - chunk_size"
+            )
+        _check_max_length(self.max_length)
+
+
+@register_method
+class DualChunkAttention(Method):
+    """Dual Chunk Attention: training-free extension by chunked relative positions (An et al., 2024)."""
+
+    name = "dca"
+    options_type = DCAOptions
+
+    @classmethod
+    def apply(cls, model, options):
+        from zebra_llm import apply_dca  # lazily: lives in zebra_llm.dca
+
+        if options.chunk_size is not None and options.pretraining_length is None:
+            c = trained_context(model.config)
+            if options.chunk_size >= c:
+                raise ValueError(
+                    f"method dca: option chunk_size ({options.chunk_size}) must be smaller than the model's "
+                    f"pretraining length ({c})"
+                )
+        result = apply_dca(
+            model,
+            pretraining_length=options.pretraining_length,
+            chunk_size=options.chunk_size,
+            temperature=options.temperature,
+        )
+        return model if result is None else result
+
+    @classmethod
+    def nominal_context(cls, config, options) -> int | None:
+        return None  # DCA keeps every relative distance inside the trained range at any length
+
+    @classmethod
+    def limit_reason(cls, config, options) -> str:
+        return "its max_length option"
+
+
+@dataclass(frozen=True)
+class ZebraOptions:
+    attention: str = "group"
+    layer_group_size: int | None = None
+    window: int | None = None
+    max_length: int | None = None
+    converters: ClassVar[dict[str, Callable]] = {
+        "attention": lambda key, raw: str(raw),
+        "layer_group_size": _to_int,
+        "window": _to_int,
+        "max_length": _to_int,
+    }
+    attentions: ClassVar[tuple[str, ...]] = ("group", "global", "local", "global_approx")
+
+    def __post_init__(self):
+        if self.attention not in self.attentions:
+            raise ValueError(f"option attention must be one of {', '.join(self.attentions)}, got {self.attention!r}")
+        if self.layer_group_size is not None and self.layer_group_size < 1:
+            raise ValueError(f"option layer_group_size must be >= 1, got {self.layer_group_size}")
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"option window must be >= 1, got {self.window}")
+        _check_max_length(self.max_length)
+
+
+@register_method
+class ZebraConversion(Method):
+    """Conversion to Zebra layerwise grouped local-global attention (Song et al., 2023), weights unchanged."""
+
+    name = "zebra"
+    options_type = ZebraOptions
+
+    @classmethod
+    def apply(cls, model, options):
+        from zebra_llm import convert_to_zebra  # lazily: lives in zebra_llm.modeling
+
+        kwargs = {"attention": options.attention}
+        if options.layer_group_size is not None:
+            kwargs["layer_group_size"] = options.layer_group_size
+        if options.window is not None:
+            kwargs["window"] = options.window
+        converted = convert_to_zebra(model, **kwargs)
+        return converted.eval()
+
+
+# ---------------------------------------------------------------- loading
+
+
+@dataclass
+class LoadedModel:
+    """A model with a method applied, its tokenizer, and where they came from."""
+
+    model: Any
+    tokenizer: Any
+    method: MethodSpec
+    source: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def max_length(self) -> int | None:
+        return self.info.get("max_length")
+
+    def check_length(self, length: int) -> None:
+        """Refuse a length above the method's limit on this model (computed before the method was applied)."""
+        _check_limit(self.method, length, self.max_length, self.info.get("limit_reason", ""))
+
+
+def load_with_method(
+    model_spec,
+    method: "str | MethodSpec" = "none",
+    *,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device | None = None,
+    attn_implementation: str | None = None,
+) -> LoadedModel:
+    """Load ``model_spec`` (``smollm2``, a directory, a ``.gguf`` file or a hub name) and apply ``method``.
+
+    A model object may be passed instead of a spec as ``(model, tokenizer)``; the
+    method is then applied to that object in place.
+    """
+    from zebra_llm.loading import load_model
+
+    spec = MethodSpec.parse(method)
+    if isinstance(model_spec, tuple):
+        model, tokenizer = model_spec
+        source = getattr(model.config, "_name_or_path", "") or type(model).__name__
+    else:
+        model, tokenizer = load_model(
+            model_spec, dtype=dtype, device=device, attn_implementation=attn_implementation
+        )
+        source = str(model_spec)
+    # Limits are defined on the unmodified model (rope scaling rewrites max_position_embeddings).
+    trained = trained_context(model.config)
+    limit = spec.max_length(model.config)
+    reason = spec.method.limit_reason(model.config, spec.options)
+    model = spec.apply(model)
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    info = {
+        "model_type": model.config.model_type,
+        "trained_context": trained,
+        "max_length": limit,
+        "limit_reason": reason,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "device": str(next(model.parameters()).device),
+    }
+    return LoadedModel(model, tokenizer, spec, source, info)
+
+
+def load_for_run(config, spec: MethodSpec, model_objects: dict | None = None) -> LoadedModel:
+    """The model of an evaluation run (``config.model``, ``config.dtype``, ``config.device``) with
+    ``spec`` applied, or the ``(model, tokenizer)`` given for that spec in ``model_objects``."""
+    if model_objects and str(spec) in model_objects:
+        return load_with_method(model_objects[str(spec)], spec)
+    return load_with_method(config.model, spec, dtype=config.dtype, device=config.device)
