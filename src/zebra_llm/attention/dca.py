@@ -240,7 +240,12 @@ def _temperature(q: torch.Tensor, n_keys: int, temperature_length: int | None) -
 
 
 def _merge(acc, part):
-    """Fold one block's ``(out, lse)`` into the running ``(out, lse)``, in float32."""
+    """Fold one block's ``(out, lse)`` into the running ``(out, lse)``, in float32.
+
+    out = sum_b exp(lse_b - lse) out_b with lse = log sum_b exp(lse_b) (paper Section 3.4):
+    the exact softmax over the union of the blocks' keys. Differentiable (the ``flex`` backend
+    relies on it); ``_merge_`` is the in-place form for the no-autograd forward.
+    """
     out, lse = part
     if acc is None:
         return out.float(), lse.float()
@@ -248,6 +253,18 @@ def _merge(acc, part):
     new_lse = torch.logaddexp(acc_lse, lse)
     merged = acc_out * torch.exp(acc_lse - new_lse)[..., None] + out.float() * torch.exp(lse - new_lse)[..., None]
     return merged, new_lse
+
+
+def _merge_(acc, part):
+    """``_merge`` in place on the running output (fewer temporaries: the kernel runs under no autograd)."""
+    out, lse = part
+    if acc is None:
+        return (out if out.dtype == torch.float32 else out.float()), lse.float()
+    acc_out, acc_lse = acc
+    new_lse = torch.logaddexp(acc_lse, lse)
+    acc_out.mul_(torch.exp(acc_lse - new_lse)[..., None])
+    acc_out.addcmul_(out, torch.exp(lse - new_lse)[..., None])
+    return acc_out, new_lse
 
 
 # --- sdpa: merged blocks on PyTorch's CPU flash kernel ------------------------------------------
@@ -277,7 +294,7 @@ class _MergedBlocks(torch.autograd.Function):
             for blk in g.blocks:
                 qb = rotate(qg, _shift(g, blk, chunk_size, pretraining_length, q.device), inv_freq)
                 part = flash(qb, k[:, :, blk.k0 : blk.k1], v[:, :, blk.k0 : blk.k1], 0.0, blk.causal, scale=scale)
-                acc = _merge(acc, part)
+                acc = _merge_(acc, part)
             out[:, :, g.q0 : g.q1] = acc[0].to(q.dtype)
             lse[:, :, g.q0 : g.q1] = acc[1]
         ctx.save_for_backward(q, k, v, out, lse)

@@ -9,6 +9,7 @@ import sys
 
 import typer
 
+from . import dca as _dca
 from ._common import run_guarded
 
 app = typer.Typer(
@@ -18,6 +19,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+app.add_typer(_dca.app, name="dca")
 
 
 @app.callback()
