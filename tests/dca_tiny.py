@@ -82,3 +82,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def tiny_zebra(layer_types=None, **overrides):
+    """A random ZebraForCausalLM: global layers 0 and 2, local (window 8) layers 1 and 3."""
+    from zebra_llm import ZebraConfig, ZebraForCausalLM
+
+    kw = dict(COMMON, num_hidden_layers=4, window=8, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    kw.update(overrides)
+    if layer_types is None:
+        kw.update(attention="group", layer_group_size=2)
+    else:
+        kw["layer_types"] = layer_types
+    return ZebraForCausalLM(ZebraConfig(**kw)).eval()

@@ -4,7 +4,8 @@
 (and ``ZebraForCausalLM``'s global layers) use DCA for forward, loss and
 ``generate``; ``remove_dca(model)`` undoes it. Integration goes through
 transformers' public extension points only: an attention function registered
-with ``AttentionInterface`` under the name ``"dca"``, its mask function with
+with ``AttentionInterface`` under the name ``"dca"`` (``"zebra_dca"`` for Zebra
+models), its mask function with
 ``AttentionMaskInterface`` (a ``[batch, kv_len]`` padding mask, no ``seq x seq``
 tensor), and ``model.set_attn_implementation``. The settings live on the model
 config as ``config.zebra_dca`` (so ``save_pretrained`` keeps them and a later
@@ -43,8 +44,9 @@ from .attention.dca_positions import check_geometry, relative_positions
 from .hf import key_padding_mask, padding_mask_interface
 
 ATTN_IMPLEMENTATION = "dca"
+ZEBRA_ATTN_IMPLEMENTATION = "zebra_dca"  # DCA on a Zebra model's global layers, Zebra attention on the others
 CONFIG_KEY = "zebra_dca"
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "zebra")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 # vLLM's defaults for missing keys of ``dual_chunk_attention_config``
 # (vllm/attention/backends/dual_chunk_flash_attn.py).
@@ -225,6 +227,13 @@ def _check_family(model_config) -> None:
         raise ValueError(
             f"model_type {model_type!r} is not supported by DCA; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
+    if model_type == "zebra":
+        if "full_attention" not in model_config.layer_types:
+            raise ValueError(
+                f"layer_types: DCA applies to a Zebra model's global (full_attention) layers and this one has "
+                f"none ({sorted(set(model_config.layer_types))})"
+            )
+        return  # local and global_approx layers keep Zebra's own attention
     layer_types = getattr(model_config, "layer_types", None) or []
     if any(t != "full_attention" for t in layer_types):
         raise ValueError(
@@ -243,7 +252,10 @@ def apply_dca(model, *, pretraining_length: int | None = None, chunk_size: int |
 
     Args:
         model: a loaded transformers causal LM of the Llama, Mistral (incl. Mixtral),
-            Qwen2 or Qwen3 families (incl. their MoE variants).
+            Qwen2 or Qwen3 families (incl. their MoE variants), or a ``ZebraForCausalLM``,
+            where DCA runs on the global layers (attention implementation ``"zebra_dca"``;
+            local and ``global_approx`` layers keep Zebra's attention: a local window
+            never spans more than the trained context anyway).
         pretraining_length: ``c``; default from the model (see :func:`resolve_config`).
         chunk_size: ``s``; default ``3 * c // 4`` (or the model's DCA config).
         temperature: YaRN-style temperature beyond ``c`` (see ``DCAConfig``).
@@ -259,16 +271,21 @@ def apply_dca(model, *, pretraining_length: int | None = None, chunk_size: int |
     if not modules:
         raise ValueError(f"model: found no attention modules in {type(model).__name__}")
     register()
+    implementation = ZEBRA_ATTN_IMPLEMENTATION if config.model_type == "zebra" else ATTN_IMPLEMENTATION
     previous = config._attn_implementation
     saved = getattr(config, CONFIG_KEY, None)
-    if previous == ATTN_IMPLEMENTATION:  # applied before: keep what to go back to
-        previous = (saved or {}).get("previous_attn_implementation") or "sdpa"
+    if previous in (ATTN_IMPLEMENTATION, ZEBRA_ATTN_IMPLEMENTATION):  # applied before: keep what to go back to
+        previous = (saved or {}).get("previous_attn_implementation") or _default_implementation(config)
     state = _LayerState(dca, (rotary,))
     for module in modules:
         module.__dict__["_zebra_dca"] = state
     setattr(config, CONFIG_KEY, {**dca.to_dict(), "previous_attn_implementation": previous})
-    model.set_attn_implementation(ATTN_IMPLEMENTATION)
+    model.set_attn_implementation(implementation)
     return model
+
+
+def _default_implementation(model_config) -> str:
+    return "zebra" if model_config.model_type == "zebra" else "sdpa"
 
 
 def remove_dca(model):
@@ -277,7 +294,7 @@ def remove_dca(model):
     saved = getattr(config, CONFIG_KEY, None)
     if saved is None:
         raise ValueError("model: DCA is not applied (config has no zebra_dca)")
-    previous = saved.get("previous_attn_implementation") or "sdpa"
+    previous = saved.get("previous_attn_implementation") or _default_implementation(config)
     model.set_attn_implementation(previous)
     delattr(config, CONFIG_KEY)
     for module in _attention_modules(model):
@@ -368,19 +385,36 @@ def dca_attention_forward(module, query, key, value, attention_mask, scaling=Non
     return out.transpose(1, 2).contiguous(), None
 
 
+def zebra_dca_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """``"zebra_dca"``: DCA on a Zebra model's global layers, ``zebra_attention_forward`` on the others.
+
+    Registered with ``padding_mask_interface`` as its mask function, so Zebra treats
+    it as a structural implementation (only padding masks, the layer's structure
+    built from ``module.attention_type``).
+    """
+    if getattr(module, "attention_type", None) == "global":
+        return dca_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    from .modeling import zebra_attention_forward
+
+    return zebra_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+
+
 _registered = False
 
 
 def register() -> None:
-    """Register ``"dca"`` with transformers' AttentionInterface and AttentionMaskInterface (idempotent)."""
+    """Register ``"dca"`` and ``"zebra_dca"`` with transformers' AttentionInterface and
+    AttentionMaskInterface (idempotent)."""
     global _registered
     if _registered:
         return
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    AttentionInterface.register(ATTN_IMPLEMENTATION, dca_attention_forward)
-    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, padding_mask_interface)
+    for name, forward in ((ATTN_IMPLEMENTATION, dca_attention_forward),
+                          (ZEBRA_ATTN_IMPLEMENTATION, zebra_dca_attention_forward)):
+        AttentionInterface.register(name, forward)
+        AttentionMaskInterface.register(name, padding_mask_interface)
     _registered = True
 
 
@@ -389,6 +423,7 @@ __all__ = [
     "DCAConfig",
     "SUPPORTED_MODEL_TYPES",
     "SUPPORTED_ROPE_TYPES",
+    "ZEBRA_ATTN_IMPLEMENTATION",
     "apply_dca",
     "dca_attention_forward",
     "dca_config",
@@ -396,5 +431,6 @@ __all__ = [
     "relative_positions",
     "remove_dca",
     "resolve_config",
+    "zebra_dca_attention_forward",
 ]
 

@@ -11,6 +11,7 @@ import typer
 
 from . import dca as _dca
 from ._common import run_guarded
+from .model import app as _model_app
 
 app = typer.Typer(
     name="zebra",
@@ -21,6 +22,7 @@ app = typer.Typer(
 )
 
 
+app.add_typer(_model_app)  # convert, export, presets, flops
 app.add_typer(_dca.app, name="dca")
 
 

@@ -1,0 +1,143 @@
+"""The ``"zebra"`` attention implementation, registered with transformers.
+
+``AttentionInterface.register("zebra", zebra_attention_forward)`` and
+``AttentionMaskInterface.register("zebra", zebra_llm.hf.padding_mask_interface)``:
+transformers builds one ``[batch, kv_len]`` key padding mask per forward (no
+``seq x seq`` mask) and every ``ZebraAttention`` calls
+:func:`zebra_attention_forward`, which runs the module's variant from
+``zebra_llm.attention.VARIANTS``. Causality, windows and chunk summaries are
+structural there, so local layers cost O(seq * window).
+
+Other implementations on a Zebra model:
+
+* ``eager``, ``sdpa``, ``flash_attention_*``, ``flex_attention``: correct for
+  ``global`` and ``local`` layers, through transformers' own causal and
+  sliding-window masks (the way Ministral runs); they build the masks those
+  kernels need (``eager``/``sdpa``: ``seq x seq``). ``global_approx`` cannot
+  be expressed as a mask: a model with such layers refuses them with a
+  ``ValueError``.
+* Any implementation registered with ``padding_mask_interface`` as its mask
+  function (``"zebra"``, the DCA helper's ``"zebra_dca"``) is *structural*: it
+  receives only padding masks and must dispatch on ``module.attention_type``,
+  as :func:`zebra_attention_forward` does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+
+from .. import hf
+from ..attention import VARIANTS
+
+IMPLEMENTATION = "zebra"
+
+# attention_type -> the keyword arguments its variant takes from the module.
+_VARIANT_ARGS = {
+    "global": lambda module: {},
+    "local": lambda module: {"window": module.window},
+    "global_approx": lambda module: {"window": module.window, "chunk_size": module.approx_chunk_size},
+}
+
+
+def zebra_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Attention of one Zebra layer, chosen by ``module.attention_type``.
+
+    Args:
+        module: has ``attention_type`` in ``{"global", "local", "global_approx"}``, ``window`` and
+            ``approx_chunk_size``.
+        query: ``[batch, heads_q, q_len, head_dim]``; the queries are the last ``q_len`` positions of the keys.
+        key, value: ``[batch, heads_kv, kv_len, head_dim]``, what the layer's cache returned.
+        attention_mask: ``None`` or the ``[batch, kv_len]`` padding mask of ``zebra_llm.hf.padding_mask_interface``.
+        scaling: score scale (``head_dim ** -0.5`` by default).
+        dropout: must be 0; the structural kernels have no attention dropout.
+
+    Returns ``(output [batch, q_len, heads_q, head_dim], None)`` as transformers expects.
+    """
+    kind = getattr(module, "attention_type", None)
+    if kind not in _VARIANT_ARGS:
+        raise ValueError(
+            f"zebra attention: module.attention_type must be one of {sorted(_VARIANT_ARGS)}, got {kind!r}"
+        )
+    if dropout:
+        raise ValueError(
+            f"zebra attention has no attention dropout (got dropout={dropout}); set config.attention_dropout=0"
+        )
+    kpm = hf.key_padding_mask(attention_mask, key, who="zebra attention")
+    out = VARIANTS[kind](query, key, value, scale=scaling, key_padding_mask=kpm, **_VARIANT_ARGS[kind](module))
+    return out.transpose(1, 2).contiguous(), None  # (B, Hq, q, D) -> (B, q, Hq, D)
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' ``eager`` attention under its additive 4D mask (``attn_implementation="eager"``)."""
+    groups = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(groups, dim=1)  # (B, Hq, kv, D)
+    value = value.repeat_interleave(groups, dim=1)
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, Hq, q, kv)
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    out = torch.matmul(weights, value)  # (B, Hq, q, D)
+    return out.transpose(1, 2).contiguous(), weights
+
+
+def is_structural(implementation: str | None) -> bool:
+    """True when ``implementation`` gets only padding masks (``padding_mask_interface``) and therefore
+    builds each layer's structure itself from ``module.attention_type``."""
+    if implementation is None:
+        return False
+    try:
+        return ALL_MASK_ATTENTION_FUNCTIONS[implementation] is hf.padding_mask_interface
+    except KeyError:
+        return False
+
+
+def check_implementation(layer_types: list[str], implementation: str | None) -> None:
+    """Refuse an implementation that would compute some layer wrongly."""
+    from .configuration_zebra import GLOBAL_APPROX
+
+    if GLOBAL_APPROX in layer_types and not is_structural(implementation):
+        layers = [i for i, t in enumerate(layer_types) if t == GLOBAL_APPROX]
+        raise ValueError(
+            f"attn_implementation={implementation!r} cannot run global_approx layers (layers {layers}): their "
+            "chunk summaries are not expressible as an attention mask; use attn_implementation='zebra' (the default)"
+        )
+
+
+def register() -> None:
+    """Register ``"zebra"`` with transformers (done on ``import zebra_llm``)."""
+    AttentionInterface.register(IMPLEMENTATION, zebra_attention_forward)
+    AttentionMaskInterface.register(IMPLEMENTATION, hf.padding_mask_interface)
+
+
+register()
+
+__all__ = [
+    "IMPLEMENTATION",
+    "check_implementation",
+    "eager_attention_forward",
+    "is_structural",
+    "register",
+    "zebra_attention_forward",
+]

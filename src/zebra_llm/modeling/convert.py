@@ -1,0 +1,282 @@
+"""Turn a Llama-family checkpoint into a Zebra model, weights unchanged.
+
+This is the starting point of the paper's Long Context Adaptation Training
+(Song et al., 2023, Section 5): take a pretrained RoPE model, make some of its
+layers local, and continue training on long sequences. Every Llama / Mistral /
+Ministral / Qwen2 / Qwen3 weight has the same name and shape in a Zebra model
+(``ZebraConfig`` carries each family's biases and Qwen3's q/k norms), so the
+conversion is a new config plus the same tensors. With ``attention="global"``
+the converted model computes exactly what the original did (up to kernel
+rounding), unless the original itself used sliding windows (Mistral v0.1,
+Ministral, Qwen with ``use_sliding_window``), which is logged.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from ..io import atomic_directory
+from .configuration_zebra import ATTENTION_PATTERNS, SLIDING, ZebraConfig
+from .modeling_zebra import ZebraForCausalLM, ZebraRotaryEmbedding
+
+log = logging.getLogger(__name__)
+
+# model_type -> which biases / norms the family's attention has.
+FAMILIES = {
+    "llama": lambda c: dict(
+        attention_bias=bool(getattr(c, "attention_bias", False)), mlp_bias=bool(getattr(c, "mlp_bias", False))
+    ),
+    "mistral": lambda c: dict(attention_bias=False),
+    "ministral": lambda c: dict(attention_bias=False),
+    # Qwen2: bias on q, k and v only.
+    "qwen2": lambda c: dict(attention_bias=True, attention_out_bias=False),
+    # Qwen3: optional bias on all four projections, RMSNorm on q and k per head.
+    "qwen3": lambda c: dict(attention_bias=bool(getattr(c, "attention_bias", False)), qk_norm=True),
+    "zebra": lambda c: dict(
+        attention_bias=c.attention_bias,
+        attention_out_bias=c.attention_out_bias,
+        mlp_bias=c.mlp_bias,
+        qk_norm=c.qk_norm,
+    ),
+}
+
+
+def _check_request(attention, layer_group_size, window, approx_chunk_size, layer_types) -> None:
+    """Fail on a bad attention request before any weights are loaded."""
+    if layer_types is None and attention not in ATTENTION_PATTERNS:
+        raise ValueError(f"convert_to_zebra: attention must be one of {sorted(ATTENTION_PATTERNS)}, got {attention!r}")
+    for name, value in (("layer_group_size", layer_group_size), ("window", window)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"convert_to_zebra: {name} must be an integer >= 1, got {value!r}")
+    if approx_chunk_size is not None and (
+        isinstance(approx_chunk_size, bool) or not isinstance(approx_chunk_size, int) or approx_chunk_size < 1
+    ):
+        raise ValueError(f"convert_to_zebra: approx_chunk_size must be an integer >= 1, got {approx_chunk_size!r}")
+
+
+def zebra_config_from(
+    source_config,
+    *,
+    attention: str = "group",
+    layer_group_size: int = 4,
+    window: int = 512,
+    approx_chunk_size: int | None = None,
+    layer_types: list[str] | None = None,
+) -> ZebraConfig:
+    """The ``ZebraConfig`` of a Llama-family config: same shapes, norms, RoPE, biases, special tokens;
+    attention as asked (``layer_types`` overrides ``attention``/``layer_group_size``)."""
+    model_type = getattr(source_config, "model_type", None)
+    if model_type not in FAMILIES:
+        raise ValueError(
+            f"convert_to_zebra: model type {model_type!r} is not supported; supported are {sorted(FAMILIES)} "
+            "(dense decoder-only RoPE models with Llama blocks; mixture-of-experts and non-RoPE families are not)"
+        )
+    c = source_config
+    if getattr(c, "num_local_experts", None) or getattr(c, "num_experts", None):
+        raise ValueError(f"convert_to_zebra: model type {model_type!r} with experts (MoE) is not supported")
+    rope = copy.deepcopy(getattr(c, "rope_parameters", None))
+    if not rope:
+        raise ValueError(f"convert_to_zebra: model type {model_type!r} has no rope_parameters (RoPE is required)")
+    pattern = {"layer_types": list(layer_types)} if layer_types is not None else {
+        "attention": attention,
+        "layer_group_size": layer_group_size,
+    }
+    _check_request(attention, layer_group_size, window, approx_chunk_size, layer_types)
+    kwargs = dict(
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=getattr(c, "num_key_value_heads", None) or c.num_attention_heads,
+        head_dim=getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+        hidden_act=c.hidden_act,
+        max_position_embeddings=c.max_position_embeddings,
+        initializer_range=getattr(c, "initializer_range", 0.02),
+        rms_norm_eps=c.rms_norm_eps,
+        tie_word_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
+        rope_parameters=rope,
+        attention_dropout=getattr(c, "attention_dropout", 0.0) or 0.0,
+        bos_token_id=getattr(c, "bos_token_id", None),
+        eos_token_id=getattr(c, "eos_token_id", None),
+        pad_token_id=getattr(c, "pad_token_id", None),
+        window=window,
+        approx_chunk_size=approx_chunk_size,
+        **FAMILIES[model_type](c),
+        **pattern,
+    )
+    if getattr(c, "dtype", None) is not None:
+        kwargs["dtype"] = c.dtype
+    config = ZebraConfig(**kwargs)
+    _warn_if_source_slides(c, model_type)
+    return config
+
+
+def _warn_if_source_slides(c, model_type: str) -> None:
+    if model_type == "zebra":
+        return
+    layer_types = getattr(c, "layer_types", None)
+    window = getattr(c, "sliding_window", None)
+    if window is None:
+        return
+    if layer_types is None:  # Mistral: sliding_window applies to every layer
+        sliding = list(range(c.num_hidden_layers))
+    else:
+        sliding = [i for i, t in enumerate(layer_types) if t == SLIDING]
+    if sliding:
+        log.warning(
+            "convert_to_zebra: the %s source uses sliding-window attention (window %d) on layers %s; the Zebra "
+            "model uses the layer_types you asked for instead",
+            model_type,
+            window,
+            sliding,
+        )
+
+
+def load_source(model_or_path, *, dtype: torch.dtype | str | None = None):
+    """``(model, tokenizer_or_None)`` from a transformers model object or anything ``zebra_llm.loading.load_model``
+    takes (``"smollm2"``, a directory, a ``.gguf`` file, a hub name)."""
+    from transformers import PreTrainedModel
+
+    if isinstance(model_or_path, PreTrainedModel):
+        return model_or_path, None
+    if not isinstance(model_or_path, (str, os.PathLike)):
+        raise ValueError(
+            "convert_to_zebra: model_or_path must be a transformers model, a directory, a .gguf file, a hub name "
+            f"or 'smollm2', got {type(model_or_path).__name__}"
+        )
+    from ..loading import ModelSource, load_model, parse_dtype
+
+    dtype = torch.float32 if dtype is None else parse_dtype(dtype)
+    source = ModelSource.parse(model_or_path)
+    if source.kind == "directory" and not any((Path(source.location) / f).is_file() for f in _TOKENIZER_FILES):
+        from transformers import AutoModelForCausalLM
+
+        # a bare checkpoint (weights and config, no tokenizer): convert the model alone
+        model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, trust_remote_code=False)
+        return model.eval(), None
+    return load_model(model_or_path, dtype=dtype)
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def convert_to_zebra(
+    model_or_path,
+    *,
+    attention: str = "group",
+    layer_group_size: int = 4,
+    window: int = 512,
+    approx_chunk_size: int | None = None,
+    layer_types: list[str] | None = None,
+    dtype: torch.dtype | str | None = None,
+) -> ZebraForCausalLM:
+    """A ``ZebraForCausalLM`` with the weights of a Llama / Mistral / Ministral / Qwen2 / Qwen3 checkpoint.
+
+    Args:
+        model_or_path: a transformers model object, a local directory, a hub name, ``"smollm2"`` or a
+            ``.gguf`` file (strings load through ``zebra_llm.loading.load_model``).
+        attention: ``"group"`` (layers 0, L, 2L, ... global, the rest local), ``"global"``, ``"local"`` or
+            ``"global_approx"``.
+        layer_group_size: ``L`` for ``attention="group"``.
+        window: keys a local query sees, itself included.
+        approx_chunk_size: chunk length of ``global_approx`` layers (default ``window``).
+        layer_types: explicit per-layer types (overrides ``attention``).
+        dtype: dtype to load a string source in (default float32); a model object keeps its own.
+
+    The weights are copied unchanged (a model object is left untouched: its tensors are cloned), tied
+    embeddings stay tied, and the generation config is carried over.
+    """
+    from transformers import PreTrainedModel
+
+    _check_request(attention, layer_group_size, window, approx_chunk_size, layer_types)
+    source, _ = load_source(model_or_path, dtype=dtype)
+    config = zebra_config_from(
+        source.config,
+        attention=attention,
+        layer_group_size=layer_group_size,
+        window=window,
+        approx_chunk_size=approx_chunk_size,
+        layer_types=layer_types,
+    )
+    # A model the caller holds is left untouched; one loaded here just hands its tensors over.
+    return _transplant(source, config, clone=isinstance(model_or_path, PreTrainedModel))
+
+
+def _transplant(source, config: ZebraConfig, *, clone: bool) -> ZebraForCausalLM:
+    state = source.state_dict()
+    with torch.device("meta"):
+        model = ZebraForCausalLM(config)
+    expected = set(model.state_dict())
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+        expected.discard("lm_head.weight")
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"convert_to_zebra: the {source.config.model_type} weights do not map onto a Zebra model "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]}); the checkpoint is not a plain Llama-family model"
+        )
+    if clone:
+        state = {name: t.detach().clone() for name, t in state.items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    device = model.model.embed_tokens.weight.device
+    model.model.rotary_emb = ZebraRotaryEmbedding(config, device=device)  # non-persistent buffers: rebuild
+    if getattr(source, "generation_config", None) is not None:
+        model.generation_config = copy.deepcopy(source.generation_config)
+    model.config._name_or_path = getattr(source.config, "_name_or_path", "")
+    model.train(source.training)
+    return model
+
+
+def convert_checkpoint(
+    source,
+    output_dir: str | os.PathLike,
+    *,
+    attention: str = "group",
+    layer_group_size: int = 4,
+    window: int = 512,
+    approx_chunk_size: int | None = None,
+    layer_types: list[str] | None = None,
+    dtype: torch.dtype | str | None = None,
+    portable: bool = False,
+) -> Path:
+    """Convert ``source`` and save it (with its tokenizer, when there is one) to ``output_dir``, atomically.
+
+    ``portable=True`` saves the stock-transformers form of :func:`zebra_llm.modeling.export_portable`
+    (global and local layers only) instead of the native ``zebra`` form.
+    """
+    from transformers import PreTrainedModel
+
+    _check_request(attention, layer_group_size, window, approx_chunk_size, layer_types)
+    model, tokenizer = load_source(source, dtype=dtype)
+    config = zebra_config_from(
+        model.config,
+        attention=attention,
+        layer_group_size=layer_group_size,
+        window=window,
+        approx_chunk_size=approx_chunk_size,
+        layer_types=layer_types,
+    )
+    zebra = _transplant(model, config, clone=isinstance(source, PreTrainedModel))
+    del model
+    if portable:
+        from .export import export_portable
+
+        return export_portable(zebra, output_dir, tokenizer=tokenizer)
+    output_dir = Path(output_dir)
+    with atomic_directory(output_dir) as tmp:
+        zebra.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return output_dir
+
+
+__all__ = ["FAMILIES", "convert_checkpoint", "convert_to_zebra", "load_source", "zebra_config_from"]
