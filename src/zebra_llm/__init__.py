@@ -8,6 +8,7 @@ attention implementation (see ``zebra_llm.modeling``).
 """
 
 from . import attention, flops
+from .dca import apply_dca, remove_dca
 from .modeling import (
     ZebraConfig,
     ZebraForCausalLM,
@@ -25,10 +26,12 @@ __all__ = [
     "ZebraForCausalLM",
     "ZebraModel",
     "__version__",
+    "apply_dca",
     "attention",
     "convert_checkpoint",
     "convert_to_zebra",
     "export_portable",
     "flops",
     "list_presets",
+    "remove_dca",
 ]

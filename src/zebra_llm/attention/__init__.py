@@ -11,6 +11,7 @@ looks attention up by name rather than branching on flags.
 
 from . import reference
 from .backends import BACKENDS, default_backend, set_backend, use_backend
+from .dca import dca_attention
 from .full import global_attention
 from .global_approx import global_approx_attention
 from .local import local_attention
@@ -24,6 +25,7 @@ VARIANTS = {
 __all__ = [
     "BACKENDS",
     "VARIANTS",
+    "dca_attention",
     "default_backend",
     "global_approx_attention",
     "global_attention",

@@ -8,6 +8,8 @@ at hand.
 Backends:
   ``sdpa``        PyTorch ``scaled_dot_product_attention``; local variants use a
                   blocked band formulation, O(seq * window). Works everywhere.
+  ``sdpa_stacked`` Dual Chunk Attention only: the three query copies side by
+                  side in one SDPA call per block of queries (see ``dca.py``).
   ``flex``        FlexAttention with a block-sparse mask (compiled on CUDA).
   ``flash_attn``  flash-attn's ``window_size`` (CUDA, fp16/bf16, no padding mask;
                   install the ``flash`` extra).
@@ -30,7 +32,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-BACKENDS = ("auto", "sdpa", "flex", "flash_attn", "reference")
+BACKENDS = ("auto", "sdpa", "sdpa_stacked", "flex", "flash_attn", "reference")
 
 _IMPLS: dict[tuple[str, str], Callable] = {}
 _current: contextvars.ContextVar[str | None] = contextvars.ContextVar("zebra_attention_backend", default=None)

@@ -131,3 +131,84 @@ def global_approx_attention(q, k, v, *, window, chunk_size, scale=None, key_padd
         scale=resolve_scale(scale, q.shape[-1]),
         bias=bias,
     )
+
+
+def rope_rotate(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """RoPE in transformers' layout (``rotate_half``), in float64.
+
+    x: [..., L, D]; positions: [L] (any real values); inv_freq: [R/2] where the
+    first ``R <= D`` dims are rotated and the rest pass through.
+    """
+    half = inv_freq.shape[0]
+    angles = positions.to(torch.float64)[:, None] * inv_freq.to(device=x.device, dtype=torch.float64)[None, :]
+    cos, sin = torch.cos(angles), torch.sin(angles)  # (L, R/2)
+    x = x.to(torch.float64)
+    x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
+
+
+def dca_attention(
+    q,
+    k,
+    v,
+    *,
+    inv_freq,
+    chunk_size,
+    pretraining_length,
+    position_offset=0,
+    temperature_length=None,
+    scale=None,
+    key_padding_mask=None,
+):
+    """Dual Chunk Attention (dense reference), built directly from ``relative_positions``.
+
+    ``q`` and ``k`` carry RoPE (``inv_freq``, transformers' layout) at position
+    ``position_offset[b] + rank``, where ``rank`` counts the real keys of row
+    ``b`` and the queries are the last real keys. Each row's real tokens are
+    un-rotated, and the score of query ``i`` and key ``j`` is computed with the
+    query rotated by ``M[i, j]`` (``M = relative_positions(n_real)``) against the
+    un-rotated key, so RoPE sees exactly that relative position; ``M < 0`` is
+    masked. With ``temperature_length`` the logits of a query that sees more
+    than that many keys are multiplied by ``(0.1 ln(n_seen / L0) + 1)^2``.
+    Padding queries get a zero output. O(seq^2 * pretraining_length) time.
+    """
+    from .dca_positions import check_geometry, relative_positions
+
+    check_qkv(q, k, v)
+    chunk_size, pretraining_length = check_geometry(chunk_size, pretraining_length)
+    kpm = check_key_padding_mask(key_padding_mask, k)
+    batch, heads, seq_q, dim = q.shape
+    seq_kv = k.shape[2]
+    scale = resolve_scale(scale, dim)
+    groups = heads // k.shape[1]
+    offsets = torch.as_tensor(position_offset, device=q.device).expand(batch)
+    out = torch.zeros(q.shape, dtype=torch.float64, device=q.device)
+    for b in range(batch):
+        real = torch.ones(seq_kv, dtype=torch.bool, device=q.device) if kpm is None else kpm[b]
+        slots = real.nonzero().flatten()  # real key slots, in order; rank = index here
+        n = slots.numel()
+        q_slots = slots[slots >= seq_kv - seq_q]  # the real queries are the last real keys
+        m = q_slots.numel()
+        if m == 0:
+            continue
+        q_ranks = torch.arange(n - m, n, device=q.device)
+        k_ranks = torch.arange(n, device=q.device)
+        q0 = rope_rotate(q[b][:, q_slots - (seq_kv - seq_q)], -(offsets[b] + q_ranks), inv_freq)  # (H, m, D)
+        k0 = rope_rotate(k[b][:, slots], -(offsets[b] + k_ranks), inv_freq).repeat_interleave(groups, 0)  # (H, n, D)
+        v0 = v[b][:, slots].to(torch.float64).repeat_interleave(groups, 0)
+        rel = relative_positions(n, chunk_size=chunk_size, pretraining_length=pretraining_length)
+        rel = rel.to(q.device)[n - m :]  # (m, n)
+        scores = torch.full((heads, m, n), float("-inf"), dtype=torch.float64, device=q.device)
+        for r in rel.unique().tolist():
+            if r < 0:
+                continue
+            at_r = rel == r
+            s_r = rope_rotate(q0, torch.full((m,), r, device=q.device), inv_freq) @ k0.transpose(-1, -2)
+            scores = torch.where(at_r, s_r, scores)
+        scores = scores * scale
+        if temperature_length is not None:
+            n_seen = (q_ranks + 1).to(torch.float64)
+            factor = torch.clamp(0.1 * torch.log(n_seen / temperature_length) + 1.0, min=1.0) ** 2
+            scores = scores * factor[:, None]
+        out[b][:, q_slots - (seq_kv - seq_q)] = torch.softmax(scores, dim=-1) @ v0
+    return out.to(q.dtype)

@@ -9,6 +9,7 @@ import sys
 
 import typer
 
+from . import dca as _dca
 from ._common import run_guarded
 from .model import app as _model_app
 
@@ -22,6 +23,7 @@ app = typer.Typer(
 
 
 app.add_typer(_model_app)  # convert, export, presets, flops
+app.add_typer(_dca.app, name="dca")
 
 
 @app.callback()

@@ -1,0 +1,208 @@
+"""Dual Chunk Attention quality on SmolLM2-135M (trained context 8192): perplexity and passkey.
+
+    PYTHONPATH=$PWD/src python benchmarks/dca_quality.py                      # everything (hours on 2 CPU cores)
+    PYTHONPATH=$PWD/src python benchmarks/dca_quality.py --parts ppl --lengths 4096 8192
+    PYTHONPATH=$PWD/src python benchmarks/dca_quality.py --device cuda --dtype bfloat16
+
+Everything is computed by ``zebra_llm.eval`` (chunked-loss perplexity on the first N tokens of a
+document, passkey retrieval with the Landmark Attention / ChunkLlama prompt, greedy decoding); this
+script only chooses the grid and prints the tables. Results go to JSON files under ``--out-dir``, one
+per (part, text, base model), written after every item: a stopped run resumes where it was, and
+rerunning prints the tables from what is there.
+
+Methods, at each length N (factor f = N / trained context, only where f > 1):
+
+* ``none``: the model unchanged;
+* ``dca``: Dual Chunk Attention with the defaults (pretraining_length 8192, chunk_size 6144,
+  YaRN-style temperature beyond 8192 keys); ``dca:temperature=false``: the paper's DCA exactly;
+* ``yarn:factor=f`` and ``dynamic:factor=f``: transformers' own rope scaling;
+* ``yarn:factor=2 + dca``: DCA stacked on a YaRN-scaled rope, with pretraining_length 16384 (the
+  context YaRN x2 reaches) and chunk_size 12288, as the paper stacks DCA on PI/NTK-scaled
+  models (its ChunkCodeLlama and ChunkTogether rows).
+
+No setting was chosen by looking at these texts: the DCA defaults are the paper's (chunk
+3/4 of the trained context), the stacked base is the smallest YaRN factor past 8192.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+TRAINED = 8192
+STACKED_BASE = "yarn:factor=2"
+STACKED_DCA = "dca:pretraining_length=16384"
+
+
+def methods_at(length: int, wanted: list[str]) -> list[tuple[str | None, str, str]]:
+    """(base spec applied first or None, evaluated spec, table label) for one length."""
+    from zebra_llm.eval import MethodSpec
+
+    out = []
+    if "none" in wanted:
+        out.append((None, "none", "none"))
+    if "dca" in wanted:
+        out.append((None, "dca", "dca"))
+    if "dca-notemp" in wanted:
+        out.append((None, "dca:temperature=false", "dca:temperature=false"))
+    factor = length / TRAINED
+    for name in ("yarn", "dynamic"):
+        if name in wanted and factor > 1:
+            out.append((None, f"{name}:factor={factor:g}", f"{name}:factor=N/{TRAINED}"))
+    if "stacked" in wanted:
+        out.append((STACKED_BASE, STACKED_DCA, f"{STACKED_BASE} + dca (c=16384)"))
+    # the eval library records methods by their canonical spec text
+    return [(base, str(MethodSpec.parse(spec)), label) for base, spec, label in out]
+
+
+def _file(out_dir: Path, part: str, text: str | None, base: str | None) -> Path:
+    stem = part if text is None else f"{part}_{Path(text).stem.lstrip('_')}"
+    if base is not None:
+        stem += "_on_" + base.replace(":", "_").replace("=", "")
+    return out_dir / f"{stem}.json"
+
+
+def _objects(base: str | None, spec: str, dtype: str, device: str | None):
+    """model_objects for the eval runners: the model with ``base`` applied, for ``spec`` to go on top."""
+    if base is None:
+        return None
+    from zebra_llm.eval import MethodSpec
+    from zebra_llm.loading import load_model
+
+    model, tokenizer = load_model("smollm2", dtype=dtype, device=device)
+    return {spec: (MethodSpec.parse(base).apply(model), tokenizer)}
+
+
+def run_ppl(args, text_path: Path) -> dict[tuple[str, int], dict]:
+    from zebra_llm.eval import PerplexityConfig, run_perplexity, summarize_perplexity
+    from zebra_llm.eval.results import load_results
+
+    rows: dict[tuple[str, int], dict] = {}
+    for length in args.lengths:
+        for base, spec, label in methods_at(length, args.methods):
+            path = _file(args.out_dir, "ppl", text_path.name, base)
+            config = PerplexityConfig(
+                model="smollm2", methods=[spec], data=str(text_path), mode="fixed", lengths=[length],
+                dtype=args.dtype, device=args.device,
+            )
+            print(f"ppl {text_path.name} {length} {label}", file=sys.stderr, flush=True)
+            run_perplexity(config, path, progress=args.progress,
+                           model_objects=_objects(base, spec, args.dtype, args.device))
+            items = [i for i in load_results(path)["items"] if i["method"] == spec and i["length"] == length]
+            for row in summarize_perplexity(items):
+                rows[(label, length)] = row
+    return rows
+
+
+def run_passkey_grid(args) -> dict[tuple[str, int], dict]:
+    from zebra_llm.eval.passkey import run_passkey
+    from zebra_llm.eval.results import load_results
+    from zebra_llm.eval.retrieval import RetrievalConfig, summarize_retrieval
+
+    rows: dict[tuple[str, int], dict] = {}
+    for length in args.passkey_lengths:
+        for base, spec, label in methods_at(length, args.methods):
+            path = _file(args.out_dir, "passkey", None, base)
+            config = RetrievalConfig(
+                model="smollm2", methods=[spec], lengths=[length], depths=args.depths, trials=args.trials,
+                dtype=args.dtype, device=args.device,
+            )
+            print(f"passkey {length} {label}", file=sys.stderr, flush=True)
+            run_passkey(config, path, progress=args.progress,
+                        model_objects=_objects(base, spec, args.dtype, args.device))
+            items = [i for i in load_results(path)["items"] if i["method"] == spec and i["length"] == length]
+            for row in summarize_retrieval(items):
+                if row["depth"] == "all":
+                    rows[(label, length)] = row
+    return rows
+
+
+def _labels(rows) -> list[str]:
+    seen = []
+    for label, _ in rows:
+        if label not in seen:
+            seen.append(label)
+    return seen
+
+
+def _length(n: int) -> str:
+    return f"{n // 1024}k" if n % 1024 == 0 else str(n)
+
+
+def ppl_table(rows, lengths) -> str:
+    head = "| method | " + " | ".join(_length(n) for n in lengths) + " |"
+    lines = [head, "|---|" + "---:|" * len(lengths)]
+    for label in _labels(rows):
+        cells = []
+        for n in lengths:
+            r = rows.get((label, n))
+            if r is None:
+                cells.append("")
+            else:
+                tail = r.get("ppl_last_quarter")
+                quarter = f" ({tail:.1f})" if tail is not None and math.isfinite(tail) else ""
+                cells.append(f"{r['ppl']:.2f}{quarter}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def passkey_table(rows, lengths) -> str:
+    head = "| method | " + " | ".join(_length(n) for n in lengths) + " |"
+    lines = [head, "|---|" + "---:|" * len(lengths)]
+    for label in _labels(rows):
+        cells = []
+        for n in lengths:
+            r = rows.get((label, n))
+            cells.append("" if r is None else f"{100 * r['accuracy']:.0f}% ({r['correct']}/{r['trials']})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    import sysconfig
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out-dir", type=Path, default=Path("results/dca_quality"))
+    ap.add_argument("--parts", nargs="+", default=["ppl", "passkey"], choices=["ppl", "passkey"])
+    ap.add_argument("--texts", nargs="+", default=["_pydecimal.py", "turtle.py"],
+                    help="standard-library modules (paths relative to the stdlib) or files")
+    ap.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
+    ap.add_argument("--passkey-lengths", type=int, nargs="+", default=[8192, 16384, 32768])
+    ap.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.5, 0.9])
+    ap.add_argument("--trials", type=int, default=2, help="passkeys per (length, depth)")
+    ap.add_argument("--methods", nargs="+", default=["none", "dca", "dca-notemp", "yarn", "dynamic", "stacked"],
+                    choices=["none", "dca", "dca-notemp", "yarn", "dynamic", "stacked"])
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--no-progress", dest="progress", action="store_false")
+    args = ap.parse_args(argv)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+
+    out = []
+    if "ppl" in args.parts:
+        for text in args.texts:
+            path = Path(text) if Path(text).is_file() else stdlib / text
+            if not path.is_file():
+                raise FileNotFoundError(f"text {text} is neither a file nor a standard-library module")
+            rows = run_ppl(args, path)
+            out.append(f"Perplexity, first N tokens of `{path.name}` (last quarter of the positions in brackets):\n")
+            out.append(ppl_table(rows, args.lengths) + "\n")
+    if "passkey" in args.parts:
+        rows = run_passkey_grid(args)
+        out.append(f"Passkey retrieval, {len(args.depths)} depths x {args.trials} keys per length:\n")
+        out.append(passkey_table(rows, args.passkey_lengths) + "\n")
+    import platform
+
+    import torch
+
+    device = args.device or "cpu"
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({platform.machine()})"
+    print(f"\nDevice: {name}, {torch.get_num_threads()} threads, {args.dtype}, torch {torch.__version__}\n")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()

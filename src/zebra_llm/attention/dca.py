@@ -1,0 +1,454 @@
+"""Dual Chunk Attention kernels (An et al., ICML 2024, arXiv 2402.17463).
+
+``dca_attention`` takes ``q`` and ``k`` as a RoPE model produces them (rotated
+at their ordinary positions) and computes attention as if every query and key
+had been rotated at its DCA position instead (``dca_positions.py``). No
+``seq x seq`` tensor is built.
+
+How (backend ``sdpa``, the default on CPU). Keys stay as they are. For keys of
+chunk ``m`` and a query of rank ``r``, scoring at the DCA positions only needs
+the *query* turned by ``dca_positions.query_shift`` (0 inside the query's own
+chunk), because every key of one chunk is off from its DCA position by the same
+``m * s``. So each query chunk attends in blocks: one per earlier chunk (inter),
+one for the previous chunk (succ) and its own chunk (intra, causal), each an
+ordinary attention call with one rotated copy of the queries; the blocks are
+merged exactly through their log-sum-exp (paper Section 3.4). PyTorch's CPU
+flash kernel returns that log-sum-exp; its backward, given the *merged* output
+and log-sum-exp, yields each block's exact share of the gradient (the softmax
+normaliser is the merged one), so gradients flow through all three partial
+attentions and their merge with no detached weights. Work and memory are those
+of causal attention plus one rotated query copy per block.
+
+Backends (chosen in ``backends.py``):
+  ``sdpa``          the merged blocks above on CPU; on other devices, ``sdpa_stacked``.
+  ``sdpa_stacked``  the issue's one-call form: per query chunk, the intra, succ and
+                    inter query copies are concatenated along ``head_dim`` and every key
+                    is placed in the matching third of a zero-padded key (values padded
+                    likewise), one ordinary SDPA call per block of queries with its own
+                    backward. 3x wider score and value products; any device.
+  ``flex``          the merged blocks with FlexAttention (``return_lse``, differentiable
+                    on CUDA; CPU runs it eagerly and without backward: tests only).
+  ``reference``     the dense oracle ``reference.dca_attention``.
+
+Conventions: the queries are the last real keys of each row (decoding with a
+cache); ``rank`` counts a row's real (non-padding) keys, and the chunks start at
+its first real token, so a left-padded row gives the same result as the row
+alone. ``q`` and ``k`` carry RoPE at ``position_offset[b] + rank``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import reference
+from ._checks import check_key_padding_mask, check_qkv, resolve_scale
+from .backends import register, resolve
+from .dca_positions import check_geometry, query_positions, query_shift, temperature_factor
+
+
+def dca_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    inv_freq: torch.Tensor,
+    chunk_size: int,
+    pretraining_length: int,
+    position_offset: int | torch.Tensor = 0,
+    temperature_length: int | None = None,
+    scale: float | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Dual Chunk Attention.
+
+    Args:
+        q: ``[batch, heads_q, seq_q, head_dim]``, RoPE applied at each query's position.
+        k, v: ``[batch, heads_kv, seq_kv, head_dim]``; ``k`` with RoPE applied. The queries
+            are the last ``seq_q`` real keys.
+        inv_freq: the model's rotary inverse frequencies, ``[rotary_dim / 2]`` (transformers'
+            ``rotate_half`` layout; dims past ``rotary_dim`` are not rotated).
+        chunk_size: ``s``; pretraining_length: ``c`` (``1 <= s < c``).
+        position_offset: int or ``[batch]``: row ``b``'s real token of rank ``r`` was rotated
+            at position ``position_offset[b] + r``.
+        temperature_length: ``L0`` of the YaRN-style temperature (see
+            ``dca_positions.temperature_factor``), or ``None`` for the paper's DCA exactly.
+        scale: score scale, default ``1/sqrt(head_dim)``.
+        key_padding_mask: optional ``[batch, seq_kv]`` bool, True for real tokens.
+        backend: force a kernel (``sdpa``, ``sdpa_stacked``, ``flex``, ``reference``).
+
+    Returns the output with ``q``'s shape and dtype (zeros for padding queries).
+    """
+    check_qkv(q, k, v)
+    chunk_size, pretraining_length = check_geometry(chunk_size, pretraining_length)
+    inv_freq = _check_inv_freq(inv_freq, q.shape[-1]).to(q.device)
+    if temperature_length is not None and (
+        isinstance(temperature_length, bool) or not isinstance(temperature_length, int) or temperature_length < 1
+    ):
+        raise ValueError(f"temperature_length must be None or an integer >= 1, got {temperature_length!r}")
+    kpm = check_key_padding_mask(key_padding_mask, k)
+    offsets = _check_offsets(position_offset, q.shape[0], q.device)
+    impl = resolve("dca", backend, q, padded=kpm is not None)
+    solve = functools.partial(
+        impl,
+        inv_freq=inv_freq,
+        chunk_size=chunk_size,
+        pretraining_length=pretraining_length,
+        temperature_length=temperature_length,
+        scale=resolve_scale(scale, q.shape[-1]),
+    )
+    if kpm is None:
+        return solve(q, k, v, position_offset=offsets)
+    return _per_row(solve, q, k, v, kpm, offsets)
+
+
+def _check_inv_freq(inv_freq, head_dim: int) -> torch.Tensor:
+    if not isinstance(inv_freq, torch.Tensor) or inv_freq.dim() != 1 or not inv_freq.is_floating_point():
+        raise ValueError("inv_freq must be a 1-D floating tensor (the model's rotary inverse frequencies)")
+    if not 1 <= 2 * inv_freq.shape[0] <= head_dim:
+        raise ValueError(f"inv_freq has {inv_freq.shape[0]} frequencies; 2 * that must be in [2, head_dim={head_dim}]")
+    return inv_freq
+
+
+def _check_offsets(position_offset, batch: int, device) -> torch.Tensor:
+    offsets = torch.as_tensor(position_offset, device=device)
+    if offsets.is_floating_point() or offsets.dim() > 1 or (offsets.dim() == 1 and offsets.shape[0] != batch):
+        raise ValueError(f"position_offset must be an int or an integer tensor of shape [batch]={batch}")
+    return offsets.to(torch.long).expand(batch)
+
+
+def _per_row(solve, q, k, v, kpm, offsets):
+    """Padded batches: every row on its own real tokens (a view when they are contiguous)."""
+    seq_q, seq_kv = q.shape[2], k.shape[2]
+    first_q = seq_kv - seq_q
+    out = q.new_zeros(q.shape)
+    for b in range(q.shape[0]):
+        slots = kpm[b].nonzero().flatten()
+        q_slots = slots[slots >= first_q] - first_q
+        m = q_slots.numel()
+        if m == 0:
+            continue
+        lo, hi = int(slots[0]), int(slots[-1]) + 1
+        if hi - lo == slots.numel():  # left or right padding: slice
+            q0 = int(q_slots[0])
+            out[b : b + 1, :, q0 : q0 + m] = solve(
+                q[b : b + 1, :, q0 : q0 + m], k[b : b + 1, :, lo:hi], v[b : b + 1, :, lo:hi],
+                position_offset=offsets[b : b + 1],
+            )
+        else:
+            kb, vb = k[b : b + 1].index_select(2, slots), v[b : b + 1].index_select(2, slots)
+            ob = solve(q[b : b + 1].index_select(2, q_slots), kb, vb, position_offset=offsets[b : b + 1])
+            out[b, :, q_slots] = ob[0]
+    return out
+
+
+# --- the block plan ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Block:
+    """One partial attention: query rows of a group against keys ``[k0, k1)``.
+
+    ``relation`` and ``key_chunk`` fix the query rotation (``query_shift``);
+    ``causal`` marks the square diagonal block (top-left causal).
+    """
+
+    relation: str
+    key_chunk: int
+    k0: int
+    k1: int
+    causal: bool
+
+
+@dataclass(frozen=True)
+class Group:
+    """Query rows ``[q0, q1)`` (ranks ``r0 .. r0 + q1 - q0 - 1``), all in one chunk."""
+
+    q0: int
+    q1: int
+    r0: int
+    blocks: tuple[Block, ...]
+
+
+def plan(n_keys: int, n_queries: int, chunk_size: int) -> list[Group]:
+    """Cut the queries (the last ``n_queries`` of ``n_keys``) by chunk, and list each chunk's key blocks."""
+    s = chunk_size
+    first = n_keys - n_queries
+    groups = []
+    r = first
+    while r < n_keys:
+        chunk = r // s
+        end = min(n_keys, (chunk + 1) * s)
+        blocks = [Block("inter", m, m * s, (m + 1) * s, False) for m in range(chunk - 1)]
+        if chunk >= 1:
+            blocks.append(Block("succ", chunk - 1, (chunk - 1) * s, chunk * s, False))
+        if end - r == 1:  # one query (decoding): its whole chunk prefix in one block
+            blocks.append(Block("intra", chunk, chunk * s, end, False))
+        else:
+            if r > chunk * s:  # queries start mid-chunk (chunked prefill): earlier keys of the chunk
+                blocks.append(Block("intra", chunk, chunk * s, r, False))
+            blocks.append(Block("intra", chunk, r, end, True))
+        groups.append(Group(r - first, end - first, r, tuple(blocks)))
+        r = end
+    return groups
+
+
+def _shift(group: Group, block: Block, chunk_size: int, pretraining_length: int, device) -> torch.Tensor | None:
+    """Positions by which the group's queries are turned for this block, or None when all are 0."""
+    if block.relation == "intra":
+        return None
+    ranks = torch.arange(group.r0, group.r0 + group.q1 - group.q0)
+    shift = query_shift(ranks, block.relation, block.key_chunk, chunk_size, pretraining_length)
+    if not bool(shift.any()):
+        return None
+    return shift.to(device)
+
+
+def rotate(x: torch.Tensor, shift: torch.Tensor | None, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Turn ``x`` (``[..., L, D]``) by RoPE through ``shift`` positions (``[L]`` or ``[B, L]``).
+
+    Angles are formed in float64 (float32 where the device has none) so that a
+    shift of tens of thousands of positions loses no precision; the rotation
+    itself runs in float32 and returns ``x``'s dtype.
+    """
+    if shift is None:
+        return x
+    half = inv_freq.shape[0]
+    wide = torch.float32 if x.device.type == "mps" else torch.float64
+    angles = shift.to(wide)[..., None] * inv_freq.to(wide)  # ([B,] L, half)
+    if angles.dim() == 3:
+        angles = angles[:, None]  # (B, 1, L, half): one rotation per row, shared by heads
+    cos, sin = torch.cos(angles).float(), torch.sin(angles).float()
+    xf = x.float()
+    x1, x2 = xf[..., :half], xf[..., half : 2 * half]
+    turned = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, xf[..., 2 * half :]], dim=-1)
+    return turned.to(x.dtype)
+
+
+def _temperature(q: torch.Tensor, n_keys: int, temperature_length: int | None) -> torch.Tensor:
+    """Scale each query row by its temperature factor (queries are the last ``seq_q`` of ``n_keys``)."""
+    ranks = torch.arange(n_keys - q.shape[2], n_keys)
+    factor = temperature_factor(ranks, temperature_length)
+    if factor is None:
+        return q
+    factor = factor.to(device=q.device, dtype=torch.float32)[:, None]  # (Sq, 1)
+    return (q.float() * factor).to(q.dtype)
+
+
+def _merge(acc, part):
+    """Fold one block's ``(out, lse)`` into the running ``(out, lse)``, in float32.
+
+    out = sum_b exp(lse_b - lse) out_b with lse = log sum_b exp(lse_b) (paper Section 3.4):
+    the exact softmax over the union of the blocks' keys. Differentiable (the ``flex`` backend
+    relies on it); ``_merge_`` is the in-place form for the no-autograd forward.
+    """
+    out, lse = part
+    if acc is None:
+        return out.float(), lse.float()
+    acc_out, acc_lse = acc
+    new_lse = torch.logaddexp(acc_lse, lse)
+    merged = acc_out * torch.exp(acc_lse - new_lse)[..., None] + out.float() * torch.exp(lse - new_lse)[..., None]
+    return merged, new_lse
+
+
+def _merge_(acc, part):
+    """``_merge`` in place on the running output (fewer temporaries: the kernel runs under no autograd)."""
+    out, lse = part
+    if acc is None:
+        return (out if out.dtype == torch.float32 else out.float()), lse.float()
+    acc_out, acc_lse = acc
+    new_lse = torch.logaddexp(acc_lse, lse)
+    acc_out.mul_(torch.exp(acc_lse - new_lse)[..., None])
+    acc_out.addcmul_(out, torch.exp(lse - new_lse)[..., None])
+    return acc_out, new_lse
+
+
+# --- sdpa: merged blocks on PyTorch's CPU flash kernel ------------------------------------------
+
+
+def _cpu_flash_ops():
+    ops = torch.ops.aten
+    if hasattr(ops, "_scaled_dot_product_flash_attention_for_cpu") and hasattr(
+        ops, "_scaled_dot_product_flash_attention_for_cpu_backward"
+    ):
+        return ops._scaled_dot_product_flash_attention_for_cpu, ops._scaled_dot_product_flash_attention_for_cpu_backward
+    return None
+
+
+class _MergedBlocks(torch.autograd.Function):
+    """All groups and blocks of one DCA call, forward and exact backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, groups, inv_freq, chunk_size, pretraining_length, scale):
+        flash, _ = _cpu_flash_ops()
+        batch, heads, seq_q, _ = q.shape
+        out = torch.empty_like(q)
+        lse = q.new_empty(batch, heads, seq_q, dtype=torch.float32)
+        for g in groups:
+            qg = q[:, :, g.q0 : g.q1]
+            acc = None
+            for blk in g.blocks:
+                qb = rotate(qg, _shift(g, blk, chunk_size, pretraining_length, q.device), inv_freq)
+                part = flash(qb, k[:, :, blk.k0 : blk.k1], v[:, :, blk.k0 : blk.k1], 0.0, blk.causal, scale=scale)
+                acc = _merge_(acc, part)
+            out[:, :, g.q0 : g.q1] = acc[0].to(q.dtype)
+            lse[:, :, g.q0 : g.q1] = acc[1]
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.plan = (groups, inv_freq, chunk_size, pretraining_length, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        _, flash_backward = _cpu_flash_ops()
+        q, k, v, out, lse = ctx.saved_tensors
+        groups, inv_freq, chunk_size, pretraining_length, scale = ctx.plan
+        grad_out = grad_out.contiguous()
+        dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
+        dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
+        for g in groups:
+            rows = slice(g.q0, g.q1)
+            qg = q[:, :, rows]
+            g_out = grad_out[:, :, rows].contiguous()
+            o, l = out[:, :, rows].contiguous(), lse[:, :, rows].contiguous()
+            for blk in g.blocks:
+                shift = _shift(g, blk, chunk_size, pretraining_length, q.device)
+                keys = slice(blk.k0, blk.k1)
+                # With the merged output and log-sum-exp, the kernel's backward gives this block's
+                # exact share: P = exp(score - lse_merged), dS = P * (dP - rowsum(dO * O_merged)).
+                dqb, dkb, dvb = flash_backward(
+                    g_out, rotate(qg, shift, inv_freq).contiguous(), k[:, :, keys].contiguous(),
+                    v[:, :, keys].contiguous(), o, l, 0.0, blk.causal, scale=scale,
+                )
+                dq[:, :, rows] += rotate(dqb.float(), None if shift is None else -shift, inv_freq)
+                dk[:, :, keys] += dkb.float()
+                dv[:, :, keys] += dvb.float()
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None
+
+
+def _merged_sdpa(q, k, v, *, inv_freq, chunk_size, pretraining_length, temperature_length, scale, position_offset):
+    del position_offset  # the query shifts do not depend on it (they cancel between q and k)
+    n_keys = k.shape[2]
+    q = _temperature(q, n_keys, temperature_length)
+    groups = plan(n_keys, q.shape[2], chunk_size)
+    return _MergedBlocks.apply(q, k, v, groups, inv_freq, chunk_size, pretraining_length, scale)
+
+
+@register("dca", "sdpa")
+def _dca_sdpa(q, k, v, **kw):
+    if q.device.type == "cpu" and _cpu_flash_ops() is not None:
+        return _merged_sdpa(q, k, v, **kw)
+    return _stacked_sdpa(q, k, v, **kw)
+
+
+# --- sdpa_stacked: one SDPA call per query block with the three copies side by side -------------
+
+STACKED_BLOCK = 512  # query rows per SDPA call: bounds the [rows, keys] mask
+
+
+def _stacked_sdpa(q, k, v, *, inv_freq, chunk_size, pretraining_length, temperature_length, scale, position_offset):
+    s, c = chunk_size, pretraining_length
+    batch, heads, seq_q, dim = q.shape
+    heads_kv, n_keys = k.shape[1], k.shape[2]
+    first = n_keys - seq_q
+    q = _temperature(q, n_keys, temperature_length)
+    offset = position_offset.to(q.device)[:, None]  # (B, 1)
+    # Keys move to their DCA positions j mod s (one rotation per row: offsets differ).
+    j = torch.arange(n_keys, device=q.device)
+    k_dca = rotate(k, (j % s - j)[None, :] - offset, inv_freq)
+    ranks = torch.arange(first, n_keys, device=q.device)
+    copies = [
+        rotate(q, (query_positions(ranks, rel, s, c) - ranks)[None, :] - offset, inv_freq)
+        for rel in ("inter", "succ", "intra")
+    ]
+    q3 = torch.cat(copies, dim=-1)  # (B, Hq, Sq, 3D): [inter | succ | intra]
+    outs = []
+    for g in plan(n_keys, seq_q, s):
+        chunk = g.r0 // s
+        end = g.r0 + g.q1 - g.q0  # keys [0, end) are visible to the group
+        inter_end, succ_end = max(0, (chunk - 1) * s), chunk * s
+        k3 = k.new_zeros(batch, heads_kv, end, 3 * dim)
+        k3[:, :, :inter_end, :dim] = k_dca[:, :, :inter_end]
+        k3[:, :, inter_end:succ_end, dim : 2 * dim] = k_dca[:, :, inter_end:succ_end]
+        k3[:, :, succ_end:end, 2 * dim :] = k_dca[:, :, succ_end:end]
+        # Values padded to 3D: PyTorch's fused CPU kernel needs equal q/k/v widths.
+        v3 = F.pad(v[:, :, :end], (0, 2 * dim))
+        kj = torch.arange(end, device=q.device)
+        for r0 in range(g.q0, g.q1, STACKED_BLOCK):
+            r1 = min(g.q1, r0 + STACKED_BLOCK)
+            qi = torch.arange(first + r0, first + r1, device=q.device)[:, None]
+            stop = first + r1
+            o = F.scaled_dot_product_attention(
+                q3[:, :, r0:r1], k3[:, :, :stop], v3[:, :, :stop], attn_mask=kj[None, :stop] <= qi,
+                scale=scale, enable_gqa=heads != heads_kv,
+            )
+            outs.append(o[..., :dim])
+    return torch.cat(outs, dim=2)
+
+
+@register("dca", "sdpa_stacked")
+def _dca_stacked(q, k, v, **kw):
+    return _stacked_sdpa(q, k, v, **kw)
+
+
+# --- flex: merged blocks with FlexAttention's log-sum-exp ---------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def _causal_block_mask(n: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return create_block_mask(
+        lambda b, h, q_idx, kv_idx: kv_idx <= q_idx, B=None, H=None, Q_LEN=n, KV_LEN=n, device=device,
+        _compile=device.startswith("cuda"),
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _flex_fn(on_cuda: bool):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if on_cuda:
+        # Block shapes change with the chunk index and the sequence length: compile for dynamic shapes.
+        return torch.compile(flex_attention, dynamic=True)
+    import warnings
+
+    warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+    return flex_attention
+
+
+@register("dca", "flex")
+def _dca_flex(q, k, v, *, inv_freq, chunk_size, pretraining_length, temperature_length, scale, position_offset):
+    del position_offset
+    from torch.nn.attention.flex_attention import AuxRequest
+
+    n_keys = k.shape[2]
+    q = _temperature(q, n_keys, temperature_length)
+    flex = _flex_fn(q.device.type == "cuda")
+    outs = []
+    for g in plan(n_keys, q.shape[2], chunk_size):
+        qg = q[:, :, g.q0 : g.q1]
+        acc = None
+        for blk in g.blocks:
+            qb = rotate(qg, _shift(g, blk, chunk_size, pretraining_length, q.device), inv_freq)
+            mask = _causal_block_mask(g.q1 - g.q0, str(q.device)) if blk.causal else None
+            out, aux = flex(
+                qb, k[:, :, blk.k0 : blk.k1], v[:, :, blk.k0 : blk.k1], block_mask=mask, scale=scale,
+                enable_gqa=q.shape[1] != k.shape[1], return_aux=AuxRequest(lse=True),
+            )
+            part = (out, aux.lse)
+            acc = _merge(acc, part)  # differentiable: FlexAttention's lse carries gradients on CUDA
+        outs.append(acc[0].to(q.dtype))
+    return torch.cat(outs, dim=2)
+
+
+@register("dca", "reference")
+def _dca_reference(q, k, v, *, inv_freq, chunk_size, pretraining_length, temperature_length, scale, position_offset):
+    return reference.dca_attention(
+        q, k, v, inv_freq=inv_freq, chunk_size=chunk_size, pretraining_length=pretraining_length,
+        position_offset=position_offset, temperature_length=temperature_length, scale=scale,
+    )
