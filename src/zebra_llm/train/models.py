@@ -177,7 +177,12 @@ def build_lit_model(opts) -> torch.nn.Module:
 
 
 def add_lora(model, lora) -> torch.nn.Module:
-    from peft import LoraConfig, get_peft_model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ImportError(
+            "model.lora.enabled needs the peft package: pip install 'zebra-llm[lora]'"
+        ) from None
 
     config = LoraConfig(
         r=lora.r,
