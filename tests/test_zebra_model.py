@@ -195,6 +195,9 @@ def test_generate_left_padding_equals_each_row_alone():
         mask[i, 24 - r.shape[1] :] = 1
     kwargs = dict(max_new_tokens=16, do_sample=False, output_scores=True, return_dict_in_generate=True)
     together = model.generate(batch, attention_mask=mask, **kwargs)
+    # generate's own cache: local layers keep window - 1 positions, the others everything
+    held = [layer.keys.shape[-2] for layer in together.past_key_values.layers]
+    assert held == [24 + 15, 15, 24 + 15, 15]
     for i, r in enumerate(rows):
         alone = model.generate(r, attention_mask=torch.ones_like(r), **kwargs)
         assert torch.equal(together.sequences[i, 24:], alone.sequences[0, r.shape[1] :])

@@ -1,6 +1,6 @@
 """``ZebraConfig``: a Llama-architecture config whose attention is per-layer data.
 
-Zebra (Song et al., 2023, arXiv 2312.08618, Section 3) keeps Llama's blocks
+Zebra (Song et al., 2023, arXiv 2312.08618, the grouped local-global design) keeps Llama's blocks
 (RMSNorm, SwiGLU MLP, RoPE, grouped-query attention) and changes only which
 keys each layer's queries see. That choice lives in ``layer_types``, one entry
 per layer, validated here once; the model never derives it from
@@ -47,7 +47,7 @@ LAYER_TYPE_ALIASES = {
 
 
 def _group(n_layers: int, group_size: int) -> list[str]:
-    # Section 3: the first layer of every group of L layers is global, the other L-1 local.
+    # Zebra paper: the first layer of every group of L layers is global, the other L-1 local.
     return [FULL if i % group_size == 0 else SLIDING for i in range(n_layers)]
 
 

@@ -1,7 +1,7 @@
 """Turn a Llama-family checkpoint into a Zebra model, weights unchanged.
 
 This is the starting point of the paper's Long Context Adaptation Training
-(Song et al., 2023, Section 5): take a pretrained RoPE model, make some of its
+(Song et al., 2023, arXiv 2312.08618): take a pretrained RoPE model, make some of its
 layers local, and continue training on long sequences. Every Llama / Mistral /
 Ministral / Qwen2 / Qwen3 weight has the same name and shape in a Zebra model
 (``ZebraConfig`` carries each family's biases and Qwen3's q/k norms), so the

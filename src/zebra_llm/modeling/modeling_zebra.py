@@ -1,6 +1,6 @@
 """Zebra models: Llama blocks whose attention is chosen per layer (``ZebraConfig.layer_types``).
 
-Song et al. (2023, arXiv 2312.08618, Section 3): every block is Llama's
+Song et al. (2023, arXiv 2312.08618): every block is Llama's
 (pre-RMSNorm, grouped-query attention with RoPE in every layer, SwiGLU MLP);
 only the keys a layer's queries see differ. Each ``ZebraAttention`` carries its
 ``attention_type`` (``global`` / ``local`` / ``global_approx``), ``window`` and
