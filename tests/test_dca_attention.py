@@ -208,6 +208,13 @@ def test_invalid_arguments(kwargs, field):
         dca_attention(q, k, v, **kwargs)
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "sdpa_stacked", "flex", "reference"])
+def test_no_queries(backend):
+    q, k, v = qkv(2, 4, 2, 0, 9, 16)
+    out = dca_attention(q, k, v, backend=backend, **_kw(16, 4, 8))
+    assert out.shape == q.shape
+
+
 def test_backend_must_implement_dca():
     q, k, v = qkv(1, 2, 2, 8, 8, 8)
     with pytest.raises(ValueError, match="flash_attn"):

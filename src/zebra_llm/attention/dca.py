@@ -12,8 +12,9 @@ chunk), because every key of one chunk is off from its DCA position by the same
 ``m * s``. So each query chunk attends in blocks: one per earlier chunk (inter),
 one for the previous chunk (succ) and its own chunk (intra, causal), each an
 ordinary attention call with one rotated copy of the queries; the blocks are
-merged exactly through their log-sum-exp (paper Section 3.4). PyTorch's CPU
-flash kernel returns that log-sum-exp; its backward, given the *merged* output
+merged exactly through their log-sum-exp (one softmax over all of a query's
+keys, as the paper's three partial attentions share). PyTorch's CPU flash
+kernel returns that log-sum-exp; its backward, given the *merged* output
 and log-sum-exp, yields each block's exact share of the gradient (the softmax
 normaliser is the merged one), so gradients flow through all three partial
 attentions and their merge with no detached weights. Work and memory are those
@@ -93,6 +94,8 @@ def dca_attention(
     kpm = check_key_padding_mask(key_padding_mask, k)
     offsets = _check_offsets(position_offset, q.shape[0], q.device)
     impl = resolve("dca", backend, q, padded=kpm is not None)
+    if q.shape[2] == 0:  # no queries (e.g. an empty chunk of a chunked prefill)
+        return q.new_zeros(q.shape)
     solve = functools.partial(
         impl,
         inv_freq=inv_freq,
@@ -242,7 +245,7 @@ def _temperature(q: torch.Tensor, n_keys: int, temperature_length: int | None) -
 def _merge(acc, part):
     """Fold one block's ``(out, lse)`` into the running ``(out, lse)``, in float32.
 
-    out = sum_b exp(lse_b - lse) out_b with lse = log sum_b exp(lse_b) (paper Section 3.4):
+    out = sum_b exp(lse_b - lse) out_b with lse = log sum_b exp(lse_b):
     the exact softmax over the union of the blocks' keys. Differentiable (the ``flex`` backend
     relies on it); ``_merge_`` is the in-place form for the no-autograd forward.
     """

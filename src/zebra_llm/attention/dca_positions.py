@@ -100,8 +100,8 @@ def query_shift(ranks: torch.Tensor, relation: str, key_chunk: int, chunk_size: 
 def temperature_factor(ranks: torch.Tensor, temperature_length: int | None) -> torch.Tensor | None:
     """Logit multiplier per query, or ``None`` when no query needs one.
 
-    YaRN's attention temperature (Peng et al., 2023, arXiv 2309.00071, Section
-    3.4): ``sqrt(1/t) = 0.1 ln(L / L0) + 1`` multiplies both queries and keys,
+    YaRN's attention temperature (Peng et al., 2023, arXiv 2309.00071):
+    ``sqrt(1/t) = 0.1 ln(L / L0) + 1`` multiplies both queries and keys,
     so the logits are multiplied by ``(0.1 ln(L / L0) + 1)^2``. ChunkLlama and
     vLLM's DCA for Qwen2.5-1M apply it with ``L`` the sequence length and
     ``L0`` the pretraining length. Here ``L`` is the number of keys the query
