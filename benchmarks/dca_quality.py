@@ -8,14 +8,16 @@ Everything is computed by ``zebra_llm.eval`` (chunked-loss perplexity on the fir
 document, passkey retrieval with the Landmark Attention / ChunkLlama prompt, greedy decoding); this
 script only chooses the grid and prints the tables. Results go to JSON files under ``--out-dir``, one
 per (part, text, base model), written after every item: a stopped run resumes where it was, and
-rerunning prints the tables from what is there.
+rerunning prints the tables from what is there. Figures (perplexity by length per text, passkey
+heatmap), with the table's method labels, go to ``--out-dir`` too.
 
 Methods, at each length N (factor f = N / trained context, only where f > 1):
 
 * ``none``: the model unchanged;
 * ``dca``: Dual Chunk Attention with the defaults (pretraining_length 8192, chunk_size 6144,
   YaRN-style temperature beyond 8192 keys); ``dca:temperature=false``: the paper's DCA exactly;
-* ``yarn:factor=f`` and ``dynamic:factor=f``: transformers' own rope scaling;
+* ``linear:factor=f``, ``yarn:factor=f`` and ``dynamic:factor=f``: transformers' own rope scaling
+  (position interpolation, YaRN, dynamic NTK);
 * ``yarn:factor=2 + dca``: DCA stacked on a YaRN-scaled rope, with pretraining_length 16384 (the
   context YaRN x2 reaches) and chunk_size 12288, as the paper stacks DCA on PI/NTK-scaled
   models (its ChunkCodeLlama and ChunkTogether rows).
@@ -48,7 +50,7 @@ def methods_at(length: int, wanted: list[str]) -> list[tuple[str | None, str, st
     if "dca-notemp" in wanted:
         out.append((None, "dca:temperature=false", "dca:temperature=false"))
     factor = length / TRAINED
-    for name in ("yarn", "dynamic"):
+    for name in ("linear", "yarn", "dynamic"):
         if name in wanted and factor > 1:
             out.append((None, f"{name}:factor={factor:g}", f"{name}:factor=N/{TRAINED}"))
     if "stacked" in wanted:
@@ -75,11 +77,13 @@ def _objects(base: str | None, spec: str, dtype: str, device: str | None):
     return {spec: (MethodSpec.parse(base).apply(model), tokenizer)}
 
 
-def run_ppl(args, text_path: Path) -> dict[tuple[str, int], dict]:
+def run_ppl(args, text_path: Path) -> tuple[dict[tuple[str, int], dict], list[dict]]:
+    """Table rows by (label, length), and the same rows as a list for the figure."""
     from zebra_llm.eval import PerplexityConfig, run_perplexity, summarize_perplexity
     from zebra_llm.eval.results import load_results
 
     rows: dict[tuple[str, int], dict] = {}
+    figure_rows: list[dict] = []
     for length in args.lengths:
         for base, spec, label in methods_at(length, args.methods):
             path = _file(args.out_dir, "ppl", text_path.name, base)
@@ -93,15 +97,18 @@ def run_ppl(args, text_path: Path) -> dict[tuple[str, int], dict]:
             items = [i for i in load_results(path)["items"] if i["method"] == spec and i["length"] == length]
             for row in summarize_perplexity(items):
                 rows[(label, length)] = row
-    return rows
+                figure_rows.append({**row, "method": label})
+    return rows, figure_rows
 
 
-def run_passkey_grid(args) -> dict[tuple[str, int], dict]:
+def run_passkey_grid(args) -> tuple[dict[tuple[str, int], dict], list[dict]]:
+    """Overall accuracy by (label, length), and per-depth rows for the heatmap."""
     from zebra_llm.eval.passkey import run_passkey
     from zebra_llm.eval.results import load_results
     from zebra_llm.eval.retrieval import RetrievalConfig, summarize_retrieval
 
     rows: dict[tuple[str, int], dict] = {}
+    figure_rows: list[dict] = []
     for length in args.passkey_lengths:
         for base, spec, label in methods_at(length, args.methods):
             path = _file(args.out_dir, "passkey", None, base)
@@ -116,7 +123,9 @@ def run_passkey_grid(args) -> dict[tuple[str, int], dict]:
             for row in summarize_retrieval(items):
                 if row["depth"] == "all":
                     rows[(label, length)] = row
-    return rows
+                else:
+                    figure_rows.append({**row, "method": label})
+    return rows, figure_rows
 
 
 def _labels(rows) -> list[str]:
@@ -172,8 +181,8 @@ def main(argv=None):
     ap.add_argument("--passkey-lengths", type=int, nargs="+", default=[8192, 16384, 32768])
     ap.add_argument("--depths", type=float, nargs="+", default=[0.1, 0.5, 0.9])
     ap.add_argument("--trials", type=int, default=2, help="passkeys per (length, depth)")
-    ap.add_argument("--methods", nargs="+", default=["none", "dca", "dca-notemp", "yarn", "dynamic", "stacked"],
-                    choices=["none", "dca", "dca-notemp", "yarn", "dynamic", "stacked"])
+    ap.add_argument("--methods", nargs="+", default=["none", "dca", "dca-notemp", "linear", "yarn", "dynamic", "stacked"],
+                    choices=["none", "dca", "dca-notemp", "linear", "yarn", "dynamic", "stacked"])
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default=None)
     ap.add_argument("--no-progress", dest="progress", action="store_false")
@@ -187,11 +196,24 @@ def main(argv=None):
             path = Path(text) if Path(text).is_file() else stdlib / text
             if not path.is_file():
                 raise FileNotFoundError(f"text {text} is neither a file nor a standard-library module")
-            rows = run_ppl(args, path)
+            rows, figure_rows = run_ppl(args, path)
+            if figure_rows:
+                from zebra_llm.eval.plots import plot_perplexity
+
+                fig = plot_perplexity(figure_rows, args.out_dir / f"ppl_{path.stem.lstrip('_')}.png",
+                                      title=f"SmolLM2-135M, first N tokens of {path.name}",
+                                      trained_context=TRAINED)
+                print(f"figure: {fig}", file=sys.stderr)
             out.append(f"Perplexity, first N tokens of `{path.name}` (last quarter of the positions in brackets):\n")
             out.append(ppl_table(rows, args.lengths) + "\n")
     if "passkey" in args.parts:
-        rows = run_passkey_grid(args)
+        rows, figure_rows = run_passkey_grid(args)
+        if figure_rows:
+            from zebra_llm.eval.plots import plot_heatmap
+
+            fig = plot_heatmap(figure_rows, args.out_dir / "passkey.png",
+                               title="SmolLM2-135M, passkey retrieval")
+            print(f"figure: {fig}", file=sys.stderr)
         out.append(f"Passkey retrieval, {len(args.depths)} depths x {args.trials} keys per length:\n")
         out.append(passkey_table(rows, args.passkey_lengths) + "\n")
     import platform

@@ -3,8 +3,8 @@
     flock /tmp/zebra-cpu.lock python benchmarks/train_speed.py          # the README table
     python benchmarks/train_speed.py --seq 4096 --steps 3 --device cpu
 
-Each case trains a freshly initialised ``cpu-25m`` preset (8 layers, hidden
-512, ~25M parameters) with ``attention="group"`` (L=4: layers 0 and 4
+Each case trains a freshly initialised ``cpu-20m`` preset (8 layers, hidden
+512, ~20M parameters) with ``attention="group"`` (L=4: layers 0 and 4
 global, the rest a 512-token window) or ``attention="global"``, batch 1,
 through the library's own training step (``zebra_llm.train.Trainer.train_step``:
 forward, token loss, backward, gradient clipping, AdamW), on sequences of
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seq", type=int, nargs="+", default=[4096, 16384])
     ap.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
     ap.add_argument("--device", nargs="+", default=None, help="default: cpu, and cuda when available")
-    ap.add_argument("--preset", default="cpu-25m")
+    ap.add_argument("--preset", default="cpu-20m")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     ap.add_argument("--activation-checkpointing", action="store_true")
     ap.add_argument("--json", default=None, help="also write the raw results here")

@@ -9,9 +9,16 @@ import sys
 
 import typer
 
+from . import bench as _bench
 from . import dca as _dca
+from . import demo as _demo
+from . import eval as _eval
+from . import generate as _generate
+from . import lm_eval as _lm_eval
+from . import report as _report
 from ._common import run_guarded
 from .model import app as _model_app
+from .train import app as _train_app
 
 app = typer.Typer(
     name="zebra",
@@ -24,6 +31,13 @@ app = typer.Typer(
 
 app.add_typer(_model_app)  # convert, export, presets, flops
 app.add_typer(_dca.app, name="dca")
+app.add_typer(_eval.app, name="eval")
+app.add_typer(_train_app, name="train")
+app.command("bench")(_bench.bench)
+app.command("generate")(_generate.generate)
+app.command("report")(_report.report)
+app.command("demo")(_demo.demo)
+app.command("lm-eval", context_settings=_lm_eval.SETTINGS, add_help_option=False)(_lm_eval.lm_eval)
 
 
 @app.callback()
@@ -48,20 +62,6 @@ def info() -> None:
     typer.echo(f"attention backend (default): {backends.default_backend()}")
     typer.echo(f"flash-attn: {'yes' if backends.flash_attn_available() else 'no'}")
     typer.echo(f"flex attention: {'yes' if backends.flex_available() else 'no'}")
-
-
-from . import bench as _bench, demo as _demo, eval as _eval, generate as _generate, lm_eval as _lm_eval  # noqa: E402
-from . import report as _report  # noqa: E402
-
-app.add_typer(_eval.app, name="eval")
-app.command("bench")(_bench.bench)
-app.command("generate")(_generate.generate)
-app.command("report")(_report.report)
-app.command("demo")(_demo.demo)
-app.command("lm-eval", context_settings=_lm_eval.SETTINGS, add_help_option=False)(_lm_eval.lm_eval)
-from .train import app as _train_app  # noqa: E402
-
-app.add_typer(_train_app, name="train")
 
 
 def main(argv: list[str] | None = None) -> None:
