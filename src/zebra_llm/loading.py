@@ -144,6 +144,19 @@ def load_model(
     return model, tokenizer
 
 
+def load_config(spec: str | os.PathLike):
+    """The transformers config of a model spec (as for :func:`load_model`), without its weights."""
+    from transformers import AutoConfig
+
+    source = ModelSource.parse(spec)
+    if source.kind == "embedded":
+        return AutoConfig.from_pretrained(smollm2_dir())
+    if source.kind == "gguf":
+        path = Path(source.location)
+        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    return AutoConfig.from_pretrained(source.location, trust_remote_code=False)
+
+
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,

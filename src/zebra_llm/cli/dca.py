@@ -43,23 +43,8 @@ def settings(
 ) -> None:
     """The settings ``apply_dca`` would use for MODEL (reads its config only), also in vLLM's form."""
     from zebra_llm.dca import resolve_config
+    from zebra_llm.loading import load_config
 
-    config = _load_config(model)
+    config = load_config(model)
     dca = resolve_config(config, pretraining_length=pretraining_length, chunk_size=chunk_size, temperature=temperature)
     typer.echo(json.dumps({**dca.to_dict(), "local_window": dca.local_window, "vllm": dca.to_vllm()}, indent=2))
-
-
-def _load_config(spec: str):
-    from transformers import AutoConfig
-
-    from zebra_llm.loading import ModelSource, smollm2_dir
-
-    source = ModelSource.parse(spec)
-    if source.kind == "embedded":
-        return AutoConfig.from_pretrained(smollm2_dir())
-    if source.kind == "gguf":
-        from pathlib import Path
-
-        path = Path(source.location)
-        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-    return AutoConfig.from_pretrained(source.location, trust_remote_code=False)

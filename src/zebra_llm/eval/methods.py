@@ -637,21 +637,11 @@ def load_for_run(config, spec: MethodSpec, model_objects: dict | None = None) ->
 
 def model_config(model_spec):
     """The unmodified config of a model spec (or of a ``(model, tokenizer)`` pair), without its weights."""
-    from transformers import AutoConfig
-
-    from zebra_llm.loading import ModelSource, smollm2_dir
+    from zebra_llm.loading import load_config
 
     if isinstance(model_spec, tuple):
         return model_spec[0].config
-    source = ModelSource.parse(model_spec)
-    if source.kind == "embedded":
-        return AutoConfig.from_pretrained(smollm2_dir())
-    if source.kind == "gguf":
-        from pathlib import Path
-
-        path = Path(source.location)
-        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-    return AutoConfig.from_pretrained(source.location, trust_remote_code=False)
+    return load_config(model_spec)
 
 
 def check_plan(model_spec, methods, lengths, *, exempt=()) -> None:
