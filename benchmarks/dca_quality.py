@@ -77,10 +77,17 @@ def _objects(base: str | None, spec: str, dtype: str, device: str | None):
     return {spec: (MethodSpec.parse(base).apply(model), tokenizer)}
 
 
+def _items(path: Path, spec: str, length: int) -> list[dict]:
+    from zebra_llm.eval.results import load_results
+
+    if not path.is_file():
+        return []
+    return [i for i in load_results(path)["items"] if i["method"] == spec and i["length"] == length]
+
+
 def run_ppl(args, text_path: Path) -> tuple[dict[tuple[str, int], dict], list[dict]]:
     """Table rows by (label, length), and the same rows as a list for the figure."""
     from zebra_llm.eval import PerplexityConfig, run_perplexity, summarize_perplexity
-    from zebra_llm.eval.results import load_results
 
     rows: dict[tuple[str, int], dict] = {}
     figure_rows: list[dict] = []
@@ -92,9 +99,10 @@ def run_ppl(args, text_path: Path) -> tuple[dict[tuple[str, int], dict], list[di
                 dtype=args.dtype, device=args.device,
             )
             print(f"ppl {text_path.name} {length} {label}", file=sys.stderr, flush=True)
-            run_perplexity(config, path, progress=args.progress,
-                           model_objects=_objects(base, spec, args.dtype, args.device))
-            items = [i for i in load_results(path)["items"] if i["method"] == spec and i["length"] == length]
+            if not args.report_only:
+                run_perplexity(config, path, progress=args.progress,
+                               model_objects=_objects(base, spec, args.dtype, args.device))
+            items = _items(path, spec, length)
             for row in summarize_perplexity(items):
                 rows[(label, length)] = row
                 figure_rows.append({**row, "method": label})
@@ -104,7 +112,6 @@ def run_ppl(args, text_path: Path) -> tuple[dict[tuple[str, int], dict], list[di
 def run_passkey_grid(args) -> tuple[dict[tuple[str, int], dict], list[dict]]:
     """Overall accuracy by (label, length), and per-depth rows for the heatmap."""
     from zebra_llm.eval.passkey import run_passkey
-    from zebra_llm.eval.results import load_results
     from zebra_llm.eval.retrieval import RetrievalConfig, summarize_retrieval
 
     rows: dict[tuple[str, int], dict] = {}
@@ -117,9 +124,10 @@ def run_passkey_grid(args) -> tuple[dict[tuple[str, int], dict], list[dict]]:
                 dtype=args.dtype, device=args.device,
             )
             print(f"passkey {length} {label}", file=sys.stderr, flush=True)
-            run_passkey(config, path, progress=args.progress,
-                        model_objects=_objects(base, spec, args.dtype, args.device))
-            items = [i for i in load_results(path)["items"] if i["method"] == spec and i["length"] == length]
+            if not args.report_only:
+                run_passkey(config, path, progress=args.progress,
+                            model_objects=_objects(base, spec, args.dtype, args.device))
+            items = _items(path, spec, length)
             for row in summarize_retrieval(items):
                 if row["depth"] == "all":
                     rows[(label, length)] = row
@@ -186,6 +194,8 @@ def main(argv=None):
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default=None)
     ap.add_argument("--no-progress", dest="progress", action="store_false")
+    ap.add_argument("--report-only", action="store_true",
+                    help="compute nothing: tables and figures from what --out-dir holds (missing cells stay empty)")
     args = ap.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     stdlib = Path(sysconfig.get_paths()["stdlib"])
