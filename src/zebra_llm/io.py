@@ -2,7 +2,9 @@
 
 Files are written to a temporary sibling and renamed into place (``os.replace``
 is atomic on POSIX within one filesystem); directories are built under a
-temporary sibling name and renamed when complete.
+temporary sibling name and renamed when complete. The results get the
+permissions an ordinary ``open``/``mkdir`` would give (the process umask, or an
+existing file's mode), not the private 0600/0700 of ``tempfile``.
 """
 
 from __future__ import annotations
@@ -17,15 +19,30 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _file_mode(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = _file_mode(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -67,6 +84,7 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = True) -> Iter
         raise FileExistsError(f"{path} already exists")
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
+        os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
         old = None
         if path.exists():
