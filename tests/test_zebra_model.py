@@ -267,3 +267,20 @@ def test_refuses_what_it_cannot_compute():
 def test_registered_with_auto_classes():
     cfg = ZebraConfig.from_preset("debug", vocab_size=VOCAB)
     assert isinstance(AutoModelForCausalLM.from_config(cfg), ZebraForCausalLM)
+
+
+def test_cache_under_either_argument_name():
+    """transformers >= 5.24 passes the cache as ``cache``, older ones (and users) as ``past_key_values``."""
+    from transformers import DynamicCache
+
+    model = tiny([F, S, S, S], window=4)
+    ids = torch.randint(1, VOCAB, (1, 12))  # past the window
+    full = model(ids).logits
+    for name in ("cache", "past_key_values"):
+        cache = DynamicCache(config=model.config)
+        model(ids[:, :7], use_cache=True, **{name: cache})
+        cont = model(ids[:, 7:], use_cache=True, **{name: cache}).logits
+        torch.testing.assert_close(cont, full[:, 7:], rtol=1e-4, atol=1e-4)
+    a, b = DynamicCache(config=model.config), DynamicCache(config=model.config)
+    with pytest.raises(ValueError, match="not both"):
+        model(ids, cache=a, past_key_values=b)

@@ -18,7 +18,23 @@ Conventions of every attention function registered by zebra_llm:
 
 from __future__ import annotations
 
+import inspect
+
 import torch
+from transformers.masking_utils import create_causal_mask
+
+# transformers 5.24 renamed the cache argument of model forwards and mask functions from
+# ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40); pass the one it has.
+CACHE_KWARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+
+
+def merge_cache_kwargs(past_key_values, cache, where: str):
+    """The cache a forward was given under either name (``cache`` from transformers >= 5.24)."""
+    if cache is None:
+        return past_key_values
+    if past_key_values is not None and past_key_values is not cache:
+        raise ValueError(f"{where}: give the cache as cache or as past_key_values, not both")
+    return cache
 
 
 def padding_mask_interface(

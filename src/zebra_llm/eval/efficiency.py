@@ -35,6 +35,7 @@ from dataclasses import field as dc_field
 
 import torch
 
+from ..hf import CACHE_KWARG
 from .methods import MethodSpec, check_plan, load_for_run, parse_methods
 from .progress import progress_bar
 from .results import ResultsFile
@@ -185,7 +186,7 @@ def measure(model, length: int, *, decode_tokens: int, repeats: int = 1, batch_s
 
     def prefill():
         cache = DynamicCache(config=model.config)
-        out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{CACHE_KWARG: cache})
         return out.logits[:, -1], out.past_key_values if out.past_key_values is not None else cache
 
     # warm-up on a short input: first-call overheads, not the length's cost
@@ -202,7 +203,7 @@ def measure(model, length: int, *, decode_tokens: int, repeats: int = 1, batch_s
         t0 = time.perf_counter()
         for _ in range(decode_tokens):
             nxt = logits.argmax(-1, keepdim=True)  # [B, 1] greedy
-            out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
+            out = model(input_ids=nxt, use_cache=True, **{CACHE_KWARG: cache})
             logits = out.logits[:, -1]
         _sync(device)
         decode_s = time.perf_counter() - t0

@@ -29,6 +29,7 @@ from typing import Protocol
 
 import torch
 
+from ..hf import CACHE_KWARG
 from .methods import LoadedModel, MethodSpec, check_plan, load_for_run, parse_methods
 from .progress import progress_bar
 from .results import ResultsFile, group_rows
@@ -131,7 +132,7 @@ def greedy_continuations(
         cache = copy.deepcopy(prefix_cache)
         if ids.shape[0] > 1:
             cache.batch_repeat_interleave(ids.shape[0])
-        kwargs["past_key_values"] = cache
+        kwargs[CACHE_KWARG] = cache
     out = model.generate(
         input_ids=ids,
         attention_mask=torch.ones_like(ids),
@@ -155,7 +156,7 @@ def prefill_cache(model, prefix: list[int]):
     device = next(model.parameters()).device
     ids = torch.tensor([prefix], dtype=torch.long, device=device)
     cache = DynamicCache(config=model.config)
-    model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    model(input_ids=ids, use_cache=True, logits_to_keep=1, **{CACHE_KWARG: cache})
     return cache
 
 

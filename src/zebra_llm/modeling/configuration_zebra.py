@@ -96,7 +96,7 @@ class ZebraConfig(PreTrainedConfig):
     """
 
     model_type = "zebra"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["past_key_values", "cache"]
     attribute_map = {"sliding_window": "window"}
     base_model_tp_plan = {
         "layers.*.self_attn.q_proj": "colwise",

@@ -32,6 +32,7 @@ from transformers.utils import can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
+from ..hf import CACHE_KWARG, merge_cache_kwargs
 from . import cache as _cache  # noqa: F401  (registers the global_approx cache layer)
 from .attention import IMPLEMENTATION, check_implementation, eager_attention_forward, is_structural
 from .configuration_zebra import ATTENTION_OF_LAYER_TYPE, FULL, GLOBAL_APPROX, SLIDING, ZebraConfig
@@ -264,8 +265,10 @@ class ZebraModel(ZebraPreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        cache: Cache | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        past_key_values = merge_cache_kwargs(past_key_values, cache, "ZebraModel")
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("ZebraModel: give exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -297,7 +300,7 @@ class ZebraModel(ZebraPreTrainedModel):
                 "config": self.config,
                 "inputs_embeds": inputs_embeds,
                 "attention_mask": attention_mask,
-                "past_key_values": past_key_values,
+                CACHE_KWARG: past_key_values,
                 "position_ids": position_ids,
             }
             kinds = set(self.config.layer_types)
@@ -354,8 +357,10 @@ class ZebraForCausalLM(ZebraPreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        cache: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        past_key_values = merge_cache_kwargs(past_key_values, cache, "ZebraForCausalLM")
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
