@@ -40,3 +40,54 @@ class LargestTensor(TorchDispatchMode):
             if isinstance(t, torch.Tensor) and t.numel() > self.largest:
                 self.largest, self.op = t.numel(), str(func)
         return out
+
+
+class PeakLiveBytes(TorchDispatchMode):
+    """Peak bytes of tensor storages created inside the block and still alive (measured at each op).
+
+    Every op's new outputs are counted once per storage until the last Python tensor on that storage
+    is freed (``weakref.finalize``); views and in-place results (an output on an input's storage) are
+    not new memory. What a
+    kernel allocates internally and frees before returning is not seen, but every score matrix or
+    mask built by separate ops is.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.live: dict[int, list[int]] = {}  # storage pointer -> [bytes, live tensors]
+        self.current = 0
+        self.peak = 0
+
+    def _release(self, ptr: int) -> None:
+        entry = self.live.get(ptr)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.current -= entry[0]
+            del self.live[ptr]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        import weakref
+
+        from torch.utils._pytree import tree_flatten
+
+        out = func(*args, **(kwargs or {}))
+        inputs = {
+            a.untyped_storage().data_ptr() for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)
+        }
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            ptr = storage.data_ptr()
+            if ptr == 0 or ptr in inputs:  # a view or an in-place result: no new memory
+                continue
+            entry = self.live.get(ptr)
+            if entry is None:
+                entry = self.live[ptr] = [storage.nbytes(), 0]
+                self.current += entry[0]
+                self.peak = max(self.peak, self.current)
+            entry[1] += 1
+            weakref.finalize(t, self._release, ptr)
+        return out
