@@ -8,7 +8,6 @@ from transformers import (
     DynamicCache,
     MinistralConfig,
     MinistralForCausalLM,
-    StaticCache,
 )
 from transformers.masking_utils import AttentionMaskInterface
 
@@ -158,10 +157,10 @@ def test_token_by_token_decoding_equals_full_forward(layer_types):
     cache = DynamicCache(config=model.config)
     steps = []
     with torch.no_grad():
-        out = model(ids[:, :5], past_key_values=cache, use_cache=True)  # a short prefill first
+        out = model(ids[:, :5], use_cache=True, **hf.cache_kwargs(cache))  # a short prefill first
         steps.append(out.logits)
         for t in range(5, ids.shape[1]):
-            out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
+            out = model(ids[:, t : t + 1], use_cache=True, **hf.cache_kwargs(cache))
             steps.append(out.logits)
             for layer, kind in zip(cache.layers, model.config.layer_types):
                 held = layer.keys.shape[-2]
@@ -180,7 +179,7 @@ def test_chunked_prefill_equals_full_forward():
     parts = []
     with torch.no_grad():
         for a, b in ((0, 37), (37, 41), (41, 90)):
-            parts.append(model(ids[:, a:b], past_key_values=cache, use_cache=True).logits)
+            parts.append(model(ids[:, a:b], use_cache=True, **hf.cache_kwargs(cache)).logits)
     assert max_abs_err(torch.cat(parts, dim=1), full) <= TOL
 
 
@@ -196,7 +195,7 @@ def test_generate_left_padding_equals_each_row_alone():
     kwargs = dict(max_new_tokens=16, do_sample=False, output_scores=True, return_dict_in_generate=True)
     together = model.generate(batch, attention_mask=mask, **kwargs)
     # generate's own cache: local layers keep window - 1 positions, the others everything
-    held = [layer.keys.shape[-2] for layer in together.past_key_values.layers]
+    held = [layer.keys.shape[-2] for layer in hf.output_cache(together).layers]
     assert held == [24 + 15, 15, 24 + 15, 15]
     for i, r in enumerate(rows):
         alone = model.generate(r, attention_mask=torch.ones_like(r), **kwargs)
@@ -250,12 +249,9 @@ def test_bfloat16_forward_is_close():
 def test_refuses_what_it_cannot_compute():
     model = tiny()
     ids = torch.randint(0, VOCAB, (1, 20))
-    static = StaticCache(config=model.config, max_cache_len=32)
-    with pytest.raises(ValueError, match="DynamicCache"):
-        model(ids, past_key_values=static, use_cache=True)
     packed = torch.cat([torch.arange(10), torch.arange(10)])[None]
     with pytest.raises(ValueError, match="packed"):
-        model(ids, position_ids=packed, use_cache=False)  # as transformers, packing is detected without a cache
+        model(ids, position_ids=packed, use_cache=False)  # more cases in test_zebra_caches.py
     with pytest.raises(ValueError, match="2D padding"):
         model(ids, attention_mask=torch.ones(1, 1, 20, 20, dtype=torch.bool))
     with pytest.raises(ValueError, match="dropout"):

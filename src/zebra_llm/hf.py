@@ -18,14 +18,28 @@ Conventions of every attention function registered by zebra_llm:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import torch
 from transformers.masking_utils import create_causal_mask
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 # transformers 5.24 renamed the cache argument of model forwards and mask functions from
 # ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40); pass the one it has.
 CACHE_KWARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+# The same rename for the field of output objects (``CausalLMOutputWithPast.cache``).
+CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
+
+
+def cache_kwargs(cache) -> dict:
+    """``{name: cache}`` for a model forward or ``generate`` under the installed transformers' name."""
+    return {CACHE_KWARG: cache}
+
+
+def output_cache(output):
+    """The cache an output object carries, read under the installed transformers' field name."""
+    return getattr(output, CACHE_FIELD)
 
 
 def merge_cache_kwargs(past_key_values, cache, where: str):

@@ -11,15 +11,21 @@
 * ``global_approx``: :class:`GlobalApproxLayer` below, which keeps every key,
   because chunk summaries of the whole past are recomputed from them.
 
-Only ``DynamicCache`` is supported: a ``StaticCache`` hands attention a
-fixed-size buffer whose slots are not in sequence order, which the
-structural (mask-free) attention of the ``"zebra"`` implementation cannot
-read; ``ZebraModel`` refuses it with a ``ValueError``.
+``StaticCache(config=zebra_config, max_cache_len=n)`` (and ``generate(...,
+cache_implementation="static")``) builds transformers' ``StaticLayer`` for
+global layers, ``StaticSlidingWindowLayer`` (``window`` slots) for local layers
+and :class:`StaticGlobalApproxLayer` below for ``global_approx`` layers. Such a
+layer returns its whole fixed-size buffer, whose slots past the tokens written
+so far are empty; ``ZebraAttention`` cuts the buffer to the written slots before
+the structural (mask-free) kernels of the ``"zebra"`` implementation read it, so
+a static cache gives the same logits as the dynamic one. Mask-based
+implementations (``sdpa``, ``eager``, ...) read the whole buffer under
+transformers' own masks, as for Llama.
 """
 
 from __future__ import annotations
 
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, StaticLayer
 
 from .configuration_zebra import GLOBAL_APPROX
 
@@ -35,4 +41,13 @@ class GlobalApproxLayer(DynamicLayer):
     _layer_type = GLOBAL_APPROX
 
 
-__all__ = ["GlobalApproxLayer"]
+class StaticGlobalApproxLayer(StaticLayer):
+    """Fixed-size cache of a ``global_approx`` layer: every key up to ``max_cache_len``, like a global layer.
+
+    Registered with transformers (``_layer_type``) so that ``StaticCache(config=...)`` builds it.
+    """
+
+    _layer_type = GLOBAL_APPROX
+
+
+__all__ = ["GlobalApproxLayer", "StaticGlobalApproxLayer"]

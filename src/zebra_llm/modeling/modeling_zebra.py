@@ -17,13 +17,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache
+from transformers.cache_utils import Cache, DynamicCache, StaticLayer
 from transformers.generation import GenerationMixin
-from transformers.masking_utils import (
-    create_causal_mask,
-    create_sliding_window_causal_mask,
-    find_packed_sequence_indices,
-)
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, dynamic_rope_update
@@ -32,7 +28,7 @@ from transformers.utils import can_return_tuple
 from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
-from ..hf import CACHE_KWARG, merge_cache_kwargs
+from ..hf import CACHE_FIELD, CACHE_KWARG, merge_cache_kwargs
 from . import cache as _cache  # noqa: F401  (registers the global_approx cache layer)
 from .attention import IMPLEMENTATION, check_implementation, eager_attention_forward, is_structural
 from .configuration_zebra import ATTENTION_OF_LAYER_TYPE, FULL, GLOBAL_APPROX, SLIDING, ZebraConfig
@@ -151,9 +147,11 @@ class ZebraAttention(nn.Module):
         hidden_states: torch.Tensor,
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None,
+        cache: Cache | None = None,
         past_key_values: Cache | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        cache = merge_cache_kwargs(past_key_values, cache, "ZebraAttention")
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         q = self.q_proj(hidden_states).view(hidden_shape)  # (B, S, Hq, D)
@@ -164,9 +162,11 @@ class ZebraAttention(nn.Module):
         cos, sin = position_embeddings
         q = apply_rotary(q.transpose(1, 2), cos, sin)  # (B, Hq, S, D)
         k = apply_rotary(k.transpose(1, 2), cos, sin)  # (B, Hkv, S, D)
-        if past_key_values is not None:
+        if cache is not None:
             # global / global_approx layers get every key so far; local layers the last window-1 plus the new ones
-            k, v = past_key_values.update(k, v, self.layer_idx)
+            k, v = cache.update(k, v, self.layer_idx)
+            if is_structural(self.config._attn_implementation):
+                k, v, attention_mask = _written_part(cache, self.layer_idx, k, v, attention_mask)
 
         attention_fn: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
@@ -186,6 +186,64 @@ class ZebraAttention(nn.Module):
         return self.o_proj(out), weights
 
 
+def _written_part(cache: Cache, layer_idx: int, k, v, attention_mask):
+    """The keys a fixed-size cache layer has actually written, in sequence order.
+
+    A ``StaticCache`` layer returns its whole buffer: a global (or global_approx) layer's slots past
+    the tokens seen so far are empty, and so are a sliding layer's until the window has filled. The
+    structural kernels read keys in order with the queries last, so the buffer is cut to the written
+    slots (and the padding mask, laid out over the same slots, with it). Dynamic layers pass through.
+    """
+    layer = cache.layers[layer_idx] if hasattr(cache, "layers") else None
+    if not isinstance(layer, StaticLayer) or k is not layer.keys:
+        return k, v, attention_mask  # dynamic, or a sliding layer that returned exactly its window
+    if getattr(layer, "is_sliding", False):
+        written = min(layer.cumulative_length_int, layer.max_cache_len)
+    else:
+        written = int(layer.cumulative_length)
+    if written > k.shape[2]:
+        raise ValueError(
+            f"StaticCache is full: layer {layer_idx} holds max_cache_len={k.shape[2]} tokens but {written} were "
+            "written; create the cache with a larger max_cache_len"
+        )
+    if written == k.shape[2]:
+        return k, v, attention_mask
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+        attention_mask = attention_mask[:, :written]
+    return k[:, :, :written], v[:, :, :written], attention_mask
+
+
+def _refuse_packed(position_ids, attention_mask, shape, implementation) -> None:
+    """``ValueError`` when position ids restart (or jump) between consecutive real tokens of a row.
+
+    Only the tokens of this forward are checked, skipping padding (``attention_mask`` 0), so the
+    position ids ``generate`` gives a left-padded batch pass.
+    """
+    batch, q_len = shape
+    pos = position_ids
+    if pos.dim() != 2 or pos.shape[-1] != q_len or q_len < 2 or torch.compiler.is_compiling():
+        return
+    pos = pos.expand(batch, q_len)
+    real = torch.ones(batch, q_len, dtype=torch.bool, device=pos.device)
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 and attention_mask.shape[-1] >= q_len:
+        real = attention_mask[:, -q_len:].to(device=pos.device, dtype=torch.bool)
+    slot = torch.arange(q_len, device=pos.device).expand(batch, q_len)
+    last_real = torch.cummax(torch.where(real, slot, -1), dim=-1).values  # last real slot at or before t
+    prev = torch.nn.functional.pad(last_real[:, :-1], (1, 0), value=-1)  # last real slot before t
+    step = pos - pos.gather(-1, prev.clamp(min=0))
+    bad = real & (prev >= 0) & (step != 1)
+    if bool(bad.any()):
+        b, t = (int(x) for x in bad.nonzero()[0])
+        raise ValueError(
+            f"packed sequences are not supported here: position_ids of row {b} go from "
+            f"{int(pos[b, prev[b, t]])} to {int(pos[b, t])} at token {t} (they must count up by 1 over the real "
+            f"tokens of a row). attn_implementation={implementation!r} with a cache, an attention_mask or the "
+            "'zebra' kernels would attend across the document boundary; put each sequence in its own row "
+            "(with an attention_mask), or use a mask-based implementation (sdpa, eager, flex_attention, "
+            "flash_attention_*) with use_cache=False and no attention_mask"
+        )
+
+
 class ZebraDecoderLayer(GradientCheckpointingLayer):
     def __init__(self, config: ZebraConfig, layer_idx: int):
         super().__init__()
@@ -200,9 +258,10 @@ class ZebraDecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         use_cache: bool | None = False,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> torch.Tensor:
         residual = hidden_states
@@ -210,7 +269,7 @@ class ZebraDecoderLayer(GradientCheckpointingLayer):
             hidden_states=self.input_layernorm(hidden_states),
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=merge_cache_kwargs(past_key_values, cache, "ZebraDecoderLayer"),
             use_cache=use_cache,
             position_embeddings=position_embeddings,
             **kwargs,
@@ -225,7 +284,7 @@ class ZebraPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["ZebraDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -277,22 +336,16 @@ class ZebraModel(ZebraPreTrainedModel):
         check_implementation(self.config.layer_types, implementation)
         structural = is_structural(implementation)
 
+        if position_ids is not None and not isinstance(attention_mask, dict):
+            # transformers keeps packed documents apart only without a cache and without an attention mask,
+            # and only for mask-based implementations; everywhere else attention would cross the boundary.
+            if structural or past_key_values is not None or use_cache or attention_mask is not None:
+                _refuse_packed(position_ids, attention_mask, inputs_embeds.shape[:2], implementation)
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
-        if structural and past_key_values is not None and not isinstance(past_key_values, DynamicCache):
-            raise ValueError(
-                f"attn_implementation={implementation!r} needs a DynamicCache (keys in sequence order), got "
-                f"{type(past_key_values).__name__}; StaticCache and other fixed-size caches are not supported"
-            )
         if position_ids is None:
             past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
             position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen).unsqueeze(0)
-        elif structural and attention_mask is None and past_key_values is None:
-            if find_packed_sequence_indices(position_ids.expand(inputs_embeds.shape[0], -1)) is not None:
-                raise ValueError(
-                    f"attn_implementation={implementation!r} does not support packed sequences (position_ids that "
-                    "restart inside a row); put each sequence in its own row with an attention_mask"
-                )
 
         # One mask per distinct layer type, built once per forward (a dict may come ready-made from generate).
         if not isinstance(mask_by_type := attention_mask, dict):
@@ -320,14 +373,14 @@ class ZebraModel(ZebraPreTrainedModel):
                 hidden_states,
                 attention_mask=mask_by_type[layer.layer_type],
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
                 position_embeddings=position_embeddings,
+                **{CACHE_KWARG: past_key_values},
                 **kwargs,
             )
         return BaseModelOutputWithPast(
             last_hidden_state=self.norm(hidden_states),
-            past_key_values=past_key_values if use_cache else None,
+            **{CACHE_FIELD: past_key_values if use_cache else None},
         )
 
 
@@ -365,7 +418,7 @@ class ZebraForCausalLM(ZebraPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -380,7 +433,7 @@ class ZebraForCausalLM(ZebraPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
