@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -70,7 +71,9 @@ def stream_generate(model, tokenizer, prompt: str, settings: GenerationSettings 
             errors.append(e)
             streamer.end()
 
-    thread = threading.Thread(target=work, daemon=True)
+    # Run in a copy of the caller's context: context variables (the attention backend chosen with
+    # zebra_llm.attention.use_backend, for one) do not cross into a new thread by themselves.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True)
     thread.start()
     yield from streamer
     thread.join()
