@@ -90,6 +90,7 @@ def _model_case(variant, seq, args, out_q):
 
     from zebra_llm import apply_dca
     from zebra_llm.attention import set_backend
+    from zebra_llm.hf import cache_kwargs, output_cache
     from zebra_llm.data.sources import stdlib_dir
     from zebra_llm.eval.corpus import load_token_docs
     from zebra_llm.loading import load_model
@@ -114,15 +115,15 @@ def _model_case(variant, seq, args, out_q):
     peak, seconds, out = _timed(prefill, device, args["repeats"])
     row = {"part": "prefill", "variant": variant, "seq": seq, "seconds": seconds, "peak_bytes": peak}
     if seq == args["decode_context"] and args["decode_tokens"]:
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        cache, token = output_cache(out), out.logits[:, -1:].argmax(-1)
         steps = args["decode_tokens"]
         with torch.no_grad():
-            out = model(input_ids=token, past_key_values=cache, use_cache=True)  # first step: warm-up
+            out = model(input_ids=token, use_cache=True, **cache_kwargs(cache))  # first step: warm-up
             token = out.logits[:, -1:].argmax(-1)
             _sync(device)
             t0 = time.perf_counter()
             for _ in range(steps):
-                out = model(input_ids=token, past_key_values=cache, use_cache=True)
+                out = model(input_ids=token, use_cache=True, **cache_kwargs(cache))
                 token = out.logits[:, -1:].argmax(-1)
             _sync(device)
         row["decode_tokens_per_s"] = steps / (time.perf_counter() - t0)

@@ -128,7 +128,9 @@ def _memory_case(variant, seq, mode, args, out_q):
     if mode == "kv":
         model.eval()
         with torch.no_grad():
-            cache = model(ids, use_cache=True, logits_to_keep=1).past_key_values
+            from zebra_llm.hf import output_cache
+
+            cache = output_cache(model(ids, use_cache=True, logits_to_keep=1))
         held = [layer.keys.shape[-2] for layer in cache.layers]
         nbytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
         out_q.put({"kv_bytes": nbytes, "held": held})

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from zebra_llm import hf
 from zebra_llm.eval.efficiency import BenchConfig, PeakMemory, cache_bytes, measure, run_bench, summarize_bench
 
 from eval_helpers import tiny_llama
@@ -12,7 +13,7 @@ def test_cache_bytes_counts_every_layer():
     model = tiny_llama(100)
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(torch.randint(0, 100, (2, 30)), past_key_values=cache, use_cache=True)
+        model(torch.randint(0, 100, (2, 30)), use_cache=True, **hf.cache_kwargs(cache))
     c = model.config
     head_dim = c.hidden_size // c.num_attention_heads
     expected = c.num_hidden_layers * 2 * (2 * c.num_key_value_heads * 30 * head_dim) * 4  # K and V, float32

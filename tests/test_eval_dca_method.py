@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import zebra_llm
+from zebra_llm import hf
 from zebra_llm.eval import PerplexityConfig, load_with_method, run_perplexity
 from zebra_llm.eval.passkey import run_passkey
 from zebra_llm.eval.retrieval import RetrievalConfig, prefill_cache
@@ -57,7 +58,7 @@ def test_dca_prefix_cache_reuse_is_exact(tiny_model_dir):
     ids = torch.randint(0, 1000, (1, 150), generator=torch.Generator().manual_seed(2))
     cache = prefill_cache(loaded.model, ids[0, :70].tolist())
     with torch.no_grad():
-        cont = loaded.model(ids[:, 70:], past_key_values=cache).logits
+        cont = loaded.model(ids[:, 70:], **hf.cache_kwargs(cache)).logits
         full = loaded.model(ids).logits[:, 70:]
     torch.testing.assert_close(cont, full, rtol=1e-4, atol=1e-4)
     base = dict(model=str(tiny_model_dir), methods=["dca:chunk_size=24"], lengths=[150], depths=[0.5], trials=2,

@@ -3,6 +3,7 @@ import random
 import pytest
 import torch
 
+from zebra_llm import hf
 from zebra_llm.eval.passkey import FILLER, PasskeyTask, passkey_prompt, run_passkey
 from zebra_llm.eval.retrieval import RetrievalConfig, first_number_matches, split_filler
 
@@ -89,7 +90,7 @@ def test_prefix_cache_continuation_equals_full_forward(tiny_model_dir):
     ids = torch.randint(0, 1000, (1, 90), generator=torch.Generator().manual_seed(0))
     cache = prefill_cache(model, ids[0, :60].tolist())
     with torch.no_grad():
-        cont = model(ids[:, 60:], past_key_values=cache).logits
+        cont = model(ids[:, 60:], **hf.cache_kwargs(cache)).logits
         full = model(ids).logits[:, 60:]
     torch.testing.assert_close(cont, full, rtol=1e-4, atol=1e-4)
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from zebra_llm import hf
 from zebra_llm.eval import PerplexityConfig, load_with_method, run_perplexity
 from zebra_llm.eval.efficiency import BenchConfig, estimate_flops, run_bench
 
@@ -64,7 +65,7 @@ def test_zebra_prefix_cache_reuse_is_exact(tiny_model_dir):
     ids = torch.randint(0, 1000, (1, 50), generator=torch.Generator().manual_seed(1))
     cache = prefill_cache(loaded.model, ids[0, :30].tolist())
     with torch.no_grad():
-        cont = loaded.model(ids[:, 30:], past_key_values=cache).logits
+        cont = loaded.model(ids[:, 30:], **hf.cache_kwargs(cache)).logits
         full = loaded.model(ids).logits[:, 30:]
     torch.testing.assert_close(cont, full, rtol=1e-4, atol=1e-4)
 

@@ -35,7 +35,7 @@ from dataclasses import field as dc_field
 
 import torch
 
-from ..hf import CACHE_KWARG
+from ..hf import CACHE_KWARG, output_cache
 from .methods import MethodSpec, check_plan, load_for_run, parse_methods
 from .progress import progress_bar
 from .results import ResultsFile
@@ -187,7 +187,8 @@ def measure(model, length: int, *, decode_tokens: int, repeats: int = 1, batch_s
     def prefill():
         cache = DynamicCache(config=model.config)
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{CACHE_KWARG: cache})
-        return out.logits[:, -1], out.past_key_values if out.past_key_values is not None else cache
+        kept = output_cache(out)
+        return out.logits[:, -1], kept if kept is not None else cache
 
     # warm-up on a short input: first-call overheads, not the length's cost
     model(input_ids=ids[:, : min(length, 16)], use_cache=False, logits_to_keep=1)
