@@ -67,8 +67,21 @@ def test_generate_with_static_cache_equals_dynamic_cache(layer_types):
 def test_static_cache_too_small_is_an_error():
     model = tiny([F, S, F, S])
     cache = StaticCache(config=model.config, max_cache_len=8)
-    with pytest.raises((ValueError, IndexError, RuntimeError)):
+    with pytest.raises(ValueError, match="max_cache_len=8"):
         model(torch.randint(0, VOCAB, (1, 12)), use_cache=True, **hf.cache_kwargs(cache))
+    cache = StaticCache(config=model.config, max_cache_len=8)
+    model(torch.randint(0, VOCAB, (1, 8)), use_cache=True, **hf.cache_kwargs(cache))  # exactly full is fine
+    with pytest.raises(ValueError, match="8 cached"):
+        model(torch.randint(0, VOCAB, (1, 1)), use_cache=True, **hf.cache_kwargs(cache))
+
+
+def test_static_cache_with_a_mask_based_implementation_equals_dynamic_cache():
+    model = tiny([F, S, F, S])
+    model.set_attn_implementation("sdpa")
+    ids = torch.randint(0, VOCAB, (2, 27))
+    dynamic = _decode(model, ids, DynamicCache(config=model.config), 5)
+    static = _decode(model, ids, StaticCache(config=model.config, max_cache_len=32), 5)
+    assert max_abs_err(static, dynamic) <= TOL
 
 
 PACKED = torch.cat([torch.arange(12), torch.arange(8)])[None]  # two documents in one row

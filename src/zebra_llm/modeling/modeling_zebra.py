@@ -163,6 +163,7 @@ class ZebraAttention(nn.Module):
         q = apply_rotary(q.transpose(1, 2), cos, sin)  # (B, Hq, S, D)
         k = apply_rotary(k.transpose(1, 2), cos, sin)  # (B, Hkv, S, D)
         if cache is not None:
+            _check_room(cache, self.layer_idx, k.shape[2])
             # global / global_approx layers get every key so far; local layers the last window-1 plus the new ones
             k, v = cache.update(k, v, self.layer_idx)
             if is_structural(self.config._attn_implementation):
@@ -201,16 +202,25 @@ def _written_part(cache: Cache, layer_idx: int, k, v, attention_mask):
         written = min(layer.cumulative_length_int, layer.max_cache_len)
     else:
         written = int(layer.cumulative_length)
-    if written > k.shape[2]:
-        raise ValueError(
-            f"StaticCache is full: layer {layer_idx} holds max_cache_len={k.shape[2]} tokens but {written} were "
-            "written; create the cache with a larger max_cache_len"
-        )
     if written == k.shape[2]:
         return k, v, attention_mask
     if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
         attention_mask = attention_mask[:, :written]
     return k[:, :, :written], v[:, :, :written], attention_mask
+
+
+def _check_room(cache: Cache, layer_idx: int, n_new: int) -> None:
+    """``ValueError`` before a fixed-size global layer would be written past ``max_cache_len``
+    (transformers' own error is an index error from deep inside ``index_copy_``)."""
+    layer = cache.layers[layer_idx] if hasattr(cache, "layers") else None
+    if not isinstance(layer, StaticLayer) or getattr(layer, "is_sliding", False):
+        return  # dynamic layers grow; sliding ones keep their window
+    held = int(layer.cumulative_length) if layer.is_initialized else 0
+    if held + n_new > layer.max_cache_len:
+        raise ValueError(
+            f"the StaticCache has max_cache_len={layer.max_cache_len} but layer {layer_idx} would hold "
+            f"{held + n_new} tokens ({held} cached + {n_new} new); create it with a larger max_cache_len"
+        )
 
 
 def _refuse_packed(position_ids, attention_mask, shape, implementation) -> None:
