@@ -5,7 +5,8 @@ Memory is O(seq) on every path of the ``sdpa`` backend; no ``[seq_q, seq_kv]``
 mask is built:
 
 * no padding, as many queries as keys: SDPA's causal kernel;
-* no padding, one query (decoding): SDPA with no mask (the last query sees every key);
+* no padding, one query (decoding): SDPA with no mask (the last query sees every key); with
+  padding, one call under the ``[batch, seq_kv]`` padding mask;
 * right padding only (every row's real tokens come first): the causal kernel is exact for
   every real query, since a real query never reaches a padding key;
 * more than one query and a longer cache (chunked prefill), and left padding or padding with
@@ -73,6 +74,14 @@ def _global_sdpa(q, k, v, *, scale, key_padding_mask):
         kpm = None
     if kpm is None or _right_padded(kpm):
         return causal_attention(q, k, v, scale=scale)
+    if q.shape[2] == 1:
+        # Decoding a padded batch: one row of scores per query, so the [batch, seq_kv] mask is O(seq);
+        # one call for the whole batch. The query keeps its own key, as in the reference.
+        allowed = kpm.clone()
+        allowed[:, -1] = True
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed[:, None, None, :], scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+        )
     return _padded(q, k, v, kpm, scale)
 
 
