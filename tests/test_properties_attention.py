@@ -30,6 +30,16 @@ settings.register_profile("zebra-deep", max_examples=500, deadline=None, suppres
 PROFILE = settings.get_profile("zebra")
 
 VARIANTS = ("global", "local", "global_approx")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _small_query_blocks():
+    """Blocks of 8 queries in global attention's merged kernel, so these short sequences span several."""
+    from zebra_llm.attention import full
+
+    saved, full.BLOCK_ROWS = full.BLOCK_ROWS, 8
+    yield
+    full.BLOCK_ROWS = saved
 # FlexAttention runs eagerly on the CPU, about a second per call here: fewer, smaller examples.
 FLEX = settings(PROFILE, max_examples=4)
 

@@ -10,7 +10,7 @@ mask is built:
 * right padding only (every row's real tokens come first): the causal kernel is exact for
   every real query, since a real query never reaches a padding key;
 * more than one query and a longer cache (chunked prefill), and left padding or padding with
-  holes: on CPU, blocks of queries each attend to the keys before their block (no mask) and
+  holes: on CPU, blocks of up to ``BLOCK_ROWS`` queries each attend to the keys before their block (no mask) and
   to their own diagonal block (causal), and the two partial results are merged exactly through
   their log-sum-exp (:class:`_CausalSegments`, which also does the exact backward); a padded
   row is cut to its real tokens first (per-row slices, as ``dca.py`` does). On other devices
@@ -33,8 +33,10 @@ from ._checks import check_key_padding_mask, check_qkv, resolve_scale
 from ._flex import flex_run
 from .backends import register, resolve
 
-# Query rows per block of the merged kernel: bounds its temporaries to BLOCK_ROWS rows.
-BLOCK_ROWS = 512
+# Query rows per block of the merged kernel: bounds its temporaries to BLOCK_ROWS rows. Larger blocks
+# were faster on a 2-core CPU at 8k tokens (left-padded prefill 2.5 s at 512, 1.3 s at 2048, 1.1 s
+# unblocked; the unpadded causal kernel 1.6 s in the same run).
+BLOCK_ROWS = 2048
 
 
 def global_attention(
