@@ -112,6 +112,8 @@ def test_packed_sequences_are_refused_on_every_path(implementation, kwargs):
     ids = torch.randint(0, VOCAB, (1, 20))
     with pytest.raises(ValueError, match="packed"):
         model(ids, position_ids=PACKED, **kwargs)
+    with pytest.raises(ValueError, match="packed"):  # position ids without a batch dimension
+        model(ids, position_ids=PACKED[0], **kwargs)
     with pytest.raises(ValueError, match="packed"):  # a batch whose second row is packed
         model(ids.repeat(2, 1), position_ids=torch.cat([torch.arange(20)[None], PACKED]), **kwargs)
 

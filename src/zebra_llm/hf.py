@@ -11,7 +11,8 @@ padding, as a ``[batch, kv_length]`` boolean tensor (or ``None``).
 Conventions of every attention function registered by zebra_llm:
   * ``key`` and ``value`` are what the layer's cache returned (``DynamicCache``:
     all seen tokens for full layers, the last ``window - 1`` plus the new ones for
-    sliding layers); the queries are the last ``q_len`` of those keys.
+    sliding layers; a ``StaticCache`` buffer is first cut to its written slots by
+    ``ZebraAttention``); the queries are the last ``q_len`` of those keys.
   * ``attention_mask`` is ``None`` or the ``[batch, kv_len]`` padding mask built
     by :func:`padding_mask_interface`.
 """

@@ -230,7 +230,7 @@ def _refuse_packed(position_ids, attention_mask, shape, implementation) -> None:
     position ids ``generate`` gives a left-padded batch pass.
     """
     batch, q_len = shape
-    pos = position_ids
+    pos = position_ids[None] if position_ids.dim() == 1 else position_ids
     if pos.dim() != 2 or pos.shape[-1] != q_len or q_len < 2 or torch.compiler.is_compiling():
         return
     pos = pos.expand(batch, q_len)
