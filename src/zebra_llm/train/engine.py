@@ -329,6 +329,12 @@ class Trainer:
         if resume_from is not None:
             start, changes = self._resume(resume_from)
         if env.is_main:
+            import yaml
+
+            from ..io import write_text_atomic
+
+            # only now: a refused resume leaves the run's config.yaml as it was
+            write_text_atomic(self.output_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
             truncate_metrics(self.output_dir, start)
         reporter = Reporter(
             self.output_dir, total_steps=run.steps, start_step=start, enabled=env.is_main, progress=run.progress
