@@ -465,7 +465,7 @@ def check_resume(saved: dict[str, Any] | None, now: dict[str, Any], step: int) -
             continue
         if not _may_change(name):
             raise ConfigError(
-                f"{name} is {b!r} but the checkpoint was trained with {a!r}; a resume may change only "
+                f"{name} differs from the checkpoint's ({a!r} there, {b!r} now); a resume may change only "
                 "train.steps (upwards), where and how often it saves and reports, the micro-batch and engine.*; "
                 "start a new run (another --output-dir) to change it"
             )

@@ -313,8 +313,9 @@ class Trainer:
         where = f"the last good checkpoint is {last}" if last is not None else (
             "no checkpoint was written before it (train.save_every)")
         return NonFiniteLossError(
-            f"train.nonfinite: the loss at step {record['step']} is {record['loss']} (gradient norm "
-            f"{record['grad_norm']}); training stopped before the update, nothing more was saved and {where}. "
+            f"train.nonfinite: step {record['step']} has a non-finite loss or gradient (loss {record['loss']}, "
+            f"gradient norm {record['grad_norm']}); training stopped before the update, nothing more was saved and "
+            f"{where}. "
             "Lower optim.lr (or raise optim.warmup_steps), or set train.nonfinite=skip to skip such steps"
         )
 
@@ -366,8 +367,8 @@ class Trainer:
                         raise self._nonfinite_error(record)
                     self.skipped_steps += 1
                     record["skipped"] = True
-                    reporter.message(f"step {done}: non-finite loss {record['loss']}, update skipped "
-                                     f"({self.skipped_steps} skipped so far)")
+                    reporter.message(f"step {done}: non-finite loss or gradient (loss {record['loss']}, gradient "
+                                     f"norm {record['grad_norm']}), update skipped ({self.skipped_steps} so far)")
                 if run.nonfinite == "skip":
                     record["skipped_steps"] = self.skipped_steps
                 losses.append(record["loss"])
