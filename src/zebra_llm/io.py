@@ -4,7 +4,15 @@ Files are written to a temporary sibling and renamed into place (``os.replace``
 is atomic on POSIX within one filesystem); directories are built under a
 temporary sibling name and renamed when complete. The results get the
 permissions an ordinary ``open``/``mkdir`` would give (the process umask, or an
-existing file's mode), not the private 0600/0700 of ``tempfile``.
+existing file's mode), not the private 0600/0700 of ``tempfile``. Everything
+is fsynced before the rename and the parent directory after it, so a power
+loss leaves the old or the new version, never an empty file or directory
+under the real name.
+
+Reading: :func:`check_regular_file` tells a missing path from a device or
+FIFO (never "does not exist" for ``/dev/null``), and :func:`read_text_file` /
+:func:`decode_text` decode strictly, naming the file and the byte offset of a
+byte that does not decode.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
             os.fsync(f.fileno())
             os.fchmod(f.fileno(), mode)
         os.replace(tmp, path)
+        _fsync_path(path.parent)  # the rename itself survives a power loss
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
