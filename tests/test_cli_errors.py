@@ -136,7 +136,7 @@ CASES = [
     Case("trainer-state-corrupt", "`zebra train pretrain --resume`, `trainer_state.json` not JSON",
          _resume_with(lambda ck, c: (ck / "trainer_state.json").write_text('{"step": 2')), 2,
          "trainer_state.json is corrupt"),
-    Case("resume-other-shape", "`zebra train pretrain --resume` after the model config file changed shape",
+    Case("resume-other-shape", "`zebra train pretrain --resume` from a checkpoint of another model shape",
          _resume_with(_other_shape), 2, "does not fit the model: size mismatch"),
     Case("resume-other-lr", "`zebra train pretrain --resume --lr 0.5` (trained with another rate)",
          _resume_with(lambda ck, c: None, "--lr", "0.5"), 2,
