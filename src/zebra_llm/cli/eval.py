@@ -101,7 +101,8 @@ def ppl(
     mode: str = typer.Option("fixed", "--mode", help="fixed (first N tokens of each long-enough document), "
                              "windows (N-token windows every --stride tokens) or buckets (documents of x/2+1..x)."),
     lengths: str = typer.Option("4k", "--lengths", help="Comma-separated lengths, e.g. 4k,8k,16k,32k."),
-    stride: Optional[int] = typer.Option(None, "--stride", help="Window stride for --mode windows."),
+    stride: Optional[int] = typer.Option(None, "--stride", help="Window stride for --mode windows, at most the "
+                                  "shortest length (each token is scored once)."),
     buckets: Optional[str] = typer.Option(None, "--buckets", help="Bucket upper bounds for --mode buckets."),
     max_docs: Optional[int] = typer.Option(None, "--max-docs", help="At most this many documents (or windows) "
                                            "per length."),
