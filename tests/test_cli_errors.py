@@ -241,6 +241,22 @@ def test_bad_input_is_one_line(case, tmp_path, tiny_model_dir, trained_run, caps
     assert {p for p in tmp_path.rglob("*") if p.is_file()} - set(before) <= {tmp_path / "run" / "metrics.jsonl"}
 
 
+def test_ctrl_c_outside_training_is_one_line_exit_130(capsys, monkeypatch):
+    import typer
+
+    from zebra_llm.cli._common import run_guarded
+
+    monkeypatch.delenv("ZEBRA_DEBUG", raising=False)
+    app = typer.Typer()
+
+    @app.command()
+    def slow() -> None:
+        raise KeyboardInterrupt  # what Ctrl-C raises while a model loads
+
+    assert run_guarded(app, []) == 130  # typer's own handling: 128 + SIGINT, no traceback
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def render_page() -> str:
     rows = []
     for c in CASES:
@@ -255,8 +271,8 @@ def render_page() -> str:
         "and nothing half-written: no partial result, checkpoint or temporary file is left behind, and no input",
         "is modified. The message names the file, field or setting and what is allowed. The Python API raises",
         "the same message as a typed exception (`ValueError`, `FileNotFoundError`, `FileExistsError`, ...).",
-        "Set `ZEBRA_DEBUG=1` to see the traceback instead. Ctrl-C outside training prints `error: interrupted`",
-        "and exits with 130; a training run stopped by SIGTERM or Ctrl-C checkpoints first and exits with 143",
+        "Set `ZEBRA_DEBUG=1` to see the traceback instead. Ctrl-C outside training exits with status 130",
+        "without a traceback; a training run stopped by SIGTERM or Ctrl-C checkpoints first and exits with 143",
         "or 130 (see `zebra train --help`).",
         "",
         "The table below is generated from `tests/test_cli_errors.py`, which checks every row (the message",

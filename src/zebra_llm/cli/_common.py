@@ -16,11 +16,6 @@ def run_guarded(app: typer.Typer, argv: list[str] | None = None) -> int:
         app(args=argv, standalone_mode=True)
     except SystemExit as e:  # click's own exit, usage errors included
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which checkpoints on it)
-        if os.environ.get("ZEBRA_DEBUG"):
-            raise
-        typer.echo("error: interrupted", err=True)
-        return 130
     except USER_ERRORS as e:
         if os.environ.get("ZEBRA_DEBUG"):
             raise
