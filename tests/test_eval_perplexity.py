@@ -242,3 +242,39 @@ def test_same_docs_across_lengths(tiny_model_dir, tiny_corpus):
     assert len(names(every, 32)) == 3
     with pytest.raises(ValueError, match=f"at least {longest + 1} tokens"):
         plan_segments(PerplexityConfig(data=str(tiny_corpus), lengths=[32, longest + 1]), docs)
+
+
+def test_stride_above_the_window_is_refused():
+    """A stride above the window would leave the tokens between windows unscored (issue 11, item 6)."""
+    with pytest.raises(ValueError, match=r"stride \(60\) must not exceed the window length \(50\)"):
+        window_segments(_docs(203), 50, 60)
+    with pytest.raises(ValueError, match=r"stride \(60\) must not exceed the window length \(50\)"):
+        PerplexityConfig(mode="windows", lengths=[50, 100], stride=60)
+
+
+def test_ppl_last_quarter_is_the_last_quarter_below_one_block():
+    """At 64 tokens (one 512-position block) the column used to be the whole segment's perplexity."""
+    from zebra_llm.eval.perplexity import Segment, score_segments, summarize_perplexity
+
+    model = tiny_llama(300)
+    ids = _ids(64, 300)
+    docs = TokenDocs("test", ["d0"], [ids[0]])
+    ((seg, item),) = list(score_segments(model, docs, [Segment(0, "d0", 0, 64, 1, 64)]))
+    (row,) = summarize_perplexity([{"method": "none", "length": 64, "doc": "d0", "start": 0, "end": 64, **item}])
+    nll = _hand_nll(model, ids)[0]  # targets at positions 1..63
+    tail = nll[48 - 1:]  # positions 48..63: the last quarter of 64
+    assert row["ppl_last_quarter"] == pytest.approx(math.exp(tail.mean().item()), rel=1e-5)
+    assert row["ppl_last_quarter"] != pytest.approx(row["ppl"], rel=1e-3)
+    # an item written before the exact counts existed: left out rather than mislabelled
+    legacy = {k: v for k, v in item.items() if not k.startswith("tail_")}
+    (old,) = summarize_perplexity([{"method": "none", "length": 64, "doc": "d0", "start": 0, "end": 64, **legacy}])
+    assert "ppl_last_quarter" not in old
+
+
+def test_perplexity_of_too_few_tokens_is_a_clear_error():
+    model = tiny_llama(300)
+    with pytest.raises(ValueError, match=r"input_ids has 1 token\(s\) per sequence; at least score_from \+ 1 = 2"):
+        perplexity(model, torch.tensor([5]))
+    with pytest.raises(ValueError, match="at least score_from"):
+        perplexity(model, torch.tensor([[5, 6, 7]]), score_from=3)
+    assert math.isfinite(perplexity(model, torch.tensor([5, 6])))

@@ -63,3 +63,26 @@ def test_atomic_directory_replaces_only_on_success(tmp_path, umask_022):
 
     with pytest.raises(FileExistsError), atomic_directory(target, overwrite=False):
         pass
+
+
+def test_atomic_directory_over_a_file_leaves_no_hidden_copy(tmp_path):
+    target = tmp_path / "out"
+    target.write_text("a file")
+    with atomic_directory(target) as d:
+        (d / "a").write_text("1")
+    assert (target / "a").read_text() == "1"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_regular_file_checks_name_the_kind(tmp_path):
+    from zebra_llm.io import check_regular_file, read_text_file
+
+    with pytest.raises(ValueError, match=r"config: /dev/null is not a regular file \(it is a character device\)"):
+        check_regular_file("/dev/null", "config")
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(ValueError, match=r"is not a regular file \(it is a FIFO\)"):
+        read_text_file(tmp_path / "pipe")  # never blocks reading the pipe
+    with pytest.raises(FileNotFoundError, match="data: .*missing does not exist"):
+        read_text_file(tmp_path / "missing")
+    (tmp_path / "crlf.txt").write_bytes(b"a\r\nb\rc\n")
+    assert read_text_file(tmp_path / "crlf.txt") == "a\nb\nc\n"  # universal newlines, as read_text gave

@@ -141,3 +141,27 @@ def test_convert_checkpoint_from_directory(tmp_path):
     ids = torch.randint(0, 300, (1, 16))
     with torch.no_grad():
         assert max_abs_err(back(ids).logits, source(ids).logits) <= TOL
+
+
+def test_convert_checkpoint_never_overwrites_without_asking(tmp_path):
+    """Issue 11, item 5: an existing output is replaced only with overwrite=True; the source never."""
+    source = FAMILIES["llama-bias-llama3rope"]()
+    source.save_pretrained(tmp_path / "src")
+    kwargs = dict(attention="group", layer_group_size=2, window=16)
+    taken = tmp_path / "taken.txt"
+    taken.write_text("keep me")
+    with pytest.raises(FileExistsError, match=r"already exists \(a file\); pass --overwrite"):
+        convert_checkpoint(tmp_path / "src", taken, **kwargs)
+    assert taken.read_text() == "keep me"
+    (tmp_path / "outdir").mkdir()
+    with pytest.raises(FileExistsError, match=r"already exists \(a directory\)"):
+        convert_checkpoint(tmp_path / "src", tmp_path / "outdir", **kwargs)
+    for target in (tmp_path / "src", tmp_path / "src" / "inner", tmp_path):
+        with pytest.raises(ValueError, match="is the source"):
+            convert_checkpoint(tmp_path / "src", target, overwrite=True, **kwargs)
+    # replacing a file with the model directory leaves no hidden copy of the file behind
+    convert_checkpoint(tmp_path / "src", taken, overwrite=True, **kwargs)
+    assert (taken / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outdir", "src", "taken.txt"]
+    assert sorted(p.name for p in (tmp_path / "src").iterdir()) == sorted(["config.json", "generation_config.json",
+                                                                           "model.safetensors"])

@@ -11,6 +11,7 @@ float32 safetensors copy under ``$ZEBRA_CACHE`` (default
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .io import atomic_directory
+from .io import atomic_directory, check_regular_file, describe_file_kind
 
 EMBEDDED = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -89,19 +90,116 @@ class ModelSource:
             return cls("embedded", spec)
         path = Path(spec).expanduser()
         if spec.endswith(".gguf"):
-            if not path.is_file():
+            if not path.exists():
                 raise FileNotFoundError(f"model: GGUF file {spec} does not exist")
+            check_regular_file(path, "model")
             return cls("gguf", str(path))
         if path.is_dir():
             if not (path / "config.json").is_file():
                 raise FileNotFoundError(f"model: directory {spec} has no config.json (not a transformers model)")
+            read_config_json(path / "config.json")
             return cls("directory", str(path))
         if path.exists():
-            raise ValueError(f"model: {spec} is a file; expected a directory, a .gguf file, a hub name or 'smollm2'")
+            kind = "a file" if path.is_file() else describe_file_kind(path)
+            raise ValueError(f"model: {spec} is {kind}; expected a directory, a .gguf file, a hub name or 'smollm2'")
         # Hub names are "name" or "org/name"; anything else is a path that is not there.
         if spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec:
             raise FileNotFoundError(f"model: {spec} does not exist (expected a directory, a .gguf file or a hub name)")
         return cls("hub", spec)
+
+
+def read_config_json(path: str | os.PathLike) -> dict:
+    """A model directory's ``config.json`` as a dict; malformed JSON (or text that is
+    not UTF-8, or not an object) is a ValueError naming the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"model: {path} is not UTF-8 text (byte offset {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"model: {path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"model: {path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def safetensors_files(directory: str | os.PathLike, stem: str = "model") -> list[Path]:
+    """The safetensors files of a directory's weights: ``{stem}.safetensors`` or the
+    shards its index names (empty when there are none)."""
+    directory = Path(directory)
+    single = directory / f"{stem}.safetensors"
+    if single.exists():
+        return [single]
+    index = directory / f"{stem}.safetensors.index.json"
+    if not index.exists():
+        return []
+    try:
+        weight_map = json.loads(index.read_bytes().decode("utf-8"))["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"model: {index} is not a valid safetensors index (JSON with a weight_map)") from None
+    return [directory / n for n in names]
+
+
+_MAX_HEADER = 100 * 2**20  # safetensors' own limit on the JSON header
+
+
+def check_safetensors(path: str | os.PathLike, *, what: str = "model") -> None:
+    """Read a safetensors file's header and check that the file holds every byte
+    the header promises: a truncated, empty or random file is a ValueError naming
+    it (instead of an error deep inside the loader), without reading the tensors."""
+    path = check_regular_file(path, what)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or n > min(_MAX_HEADER, size - 8):
+            raise ValueError(f"{what}: {path} is not a safetensors file or is truncated ({size} bytes)")
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+            ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, IndexError):
+            raise ValueError(f"{what}: {path} is not a safetensors file (its header is not valid)") from None
+    need = 8 + n + max(ends, default=0)
+    if size < need:
+        raise ValueError(f"{what}: {path} is truncated: {size} bytes, its header describes {need}")
+
+
+def load_safetensors(path: str | os.PathLike, *, what: str = "model") -> dict:
+    """``safetensors.torch.load_file`` after :func:`check_safetensors`, its errors named."""
+    from safetensors.torch import load_file
+
+    check_safetensors(path, what=what)
+    try:
+        return load_file(path)
+    except Exception as e:  # SafetensorError and friends
+        raise ValueError(f"{what}: {path} cannot be read as safetensors ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def check_model_files(directory: str | os.PathLike) -> None:
+    """Every safetensors file of a model directory is complete (see :func:`check_safetensors`)."""
+    for f in safetensors_files(directory):
+        check_safetensors(f)
+
+
+def check_device(device: str | torch.device | None) -> torch.device | None:
+    """``device`` as a torch.device, refusing one this torch cannot use with a
+    ValueError (a CPU-only build asked for cuda, a GPU index that does not exist)."""
+    if device is None:
+        return None
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: {device!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ValueError(f"device: {device} is not available ({why}); use cpu")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {device} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif d.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device: {device} is not available on this machine; use cpu")
+    return d
 
 
 def load_model(
@@ -122,7 +220,10 @@ def load_model(
 
     if isinstance(dtype, str):
         dtype = parse_dtype(dtype)
+    check_device(device)
     source = ModelSource.parse(spec)
+    if source.kind == "directory":
+        check_model_files(source.location)
     kwargs = {"dtype": dtype, "trust_remote_code": False}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

@@ -35,6 +35,6 @@ def bench(
     config = BenchConfig(model=model, methods=method or ["none"], lengths=parse_lengths(lengths),
                          decode_tokens=decode_tokens, repeats=repeats, batch_size=batch_size,
                          isolate=not in_process, dtype=dtype, device=device)
-    output = _prepare_output(output, overwrite)
+    output = _prepare_output(output, overwrite, device)
     data = run_bench(config, output, progress=not no_progress)
     finish(data, output, figure=not no_figure)

@@ -10,6 +10,10 @@ import json
 
 import typer
 
+# The matrix is printed: seq_len^2 cells (and allocated as int64). Beyond this it is neither
+# readable nor cheap (100000 would need 80 GB).
+MAX_PRINTED_SEQ_LEN = 1024
+
 app = typer.Typer(
     name="dca",
     help="Dual Chunk Attention: relative positions and per-model settings.",
@@ -27,6 +31,10 @@ def positions(
     """Print the relative position each query sees for each key (the paper's Figure 2; '.' above the diagonal)."""
     from zebra_llm.dca import relative_positions
 
+    if not 1 <= seq_len <= MAX_PRINTED_SEQ_LEN:
+        raise ValueError(
+            f"seq_len must be in [1, {MAX_PRINTED_SEQ_LEN}] (the printed matrix has seq_len^2 cells), got {seq_len}"
+        )
     matrix = relative_positions(seq_len, chunk_size=chunk_size, pretraining_length=pretraining_length)
     width = len(str(pretraining_length - 1))
     for i, row in enumerate(matrix.tolist()):

@@ -71,9 +71,15 @@ def finish(data: dict, output: Path, *, figure: bool) -> None:
         typer.echo(f"figure: {f}")
 
 
-def _prepare_output(output: Path, overwrite: bool) -> Path:
+def _prepare_output(output: Path, overwrite: bool, device: str | None = None) -> Path:
+    """Checks before any work: the results path, and a device this torch can use."""
+    from zebra_llm.loading import check_device
+
+    check_device(device)
     if output.exists() and output.is_dir():
         raise IsADirectoryError(f"--output {output} is a directory; give a .json file path")
+    if output.exists() and not output.is_file():
+        raise ValueError(f"--output {output} is not a regular file; give a .json file path")
     if overwrite and output.exists():
         output.unlink()
     return output
@@ -95,13 +101,16 @@ def ppl(
     mode: str = typer.Option("fixed", "--mode", help="fixed (first N tokens of each long-enough document), "
                              "windows (N-token windows every --stride tokens) or buckets (documents of x/2+1..x)."),
     lengths: str = typer.Option("4k", "--lengths", help="Comma-separated lengths, e.g. 4k,8k,16k,32k."),
-    stride: Optional[int] = typer.Option(None, "--stride", help="Window stride for --mode windows."),
+    stride: Optional[int] = typer.Option(None, "--stride", help="Window stride for --mode windows, at most the "
+                                  "shortest length (each token is scored once)."),
     buckets: Optional[str] = typer.Option(None, "--buckets", help="Bucket upper bounds for --mode buckets."),
     max_docs: Optional[int] = typer.Option(None, "--max-docs", help="At most this many documents (or windows) "
                                            "per length."),
     all_docs: bool = typer.Option(False, "--all-docs", help="Fixed mode: at each length use every document "
                                   "long enough for it (default: only those long enough for the longest length)."),
     loss_chunk: int = typer.Option(1024, "--loss-chunk", help="Positions per LM-head chunk."),
+    encoding: str = typer.Option("utf-8", "--encoding", help="Encoding of local text files (strict: a byte that "
+                                 "does not decode is an error naming the file and offset), e.g. latin-1."),
     batch_size: int = BATCH,
     dtype: str = DTYPE,
     device: Optional[str] = DEVICE,
@@ -119,9 +128,9 @@ def ppl(
         concat=concat, mode=mode, lengths=parse_lengths(lengths) if mode != "buckets" else [],
         stride=stride, buckets=parse_lengths(buckets, "buckets") if buckets else [], max_docs=max_docs,
         same_docs=not all_docs,
-        batch_size=batch_size, loss_chunk=loss_chunk, dtype=dtype, device=device,
+        batch_size=batch_size, loss_chunk=loss_chunk, dtype=dtype, device=device, encoding=encoding,
     )
-    output = _prepare_output(output, overwrite)
+    output = _prepare_output(output, overwrite, device)
     data_ = run_perplexity(config, output, progress=not no_progress)
     finish(data_, output, figure=not no_figure)
 
@@ -171,7 +180,7 @@ def passkey(
     quiet_transformers()
     config = _retrieval_config(model, method, lengths, depths, trials, seed, batch_size, max_new_tokens,
                                no_prefix_cache, dtype, device)
-    output = _prepare_output(output, overwrite)
+    output = _prepare_output(output, overwrite, device)
     data = run_passkey(config, output, digits=digits, progress=not no_progress)
     finish(data, output, figure=not no_figure)
 
@@ -205,7 +214,7 @@ def needle(
     quiet_transformers()
     config = _retrieval_config(model, method, lengths, depths, trials, seed, batch_size, max_new_tokens,
                                no_prefix_cache, dtype, device)
-    output = _prepare_output(output, overwrite)
+    output = _prepare_output(output, overwrite, device)
     result = run_needle(config, output, data=data, field=field, split=split, digits=digits,
                         progress=not no_progress)
     finish(result, output, figure=not no_figure)

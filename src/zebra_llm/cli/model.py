@@ -22,6 +22,7 @@ def convert(
     portable: bool = typer.Option(
         False, help="save as a stock transformers model (Ministral/Qwen2/Qwen3 with layer_types), no zebra_llm needed"
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace OUTPUT if it exists (never the source itself)"),
 ) -> None:
     """Convert a Llama / Mistral / Qwen2 / Qwen3 checkpoint to a Zebra model, weights unchanged."""
     from zebra_llm.loading import parse_dtype
@@ -36,6 +37,7 @@ def convert(
         approx_chunk_size=approx_chunk_size,
         dtype=parse_dtype(dtype),
         portable=portable,
+        overwrite=overwrite,
     )
     typer.echo(f"wrote {'portable ' if portable else ''}Zebra model to {out}")
 

@@ -5,8 +5,12 @@
 Every command reads an optional config file (``--config``, YAML/TOML/JSON);
 its flags, then ``--set KEY=VALUE`` pairs, override the file. Launch on
 several processes with ``torchrun --nproc-per-node N -m zebra_llm train ...``.
-A run stopped by SIGTERM writes a checkpoint and exits with status 143;
-rerun the same command with ``--resume`` to continue it exactly.
+A run stopped by SIGTERM or Ctrl-C (SIGINT) writes a checkpoint and exits with
+status 143 (SIGTERM) or 130 (SIGINT); rerun the same command with ``--resume``
+to continue it exactly. A resume may change only ``train.steps`` (upwards),
+where and how often the run saves and reports, the micro-batch and
+``engine.*``; any other changed field is refused by name. ``--resume`` with no
+checkpoint in the output directory starts from step 0 and says so.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ app = typer.Typer(
 )
 
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, what a killed process reports
+EXIT_CODES = {"SIGTERM": 143, "SIGINT": 130}  # 128 + the signal's number
 
 # Options shared by the three commands (typer needs them in each signature).
 _CONFIG = typer.Option(None, "--config", "-c", help="YAML/TOML/JSON config file; flags override it.")
@@ -42,6 +47,7 @@ _PRECISION = typer.Option(None, help="auto (bf16 autocast on GPU), fp32 or bf16 
 _AC = typer.Option(None, "--activation-checkpointing/--no-activation-checkpointing", help="Recompute activations in backward.")
 _COMPILE = typer.Option(None, "--compile/--no-compile", help="torch.compile each decoder block.")
 _PROGRESS = typer.Option(None, "--progress/--no-progress", help="Progress bar.")
+_ENCODING = typer.Option(None, "--encoding", help="Encoding of local text files (data.encoding, default utf-8; strict).")
 _SET = typer.Option(None, "--set", help="KEY=VALUE for any config field, e.g. --set optim.min_lr_ratio=0.05 (repeatable).")
 
 
@@ -77,18 +83,20 @@ def _load(cls, config: Path | None, overrides: dict[str, object], sets: list[str
 
 
 def _finish(result) -> None:
+    code = EXIT_CODES.get(getattr(result, "stop_signal", None) or "SIGTERM", EXIT_INTERRUPTED)
     if int(os.environ.get("RANK", "0")) != 0:
         if result.interrupted:
-            raise typer.Exit(EXIT_INTERRUPTED)
+            raise typer.Exit(code)
         return
     if result.interrupted:
         typer.echo(
-            f"stopped after step {result.step} by SIGTERM; checkpoint {result.checkpoint}; "
+            f"stopped after step {result.step} by {result.stop_signal or 'SIGTERM'}; checkpoint {result.checkpoint}; "
             "rerun with --resume to continue", err=True,
         )
-        raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(code)
     last = f"{result.losses[-1]:.4f}" if result.losses else "n/a"
-    typer.echo(f"trained to step {result.step} (final loss {last}); model in {result.final_dir}")
+    skipped = f", {result.skipped_steps} non-finite steps skipped" if getattr(result, "skipped_steps", 0) else ""
+    typer.echo(f"trained to step {result.step} (final loss {last}{skipped}); model in {result.final_dir}")
 
 
 @app.command()
@@ -103,6 +111,7 @@ def pretrain(
     data: str = typer.Option(None, "--data", help="Text: a file, a directory or a datasets name; default: the stdlib corpus."),
     seq_len: int = typer.Option(None, help="Training sequence length (data.seq_len)."),
     packing: str = typer.Option(None, help="split, packed or concat (data.packing)."),
+    encoding: str = _ENCODING,
     steps: int = _STEPS, batch_size: int = _BATCH, micro_batch_size: int = _MICRO, lr: float = _LR,
     warmup_steps: int = _WARMUP, seed: int = _SEED, output_dir: str = _OUT, save_every: int = _SAVE,
     resume: bool = _RESUME, resume_from: Path = _RESUME_FROM, device: str = _DEVICE, strategy: str = _STRATEGY,
@@ -116,7 +125,7 @@ def pretrain(
     pairs = {
         "model.preset": preset, "model.config": model_config, "model.attention": attention,
         "model.layer_group_size": layer_group_size, "model.window": window, "model.tokenizer": tokenizer,
-        "data.source": data, "data.seq_len": seq_len, "data.packing": packing,
+        "data.source": data, "data.seq_len": seq_len, "data.packing": packing, "data.encoding": encoding,
     }
     overrides = _overrides(
         pairs,
@@ -141,6 +150,7 @@ def lcat(
     data: str = typer.Option(None, "--data", help="Text: a file, a directory or a datasets name; default: the stdlib corpus."),
     seq_len: int = typer.Option(None, help="Training sequence length (data.seq_len, default 8192)."),
     packing: str = typer.Option(None, help="split, packed or concat (data.packing)."),
+    encoding: str = _ENCODING,
     steps: int = _STEPS, batch_size: int = _BATCH, micro_batch_size: int = _MICRO, lr: float = _LR,
     warmup_steps: int = _WARMUP, seed: int = _SEED, output_dir: str = _OUT, save_every: int = _SAVE,
     resume: bool = _RESUME, resume_from: Path = _RESUME_FROM, device: str = _DEVICE, strategy: str = _STRATEGY,
@@ -159,7 +169,7 @@ def lcat(
     pairs = {
         "model.source": source, "model.attention": attention, "model.layer_group_size": layer_group_size,
         "model.window": window, "model.rope_theta": rope_theta, "model.rope_scaling": scaling,
-        "data.source": data, "data.seq_len": seq_len, "data.packing": packing,
+        "data.source": data, "data.seq_len": seq_len, "data.packing": packing, "data.encoding": encoding,
     }
     overrides = _overrides(
         pairs, steps=steps, batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr, warmup_steps=warmup_steps,
@@ -181,6 +191,7 @@ def lit(
     lora: bool = typer.Option(None, "--lora/--no-lora", help="Train a LoRA adapter (peft) instead of every weight."),
     lora_r: int = typer.Option(None, help="LoRA rank (model.lora.r)."),
     lora_alpha: float = typer.Option(None, help="LoRA alpha (model.lora.alpha)."),
+    encoding: str = _ENCODING,
     steps: int = _STEPS, batch_size: int = _BATCH, micro_batch_size: int = _MICRO, lr: float = _LR,
     warmup_steps: int = _WARMUP, seed: int = _SEED, output_dir: str = _OUT, save_every: int = _SAVE,
     resume: bool = _RESUME, resume_from: Path = _RESUME_FROM, device: str = _DEVICE, strategy: str = _STRATEGY,
@@ -194,7 +205,7 @@ def lit(
     pairs = {
         "model.source": source, "data.path": data, "data.seq_len": seq_len, "data.overflow": overflow,
         "data.chat_template": chat_template, "model.lora.enabled": lora, "model.lora.r": lora_r,
-        "model.lora.alpha": lora_alpha,
+        "model.lora.alpha": lora_alpha, "data.encoding": encoding,
     }
     overrides = _overrides(
         pairs, steps=steps, batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr, warmup_steps=warmup_steps,

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ..io import write_bytes_atomic
+from ..io import check_regular_file, decode_text, write_bytes_atomic
 from ..loading import cache_dir
 from .packing import IGNORE
 from .tokens import tokenizer_fingerprint
@@ -40,26 +40,27 @@ from .tokens import tokenizer_fingerprint
 ROLES = ("system", "user", "assistant")
 
 
-def load_instruction_records(path: str | os.PathLike, *, limit: int | None = None) -> list[list[dict]]:
+def load_instruction_records(
+    path: str | os.PathLike, *, limit: int | None = None, encoding: str = "utf-8"
+) -> list[list[dict]]:
     """Conversations (lists of ``{"role", "content"}``) from a JSONL file, with
-    errors that name the line and the problem."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"data.path: {path} does not exist")
+    errors that name the line and the problem (the byte offset for text that
+    does not decode with ``encoding``)."""
+    path = check_regular_file(Path(path).expanduser(), "data.path")
     if path.suffix.lower() != ".jsonl":
         raise ValueError(f"data.path: {path} must be a .jsonl file of messages or prompt/response records")
     out = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"data.path: {path} line {lineno} is not valid JSON: {e.msg}") from None
-            out.append(record_to_messages(record, where=f"{path} line {lineno}"))
-            if limit is not None and len(out) >= limit:
-                break
+    text = decode_text(path.read_bytes(), path=path, encoding=encoding, what="data.path")
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"data.path: {path} line {lineno} is not valid JSON: {e.msg}") from None
+        out.append(record_to_messages(record, where=f"{path} line {lineno}"))
+        if limit is not None and len(out) >= limit:
+            break
     if not out:
         raise ValueError(f"data.path: {path} holds no records")
     return out
@@ -81,12 +82,17 @@ def record_to_messages(record, *, where: str = "record") -> list[dict]:
                 raise ValueError(f"{where}: messages[{i}].content must be a string")
         messages = [{"role": m["role"], "content": m["content"]} for m in messages]
     elif "prompt" in record and "response" in record:
+        # Every field must already be text: str() of a number or a list would train on
+        # its Python spelling without a word. A null system is the same as none.
+        for name in ("prompt", "response", "system"):
+            if name in record and not isinstance(record[name], str) and not (name == "system" and record[name] is None):
+                raise ValueError(f"{where}: field {name!r} must be a string, got {type(record[name]).__name__}")
         messages = []
         if record.get("system"):
-            messages.append({"role": "system", "content": str(record["system"])})
+            messages.append({"role": "system", "content": record["system"]})
         messages += [
-            {"role": "user", "content": str(record["prompt"])},
-            {"role": "assistant", "content": str(record["response"])},
+            {"role": "user", "content": record["prompt"]},
+            {"role": "assistant", "content": record["response"]},
         ]
     else:
         raise ValueError(f"{where}: needs 'messages', or 'prompt' and 'response'; has {sorted(record)}")
@@ -217,21 +223,22 @@ def build_instruction_dataset(
     overflow: str = "drop",
     limit: int | None = None,
     cache: bool = True,
+    encoding: str = "utf-8",
 ) -> InstructionDataset:
     """Load, render and tokenize a JSONL instruction file (cached on disk, keyed
     by the file's bytes, the tokenizer and the rendering), then apply the
     ``overflow`` rule to examples longer than ``seq_len``."""
     if overflow not in ("drop", "truncate", "error"):
         raise ValueError(f"data.overflow must be drop, truncate or error, got {overflow!r}")
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"data.path: {path} does not exist")
+    path = check_regular_file(Path(path).expanduser(), "data.path")
     key = None
     encoded = None
     if cache:
         h = hashlib.sha256()
         h.update(tokenizer_fingerprint(tokenizer).encode())
         h.update(repr((chat_template, getattr(tokenizer, "chat_template", None), limit)).encode())
+        # v2: records are validated strictly (entries of the lenient loader are not reused)
+        h.update(f"\0v2\0encoding={encoding}".encode())
         h.update(path.read_bytes())
         key = cache_dir() / "instructions" / f"{h.hexdigest()[:32]}.pt"
         if key.is_file():
@@ -240,7 +247,7 @@ def build_instruction_dataset(
             except Exception:
                 encoded = None  # a corrupt cache entry is rebuilt
     if encoded is None:
-        records = load_instruction_records(path, limit=limit)
+        records = load_instruction_records(path, limit=limit, encoding=encoding)
         pairs = [encode_messages(m, tokenizer, chat_template=chat_template) for m in records]
         encoded = {"input_ids": [p[0] for p in pairs], "labels": [p[1] for p in pairs]}
         if key is not None:

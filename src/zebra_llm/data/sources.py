@@ -3,6 +3,11 @@ default corpus of long modules from Python's own standard library.
 
 Every loader returns a list of :class:`Document` (a name and its text), in a
 deterministic order, and raises a clear error when nothing usable is found.
+
+Text is decoded strictly with one ``encoding`` (UTF-8 by default) for every
+format: a byte that does not decode is an error naming the file and the byte
+offset, never a silent replacement character; a record whose text field is
+not a string is an error naming the record, never its ``str()``.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..io import decode_text, describe_file_kind, read_text_file
 
 DEFAULT = "stdlib"
 
@@ -61,6 +68,7 @@ def load_documents(
     split: str = "train",
     limit: int | None = None,
     min_chars: int = 1,
+    encoding: str = "utf-8",
 ) -> list[Document]:
     """Load documents from ``source``.
 
@@ -74,18 +82,23 @@ def load_documents(
         read with ``split`` and ``field`` (needs network access or a local cache).
 
     Documents shorter than ``min_chars`` are skipped; ``limit`` keeps the first N.
+    Local files are decoded with ``encoding`` (strictly: an undecodable byte is a
+    ValueError naming the file and its offset).
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
+    check_encoding(encoding)
     label = DEFAULT if source is None else str(source)
     if source is None or str(source) == DEFAULT:
         docs = stdlib_corpus()
     else:
         path = Path(source).expanduser()
         if path.is_dir():
-            docs = _load_directory(path)
+            docs = _load_directory(path, encoding=encoding)
         elif path.is_file():
-            docs = _load_file(path, field=field)
+            docs = _load_file(path, field=field, encoding=encoding)
+        elif path.exists():
+            raise ValueError(f"data: {source} is not a regular file or directory (it is {describe_file_kind(path)})")
         elif _looks_like_path(str(source)):
             raise FileNotFoundError(f"data: {source} does not exist")
         else:
@@ -106,21 +119,39 @@ def _looks_like_path(spec: str) -> bool:
     )
 
 
-def _load_file(path: Path, *, field: str) -> list[Document]:
+def check_encoding(encoding: str) -> None:
+    """A ValueError naming the option when ``encoding`` is not a codec Python knows."""
+    import codecs
+
+    try:
+        codecs.lookup(encoding)
+    except (LookupError, TypeError):
+        raise ValueError(f"data.encoding: unknown encoding {encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
+
+
+def text_field(value, *, field: str, where: str) -> str:
+    """The text of a record's ``field``: strings as they are, anything else an error naming the record."""
+    if not isinstance(value, str):
+        raise ValueError(f"data: {where} field {field!r} must be a string, got {type(value).__name__} ({value!r:.40})")
+    return value
+
+
+def _load_file(path: Path, *, field: str, encoding: str = "utf-8") -> list[Document]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         docs = []
-        with path.open(encoding="utf-8") as f:
-            for i, line in enumerate(f):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"data: {path} line {i + 1} is not valid JSON: {e.msg}") from None
-                if not isinstance(record, dict) or field not in record:
-                    raise ValueError(f"data: {path} line {i + 1} has no field {field!r} (use --field to pick one)")
-                docs.append(Document(f"{path.name}:{i + 1}", str(record[field])))
+        text = decode_text(path.read_bytes(), path=path, encoding=encoding)
+        for i, line in enumerate(text.split("\n")):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"data: {path} line {i + 1} is not valid JSON: {e.msg}") from None
+            if not isinstance(record, dict) or field not in record:
+                raise ValueError(f"data: {path} line {i + 1} has no field {field!r} (use --field to pick one)")
+            docs.append(Document(f"{path.name}:{i + 1}", text_field(record[field], field=field,
+                                                                     where=f"{path} line {i + 1}")))
         return docs
     if suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -128,13 +159,18 @@ def _load_file(path: Path, *, field: str) -> list[Document]:
         table = pq.read_table(path)
         if field not in table.column_names:
             raise ValueError(f"data: {path} has no column {field!r}; columns are {table.column_names}")
-        return [Document(f"{path.name}:{i}", str(t)) for i, t in enumerate(table.column(field).to_pylist())]
-    return [Document(path.name, path.read_text(encoding="utf-8", errors="replace"))]
+        docs = []
+        for i, t in enumerate(table.column(field).to_pylist()):
+            if isinstance(t, bytes):  # a binary column: decoded like a text file
+                t = decode_text(t, path=f"{path} row {i}", encoding=encoding)
+            docs.append(Document(f"{path.name}:{i}", text_field(t, field=field, where=f"{path} row {i}")))
+        return docs
+    return [Document(path.name, read_text_file(path, encoding=encoding))]
 
 
-def _load_directory(path: Path) -> list[Document]:
+def _load_directory(path: Path, *, encoding: str = "utf-8") -> list[Document]:
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
-    return [Document(str(p.relative_to(path)), p.read_text(encoding="utf-8", errors="replace")) for p in files]
+    return [Document(str(p.relative_to(path)), read_text_file(p, encoding=encoding)) for p in files]
 
 
 def _load_dataset(name: str, *, split: str, field: str, limit: int | None) -> list[Document]:
@@ -151,7 +187,8 @@ def _load_dataset(name: str, *, split: str, field: str, limit: int | None) -> li
     for i, record in enumerate(ds):
         if field not in record:
             raise ValueError(f"data: dataset {name!r} has no field {field!r}; fields are {sorted(record)}")
-        docs.append(Document(f"{name}:{split}:{i}", str(record[field])))
+        docs.append(Document(f"{name}:{split}:{i}", text_field(record[field], field=field,
+                                                                where=f"dataset {name!r} record {i}")))
         if limit is not None and len(docs) >= limit:
             break
     return docs

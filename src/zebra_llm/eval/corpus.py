@@ -42,10 +42,11 @@ def load_token_docs(
     limit: int | None = None,
     concat: bool = False,
     add_bos: bool = True,
+    encoding: str = "utf-8",
 ) -> TokenDocs:
     """Load and tokenize documents; ``concat`` joins them (EOS-separated) into one stream
     for corpora of short documents."""
-    docs: list[Document] = load_documents(data, field=field, split=split, limit=limit)
+    docs: list[Document] = load_documents(data, field=field, split=split, limit=limit, encoding=encoding)
     ids = tokenize_documents(docs, tokenizer, add_bos=add_bos)
     names = [d.name for d in docs]
     source = "stdlib" if data is None else str(data)

@@ -10,14 +10,18 @@ Three protocols, each a plan of token segments scored with :func:`token_nll`:
   document. With ``stride < N`` the windows overlap and each window scores
   only the tokens the previous one did not (transformers' "perplexity of
   fixed-length models" protocol), so every scored token has at least
-  ``N - stride`` tokens of context; only whole windows are used.
+  ``N - stride`` tokens of context; only whole windows are used. ``stride``
+  must not exceed ``N``: a larger one would skip the tokens between windows.
 * ``buckets``: whole documents grouped by length, bucket ``x`` holding the
   documents of ``x/2 + 1 .. x`` tokens (the Zebra paper's Figures 2 and 4,
   Song et al. 2023 section 4).
 
 Perplexity is ``exp(sum of NLL / number of scored tokens)`` over a group (all
 documents of one method and length), i.e. token-weighted. Each item also keeps
-its NLL sums per block of ``BLOCK`` positions, for perplexity by position.
+its NLL sums per block of ``BLOCK`` positions, for perplexity by position, and
+the NLL sum and count of its last quarter of positions (``tail_nll``,
+``tail_tokens``: the targets at positions ``>= 3 * T // 4`` of a T-token
+segment), from which ``ppl_last_quarter`` is computed exactly at any length.
 """
 
 from __future__ import annotations
@@ -83,6 +87,11 @@ def window_segments(
         raise ValueError(f"length must be >= 2, got {length}")
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
+    if stride > length:
+        raise ValueError(
+            f"stride ({stride}) must not exceed the window length ({length}): a larger stride leaves the "
+            f"{stride - length} tokens between windows unscored"
+        )
     segs = []
     for i, t in enumerate(docs.ids):
         start = 0
@@ -155,6 +164,8 @@ def score_segments(
             sums, counts = _block_sums(row, rel)
             total = float(row.double().sum())
             n = row.numel()
+            # targets at segment positions rel .. length-1; the last quarter starts at 3 * length // 4
+            tail = row[max(0, (3 * s.length) // 4 - rel):]
             yield s, {
                 "nll_sum": total,
                 "tokens": n,
@@ -162,6 +173,8 @@ def score_segments(
                 "block": BLOCK,
                 "block_nll": sums,
                 "block_tokens": counts,
+                "tail_nll": float(tail.double().sum()),
+                "tail_tokens": tail.numel(),
             }
 
     for seg in segments:
@@ -180,8 +193,18 @@ def score_segments(
 def perplexity(
     model, input_ids: torch.Tensor, *, score_from: int = 1, loss_chunk: int = DEFAULT_LOSS_CHUNK
 ) -> float:
-    """Perplexity of ``input_ids`` (``[seq]`` or ``[batch, seq]``), token-weighted over the batch."""
+    """Perplexity of ``input_ids`` (``[seq]`` or ``[batch, seq]``), token-weighted over the batch.
+
+    The first ``score_from`` tokens are context only, so at least ``score_from + 1`` tokens are needed.
+    """
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() not in (1, 2):
+        raise ValueError("perplexity: input_ids must be a 1D [seq] or 2D [batch, seq] tensor of token ids")
     ids = input_ids if input_ids.dim() == 2 else input_ids[None]
+    if ids.shape[0] < 1 or ids.shape[1] <= max(score_from, 0):
+        raise ValueError(
+            f"perplexity: input_ids has {ids.shape[1]} token(s) per sequence; at least score_from + 1 = "
+            f"{max(score_from, 0) + 1} are needed (the first token has no prediction to score)"
+        )
     ids = ids.to(next(model.parameters()).device)
     nll = token_nll(model, ids, score_from=score_from, chunk=loss_chunk)
     return math.exp(nll.double().mean().item())
@@ -211,8 +234,12 @@ class PerplexityConfig:
     loss_chunk: int = DEFAULT_LOSS_CHUNK
     dtype: str = "float32"
     device: str | None = None
+    encoding: str = "utf-8"  # of local text files (strict: an undecodable byte is an error naming its offset)
 
     def __post_init__(self):
+        from ..data.sources import check_encoding
+
+        check_encoding(self.encoding)
         self.methods = [str(m) for m in parse_methods(self.methods)]
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
@@ -229,6 +256,11 @@ class PerplexityConfig:
                 raise ValueError("mode windows needs --stride")
             if self.stride < 1:
                 raise ValueError(f"stride must be >= 1, got {self.stride}")
+            if self.stride > min(self.lengths):
+                raise ValueError(
+                    f"stride ({self.stride}) must not exceed the window length ({min(self.lengths)}): a larger "
+                    "stride leaves the tokens between windows unscored"
+                )
         for name in ("batch_size", "loss_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -242,11 +274,14 @@ class PerplexityConfig:
 
     def identity(self) -> dict:
         """What per-item numbers depend on (methods and lengths may grow between resumed runs)."""
-        return {
+        out = {
             k: v
             for k, v in asdict(self).items()
             if k not in ("methods", "lengths", "buckets", "batch_size", "device", "max_docs", "same_docs")
         }
+        if out.get("encoding") == "utf-8":
+            del out["encoding"]  # the default: results files written before the option existed still resume
+        return out
 
 
 def plan_segments(config: PerplexityConfig, docs: TokenDocs) -> list[Segment]:
@@ -268,22 +303,30 @@ def summarize_perplexity(items: list[dict]) -> list[dict]:
         nll = sum(m["nll_sum"] for m in members)
         n = sum(m["tokens"] for m in members)
         row = {"ppl": math.exp(nll / n), "nll": nll / n, "docs": len(members), "tokens": n}
-        # the last quarter of the positions: where extrapolation failures show first
+        # the last quarter of the positions: where extrapolation failures show first. Items written
+        # before tail_nll existed are summed from their 512-position blocks, which is exact only when
+        # the quarter starts on a block border; otherwise the column is left out rather than mislabelled.
         tail = [_tail_nll(m) for m in members]
-        tail_n = sum(t[1] for t in tail)
-        if tail_n:
-            row["ppl_last_quarter"] = math.exp(sum(t[0] for t in tail) / tail_n)
+        if all(t is not None for t in tail):
+            tail_n = sum(t[1] for t in tail)
+            if tail_n:
+                row["ppl_last_quarter"] = math.exp(sum(t[0] for t in tail) / tail_n)
         return row
 
     return group_rows(items, ("method", "length"), reduce)
 
 
-def _tail_nll(item: dict) -> tuple[float, int]:
-    """NLL sum and count over the blocks in the last quarter of the item's positions."""
+def _tail_nll(item: dict) -> tuple[float, int] | None:
+    """NLL sum and count over the last quarter of the item's positions (targets at positions
+    ``>= 3 * T // 4`` of its T-token segment); None when the item does not allow it exactly."""
+    if "tail_nll" in item:
+        return item["tail_nll"], item["tail_tokens"]
     sums, counts = item.get("block_nll"), item.get("block_tokens")
-    if not sums:
-        return 0.0, 0
-    start = (3 * len(sums)) // 4
+    block = item.get("block", BLOCK)
+    length = item.get("end", 0) - item.get("start", 0)
+    if not sums or length <= 0 or ((3 * length) // 4) % block:
+        return None
+    start = (3 * length) // 4 // block
     return sum(sums[start:]), sum(counts[start:])
 
 
@@ -320,7 +363,7 @@ def run_perplexity(
         if docs is None:
             docs = load_token_docs(
                 loaded.tokenizer, config.data, field=config.field, split=config.split,
-                limit=config.doc_limit, concat=config.concat,
+                limit=config.doc_limit, concat=config.concat, encoding=config.encoding,
             )
             segments = plan_segments(config, docs)
         results.set_model(str(spec), {"source": loaded.source, "method": spec.to_dict(), **loaded.info})

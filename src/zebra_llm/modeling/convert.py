@@ -161,10 +161,32 @@ def load_source(model_or_path, *, dtype: torch.dtype | str | None = None):
     if source.kind == "directory" and not any((Path(source.location) / f).is_file() for f in _TOKENIZER_FILES):
         from transformers import AutoModelForCausalLM
 
+        from ..loading import check_model_files
+
+        check_model_files(source.location)
         # a bare checkpoint (weights and config, no tokenizer): convert the model alone
         model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, trust_remote_code=False)
         return model.eval(), None
     return load_model(model_or_path, dtype=dtype)
+
+
+def check_output_path(source, output_dir: str | os.PathLike, *, overwrite: bool) -> None:
+    """Refuse to write over the source, into it or over a directory holding it (always), and over an
+    existing file or directory without ``overwrite`` -- before any weights are loaded."""
+    out = Path(output_dir).expanduser().resolve()
+    if isinstance(source, (str, os.PathLike)) and str(source) != "smollm2":
+        src = Path(source).expanduser()
+        if src.exists():
+            src = src.resolve()
+            if out == src or src in out.parents or out in src.parents:
+                raise ValueError(
+                    f"convert: the output {output_dir} is the source {source}, inside it or contains it; "
+                    "write the converted model somewhere else"
+                )
+    if os.path.lexists(out) and not overwrite:
+        kind = "directory" if out.is_dir() else "file"
+        raise FileExistsError(f"convert: the output {output_dir} already exists (a {kind}); pass --overwrite "
+                              "(overwrite=True) to replace it, or choose another path")
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -255,16 +277,20 @@ def convert_checkpoint(
     layer_types: list[str] | None = None,
     dtype: torch.dtype | str | None = None,
     portable: bool = False,
+    overwrite: bool = False,
     **config_overrides,
 ) -> Path:
     """Convert ``source`` and save it (with its tokenizer, when there is one) to ``output_dir``, atomically.
 
     ``portable=True`` saves the stock-transformers form of :func:`zebra_llm.modeling.export_portable`
-    (global and local layers only) instead of the native ``zebra`` form.
+    (global and local layers only) instead of the native ``zebra`` form. An existing ``output_dir``
+    (a directory or a file) is replaced only with ``overwrite=True``; ``output_dir`` may never be the
+    source directory, lie inside it, or contain it.
     """
     from transformers import PreTrainedModel
 
     _check_request(attention, layer_group_size, window, approx_chunk_size, layer_types)
+    check_output_path(source, output_dir, overwrite=overwrite)
     model, tokenizer = load_source(source, dtype=dtype)
     config = zebra_config_from(
         model.config,

@@ -24,7 +24,7 @@ from .config import (
     PretrainModelOptions,
     RunOptions,
 )
-from .engine import TrainResult, Trainer
+from .engine import NonFiniteLossError, TrainResult, Trainer
 from .lcat import lcat
 from .lit import lit
 from .pretrain import pretrain
@@ -41,6 +41,7 @@ __all__ = [
     "LITConfig",
     "LITModelOptions",
     "LoraOptions",
+    "NonFiniteLossError",
     "OptimOptions",
     "PretrainConfig",
     "PretrainModelOptions",

@@ -10,10 +10,15 @@ and the tokenizer; for a LoRA run the peft adapter instead), plus
 * ``rng.pt``: the Python, NumPy, torch (and CUDA) RNG states of every process,
 * ``trainer_state.json``: the step, the data position and what the data was.
 
-Rank 0 builds the directory under a temporary name and renames it into place
-(``zebra_llm.io.atomic_directory``), so a crash or kill never leaves a
-half-written checkpoint under a real name. Every file is read back with
-safetensors or ``torch.load(weights_only=True)``.
+Rank 0 builds the directory under a temporary name, fsyncs it and renames it
+into place (``zebra_llm.io.atomic_directory``), so a crash, kill or power loss
+never leaves a half-written checkpoint under a real name. A checkpoint being
+replaced is kept under a fixed backup name (``.step_XXXXXXXX.old``) until the
+new one is in place; :func:`list_checkpoints` finds it there too, and
+:func:`clean_stale` (run when training starts) moves it back and removes the
+temporaries a killed run left. Every file is read back with safetensors or
+``torch.load(weights_only=True)``; a truncated or corrupt file is a ValueError
+naming it.
 """
 
 from __future__ import annotations
@@ -35,12 +40,13 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from ..io import atomic_directory, write_json_atomic
+from ..io import atomic_directory, backup_path, recover_directory, write_json_atomic
 from .distributed import DistEnv
 from .parallelize import unwrap
 
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+_STEP_BACKUP = re.compile(r"^\.step_(\d+)\.old$")
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
@@ -52,21 +58,58 @@ def checkpoint_path(output_dir: str | Path, step: int) -> Path:
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints under ``output_dir``, oldest first."""
+    """Complete checkpoints under ``output_dir``, oldest first. A checkpoint that a
+    crash left only under its backup name (see :func:`zebra_llm.io.atomic_directory`)
+    is listed under that name."""
     root = checkpoint_root(output_dir)
     if not root.is_dir():
         return []
-    found = []
+    found = {}
     for p in root.iterdir():
         m = _STEP_DIR.match(p.name)
         if m and (p / STATE_FILE).is_file():
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
+            found[int(m.group(1))] = p
+    for p in root.iterdir():
+        m = _STEP_BACKUP.match(p.name)
+        if m and int(m.group(1)) not in found and (p / STATE_FILE).is_file():
+            found[int(m.group(1))] = p
+    return [found[k] for k in sorted(found)]
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     found = list_checkpoints(output_dir)
     return found[-1] if found else None
+
+
+def clean_stale(output_dir: str | Path) -> list[Path]:
+    """Tidy a run directory after a kill (main process, before training): move a
+    checkpoint or final model that exists only under its backup name back into
+    place, and remove half-written temporaries (``.*.tmp``) and backups whose
+    original is complete. Returns what was removed."""
+    out = Path(output_dir)
+    removed = []
+    # only names this package writes: a user's own hidden files in output_dir are left alone
+    ours = {out: (".final.", ".metrics.jsonl.", ".config.yaml."), checkpoint_root(out): (".step_",)}
+    for root, prefixes in ours.items():
+        if not root.is_dir():
+            continue
+        for p in sorted(root.iterdir()):
+            if not p.name.startswith(prefixes):
+                continue
+            if p.name.endswith(".old") and p.is_dir():
+                original = p.parent / p.name[1:-len(".old")]
+                if backup_path(original) != p:
+                    continue
+                if recover_directory(original) is not None and p.exists():
+                    shutil.rmtree(p, ignore_errors=True)
+                    removed.append(p)
+            elif p.name.endswith(".tmp"):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
 
 
 def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
@@ -151,19 +194,15 @@ def quiet_transformers():
 
 
 def _read_safetensors_dir(directory: Path, stem: str) -> dict:
-    from safetensors.torch import load_file
+    from ..loading import load_safetensors, safetensors_files
 
-    single = directory / f"{stem}.safetensors"
-    if single.is_file():
-        return load_file(single)
-    index = directory / f"{stem}.safetensors.index.json"
-    if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        out = {}
-        for f in files:
-            out.update(load_file(directory / f))
-        return out
-    raise FileNotFoundError(f"checkpoint {directory} has no {stem}.safetensors")
+    files = safetensors_files(directory, stem)
+    if not files:
+        raise FileNotFoundError(f"train.resume: checkpoint {directory} has no {stem}.safetensors")
+    out = {}
+    for f in files:
+        out.update(load_safetensors(f, what="train.resume"))
+    return out
 
 
 def load_model_weights(directory: Path, model) -> None:
@@ -178,7 +217,11 @@ def load_model_weights(directory: Path, model) -> None:
             raise ValueError(f"checkpoint {directory}: adapter weights {unexpected[:3]} do not fit the model")
         return
     sd = _read_safetensors_dir(directory, "model")
-    result = set_model_state_dict(inner, sd, options=StateDictOptions(full_state_dict=True, strict=False))
+    try:
+        result = set_model_state_dict(inner, sd, options=StateDictOptions(full_state_dict=True, strict=False))
+    except RuntimeError as e:  # a tensor of another shape ("size mismatch for ...")
+        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), _first_line(e))
+        raise ValueError(f"train.resume: checkpoint {directory} does not fit the model: {detail}") from None
     tied = _tied_names(inner)
     missing = [k for k in result.missing_keys if k not in tied]
     if missing or result.unexpected_keys:
@@ -233,7 +276,36 @@ def read_state(directory: Path) -> dict:
     path = Path(directory) / STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"train.resume: {directory} is not a checkpoint (no {STATE_FILE})")
-    return json.loads(path.read_text())
+    try:
+        state = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"train.resume: {path} is corrupt ({_first_line(e)}); resume from another checkpoint") from None
+    step = state.get("step") if isinstance(state, dict) else None
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0 or not isinstance(state.get("data"), dict):
+        raise ValueError(
+            f"train.resume: {path} is corrupt (expected an object with an integer step and the data position); "
+            "resume from another checkpoint"
+        )
+    return state
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _torch_load(path: Path):
+    """``torch.load(weights_only=True)`` of a checkpoint file, a missing, truncated or
+    corrupt file being an error naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"train.resume: {path} is missing; the checkpoint is incomplete")
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # zip/pickle errors of many types: RuntimeError, EOFError, UnpicklingError
+        raise ValueError(
+            f"train.resume: {path} is truncated or corrupt ({type(e).__name__}: {_first_line(e)[:120]}); "
+            "resume from another checkpoint"
+        ) from None
 
 
 def load_checkpoint(directory: Path, *, model, optimizer, scheduler, env: DistEnv) -> dict:
@@ -242,10 +314,18 @@ def load_checkpoint(directory: Path, *, model, optimizer, scheduler, env: DistEn
     directory = Path(directory)
     state = read_state(directory)
     load_model_weights(directory, model)
-    optim_sd = torch.load(directory / "optimizer.pt", weights_only=True, map_location="cpu")
-    set_optimizer_state_dict(unwrap(model), optimizer, optim_sd, options=StateDictOptions(full_state_dict=True))
-    scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
-    rngs = torch.load(directory / "rng.pt", weights_only=True)["ranks"]
+    optim_sd = _torch_load(directory / "optimizer.pt")
+    scheduler_sd = _torch_load(directory / "scheduler.pt")
+    rng_file = _torch_load(directory / "rng.pt")
+    try:
+        set_optimizer_state_dict(unwrap(model), optimizer, optim_sd, options=StateDictOptions(full_state_dict=True))
+        scheduler.load_state_dict(scheduler_sd)
+        rngs = rng_file["ranks"]
+    except (KeyError, TypeError, RuntimeError, ValueError) as e:
+        raise ValueError(
+            f"train.resume: the optimizer, scheduler or RNG state in {directory} does not fit this run "
+            f"({type(e).__name__}: {_first_line(e)[:120]})"
+        ) from None
     # Same number of processes: each gets its own stream back. Otherwise rank 0's
     # (the data order does not depend on the process count; only dropout would).
     set_rng_state(rngs[env.rank] if len(rngs) == env.world_size else rngs[0], env.device)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -31,6 +32,7 @@ DECAYS = ("cosine", "linear", "constant")  # see zebra_llm.train.schedule
 STRATEGIES = ("auto", "single", "ddp", "fsdp")
 PRECISIONS = ("auto", "fp32", "bf16")
 OVERFLOW = ("drop", "truncate", "error")
+NONFINITE = ("stop", "skip")  # what a step whose loss or gradient is inf/nan does (engine.py)
 
 
 class ConfigError(ValueError):
@@ -44,6 +46,17 @@ def _fail(path: str, message: str) -> None:
 def _check_int(section: str, name: str, value, *, minimum: int) -> None:
     if value < minimum:
         _fail(f"{section}.{name}", f"must be >= {minimum}, got {value}")
+
+
+def _check_finite(section: str, obj, *names: str) -> None:
+    """inf and nan pass every comparison check the wrong way (``not inf > 0`` is False,
+    ``nan < 0`` is False), so every float field is checked for finiteness first."""
+    for name in names:
+        value = getattr(obj, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            _fail(f"{section}.{name}", f"must be a number, got {value!r}")
+        if value is not None and not math.isfinite(value):
+            _fail(f"{section}.{name}", f"must be a finite number, got {value}")
 
 
 def _check_choice(section: str, name: str, value, choices) -> None:
@@ -71,6 +84,7 @@ class OptimOptions:
 
     def __post_init__(self):
         s = self._section
+        _check_finite(s, self, "lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "eps", "grad_clip")
         if not self.lr > 0:
             _fail(f"{s}.lr", f"must be > 0, got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -103,10 +117,12 @@ class RunOptions:
     resume: bool | str = False  # True = newest checkpoint in output_dir (fresh start if none); or a path
     log_every: int = 1  # metrics.jsonl / TensorBoard record every N steps
     progress: bool = True  # progress bar on the main process
+    nonfinite: str = "stop"  # a step with an inf/nan loss or gradient: stop the run, or skip the update (counted)
 
     def __post_init__(self):
         s = self._section
         _check_int(s, "steps", self.steps, minimum=1)
+        _check_choice(s, "nonfinite", self.nonfinite, NONFINITE)
         _check_int(s, "batch_size", self.batch_size, minimum=1)
         if self.micro_batch_size is not None:
             _check_int(s, "micro_batch_size", self.micro_batch_size, minimum=1)
@@ -159,10 +175,12 @@ class DataOptions:
     seq_len: int = 2048
     packing: str = "split"
     curriculum: list[CurriculumStage] = dataclasses.field(default_factory=list)  # shorter stages first
+    encoding: str = "utf-8"  # of local text files (decoded strictly; a bad byte is an error naming its offset)
 
     def __post_init__(self):
         s = self._section
         _check_int(s, "seq_len", self.seq_len, minimum=2)
+        _check_encoding(s, self.encoding)
         if self.limit is not None:
             _check_int(s, "limit", self.limit, minimum=1)
         _check_choice(s, "packing", self.packing, PACKING_MODES)
@@ -193,14 +211,25 @@ class InstructionDataOptions:
     chat_template: str = "auto"  # auto: the tokenizer's template when it has one; none: plain format
     overflow: str = "drop"  # examples longer than seq_len: drop, truncate (keep the start) or error
     limit: int | None = None
+    encoding: str = "utf-8"  # of the JSONL file
 
     def __post_init__(self):
         s = self._section
         _check_int(s, "seq_len", self.seq_len, minimum=2)
+        _check_encoding(s, self.encoding)
         _check_choice(s, "chat_template", self.chat_template, ("auto", "none"))
         _check_choice(s, "overflow", self.overflow, OVERFLOW)
         if self.limit is not None:
             _check_int(s, "limit", self.limit, minimum=1)
+
+
+def _check_encoding(section: str, encoding: str) -> None:
+    import codecs
+
+    try:
+        codecs.lookup(str(encoding))
+    except LookupError:
+        _fail(f"{section}.encoding", f"must be a text encoding Python knows (utf-8, latin-1, cp1252, ...); got {encoding!r}")
 
 
 # --------------------------------------------------------------------------- model sections
@@ -260,6 +289,11 @@ class LCATModelOptions:
         if not str(self.source).strip():
             _fail(f"{s}.source", "must name a model (a directory, a .gguf file, a hub name or 'smollm2')")
         _check_zebra_fields(s, self.attention, self.layer_group_size, self.window, self.approx_chunk_size)
+        _check_finite(s, self, "rope_theta")
+        if self.rope_scaling is not None:
+            for key, value in self.rope_scaling.items():
+                if isinstance(value, float) and not math.isfinite(value):
+                    _fail(f"{s}.rope_scaling.{key}", f"must be a finite number, got {value}")
         if self.rope_theta is not None and not self.rope_theta > 0:
             _fail(f"{s}.rope_theta", f"must be > 0, got {self.rope_theta}")
         if self.rope_scaling is not None and "rope_type" not in self.rope_scaling:
@@ -281,6 +315,7 @@ class LoraOptions:
     def __post_init__(self):
         s = self._section
         _check_int(s, "r", self.r, minimum=1)
+        _check_finite(s, self, "alpha", "dropout")
         if not 0 <= self.dropout < 1:
             _fail(f"{s}.dropout", f"must be in [0, 1), got {self.dropout}")
 
@@ -351,33 +386,153 @@ class LITConfig(_TaskConfig):
     data: InstructionDataOptions = dataclasses.field(default_factory=InstructionDataOptions)
 
 
+# --------------------------------------------------------------------------- what a resume may change
+
+# A resume continues one run exactly; it may change how and where the run executes,
+# and how long it goes on, but nothing that decides the numbers up to here or the
+# model that comes out. Every other field must equal the checkpoint's.
+RESUME_MAY_CHANGE = (
+    "train.steps",  # upwards only; the learning-rate decay then ends at the new last step
+    "train.output_dir",
+    "train.resume",
+    "train.save_every",
+    "train.keep_checkpoints",
+    "train.log_every",
+    "train.progress",
+    "train.micro_batch_size",  # gradient accumulation gives the same step up to float rounding
+    "train.nonfinite",
+    "engine.*",  # device, strategy, precision, activation checkpointing, compile
+    "model.attn_implementation",  # the kernel, not the attention pattern
+    "model.lora.merge",  # how the final model is saved
+    "data.source",  # the data may move; its tokens must be the same (checked by fingerprint)
+    "data.path",
+)
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _section_of(data: dict, name: str):
+    node = data
+    for part in name.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _may_change(name: str) -> bool:
+    return any(name == f or (f.endswith(".*") and name.startswith(f[:-1])) for f in RESUME_MAY_CHANGE)
+
+
+def check_resume(saved: dict[str, Any] | None, now: dict[str, Any], step: int) -> list[str]:
+    """Compare a checkpoint's config (``saved``, from its trainer_state.json) with
+    the config of the run resuming it (``now``; both ``to_dict()`` forms).
+
+    Raises a ConfigError naming the first field that a resume may not change
+    (see RESUME_MAY_CHANGE), or ``train.steps`` below the checkpoint's ``step``;
+    returns the allowed changes as ``"field old -> new"`` lines. Fields that
+    the checkpoint does not record (written by an older version) are not compared.
+    """
+    steps = now.get("train", {}).get("steps")
+    if steps is not None and steps < step:
+        raise ConfigError(
+            f"train.steps ({steps}) is below the checkpoint's step ({step}); a resumed run continues from there, "
+            f"so give train.steps >= {step} (--steps)"
+        )
+    if not saved:
+        return []
+    old, new = _flatten(saved), _flatten(now)
+    names = set(old) & set(new)
+    # a field that is a leaf on one side and a section on the other (None or {} vs a
+    # mapping, e.g. model.rope_scaling): compared as a whole under the leaf's name
+    for name in set(old) ^ set(new):
+        other = new if name in old else old
+        for k in other:
+            if k.startswith(name + "."):
+                names.add(name)
+    changes = []
+    for name in sorted(names):
+        a = json.loads(json.dumps(old[name] if name in old else _section_of(saved, name)))
+        b = json.loads(json.dumps(new[name] if name in new else _section_of(now, name)))
+        if a == b:
+            continue
+        if not _may_change(name):
+            raise ConfigError(
+                f"{name} differs from the checkpoint's ({a!r} there, {b!r} now); a resume may change only "
+                "train.steps (upwards), where and how often it saves and reports, the micro-batch and engine.*; "
+                "start a new run (another --output-dir) to change it"
+            )
+        changes.append(f"{name} {a!r} -> {b!r}")
+    return changes
+
+
 # --------------------------------------------------------------------------- reading and coercion
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """A config file as a dict: ``.yaml``/``.yml``, ``.toml`` or ``.json``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config: {path} does not exist")
-    suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
-    if suffix in (".yaml", ".yml"):
-        import yaml
+    """A config file as a dict: ``.yaml``/``.yml``, ``.toml`` or ``.json``.
 
-        data = yaml.safe_load(text)
+    YAML is read with ``safe_load``: tags that would build Python objects
+    (``!!python/...``) are refused, never executed. Every problem is a
+    ValueError (or FileNotFoundError) naming the file and, where known, the line.
+    """
+    from ..io import decode_text, check_regular_file
+
+    path = check_regular_file(Path(path), "config")
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".toml", ".json"):
+        raise ValueError(f"config: {path} must be a .yaml, .yml, .toml or .json file")
+    text = decode_text(path.read_bytes(), path=path, what="config", hint="config files must be UTF-8")
+    if suffix in (".yaml", ".yml"):
+        data = _parse_yaml(text, f"config: {path}")
     elif suffix == ".toml":
         import tomllib
 
-        data = tomllib.loads(text)
-    elif suffix == ".json":
-        data = json.loads(text)
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"config: {path} is not valid TOML: {_first_line(e)}") from None
     else:
-        raise ValueError(f"config: {path} must be a .yaml, .yml, .toml or .json file")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config: {path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"config: {path} must hold a mapping of sections, got {type(data).__name__}")
     return data
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _parse_yaml(text: str, where: str):
+    """``yaml.safe_load`` with its errors as one-line ValueErrors starting with ``where``."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as e:
+        mark = e.problem_mark
+        at = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ValueError(
+            f"{where}: {e.problem}{at}; only plain YAML values are allowed (tags that build Python objects are refused)"
+        ) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or _first_line(e)
+        raise ValueError(f"{where} is not valid YAML: {problem}{at}") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | list[str]) -> dict[str, Any]:
@@ -392,9 +547,7 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | list[str])
             key, sep, raw = str(item).partition("=")
             if not sep or not key.strip():
                 raise ValueError(f"--set expects KEY=VALUE (e.g. optim.lr=1e-3), got {item!r}")
-            import yaml
-
-            parsed[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            parsed[key.strip()] = _parse_yaml(raw, f"--set {key.strip()}") if raw.strip() else None
         overrides = parsed
     for key, value in overrides.items():
         node = out
@@ -481,16 +634,21 @@ def _coerce(tp, value, path: str):
             as_float = float(value)
         except ValueError:
             raise ConfigError(f"{path} must be an integer, got {value!r}") from None
-        if as_float != int(as_float):
+        if not math.isfinite(as_float) or as_float != int(as_float):
             raise ConfigError(f"{path} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value  # exact, also beyond float's 2**53
         return int(as_float)
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{path} must be a number, got {value!r}")
         try:
-            return float(value)  # YAML reads 3e-4 (no dot) as a string
+            number = float(value)  # YAML reads 3e-4 (no dot) as a string
         except (TypeError, ValueError):
             raise ConfigError(f"{path} must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{path} must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{path} must be a string, got {value!r}")

@@ -7,15 +7,23 @@ are reduced across processes on the last micro-batch only, clipped by their
 global norm, and AdamW steps with the learning rate of schedule.py. The loss
 reported for the step is the exact token mean over the global batch.
 
-SIGTERM (from a scheduler, ``kill``, or ``torchrun`` forwarding it) sets a
-flag; at the end of the current step every process agrees on it, a resumable
-checkpoint is written, and :meth:`Trainer.fit` returns with
-``interrupted=True``.
+SIGTERM (from a scheduler, ``kill``, or ``torchrun`` forwarding it) or SIGINT
+(Ctrl-C) sets a flag; at the end of the current step every process agrees on
+it, a resumable checkpoint is written, and :meth:`Trainer.fit` returns with
+``interrupted=True``. A second Ctrl-C stops at once (KeyboardInterrupt).
+
+A step whose loss or gradient norm is inf or nan never reaches the optimizer:
+with ``train.nonfinite=stop`` (the default) the run stops with
+:class:`NonFiniteLossError` and writes nothing more (the newest checkpoint
+stays the last good one, and no ``final/`` model is written); with ``skip``
+the update is dropped, the step counts on, and the metrics record it
+(``skipped: true`` and the running ``skipped_steps``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -27,7 +35,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .batches import StagedData, split_for_rank
-from .config import OptimOptions, RunOptions
+from .config import OptimOptions, RunOptions, check_resume
 from .distributed import DistEnv
 from .loss import token_loss_sum
 from .metrics import Reporter, truncate_metrics
@@ -49,6 +57,12 @@ class TrainResult:
     checkpoint: Path | None  # newest resumable checkpoint written by this call
     final_dir: Path | None  # the finished model (transformers directory)
     model: torch.nn.Module | None = None
+    stop_signal: str | None = None  # "SIGTERM" or "SIGINT" when interrupted
+    skipped_steps: int = 0  # steps whose update was dropped for a non-finite loss (train.nonfinite=skip)
+
+
+class NonFiniteLossError(ValueError):
+    """A training step's loss or gradient norm is inf or nan (train.nonfinite=stop)."""
 
 
 def build_optimizer(model: torch.nn.Module, optim: OptimOptions) -> torch.optim.Optimizer:
@@ -72,6 +86,8 @@ def resume_directory(run: RunOptions) -> Path | None:
     if run.resume is True:
         return ckpt.latest_checkpoint(run.output_dir)
     path = Path(run.resume)
+    if not path.is_dir():
+        raise FileNotFoundError(f"train.resume: {path} does not exist (expected a checkpoint directory)")
     if not (path / ckpt.STATE_FILE).is_file():
         raise FileNotFoundError(f"train.resume: {path} is not a checkpoint directory (no {ckpt.STATE_FILE})")
     return path
@@ -90,23 +106,36 @@ def check_output_dir(run: RunOptions) -> None:
 
 
 class _StopFlag:
-    """Set by SIGTERM; checked between steps."""
+    """Set by SIGTERM or SIGINT (Ctrl-C); checked between steps. A second SIGINT
+    raises KeyboardInterrupt at once, as Ctrl-C usually does."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self.signal_name: str | None = None
+        self._previous: dict = {}
 
     def install(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         self.requested = True
+        self.signal_name = signal.Signals(signum).name
 
     def uninstall(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
+
+
+def _finite_or_none(x):
+    """JSON has no inf/nan: such values become null (metrics.jsonl stays valid JSON)."""
+    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 class Trainer:
@@ -146,6 +175,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, optim)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, make_lr_lambda(optim, run.steps))
         self._stop = _StopFlag()
+        self.skipped_steps = 0
 
     # ------------------------------------------------------------------ steps
 
@@ -183,18 +213,25 @@ class Trainer:
         if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
             grad_norm = grad_norm.full_tensor()
         lr = self.scheduler.get_last_lr()[0]
-        self.optimizer.step()
-        self.scheduler.step()
+        loss, norm = loss_sum.item() / n_targets, float(grad_norm)
+        # Every process holds the same reduced loss and global norm, so all take the same branch.
+        finite = math.isfinite(loss) and math.isfinite(norm)
+        if finite:
+            self.optimizer.step()
+        self.scheduler.step()  # the rate stays a function of the step, skipped or not
         self.optimizer.zero_grad(set_to_none=True)
-        return {
+        record = {
             "step": step + 1,
-            "loss": loss_sum.item() / n_targets,
+            "loss": loss,
             "lr": lr,
-            "grad_norm": float(grad_norm),
+            "grad_norm": norm,
             "tokens": int(tokens.item()),
             "target_tokens": n_targets,
             "seq_len": self.data.stages[stage].seq_len,
         }
+        if not finite:
+            record["nonfinite"] = True
+        return record
 
     def _stop_agreed(self) -> bool:
         flag = torch.tensor([1.0 if self._stop.requested else 0.0], device=self.env.device)
@@ -204,7 +241,8 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def _state(self, step: int, loss: float | None) -> dict:
-        return {"step": step, "data": self.data.position(step), "loss": loss, "config": self.config}
+        return {"step": step, "data": self.data.position(step), "loss": _finite_or_none(loss), "config": self.config,
+                "skipped_steps": self.skipped_steps}
 
     def save(self, step: int, loss: float | None = None) -> Path:
         path = ckpt.checkpoint_path(self.output_dir, step)
@@ -222,7 +260,11 @@ class Trainer:
         self.env.barrier()
         return path
 
-    def _resume(self, directory: Path) -> int:
+    def _resume(self, directory: Path) -> tuple[int, list[str]]:
+        """Restore the checkpoint; returns its step and the config changes the resume makes."""
+        state = ckpt.read_state(directory)
+        # The config first: a changed shape or layout is named as such, not as a weight that does not fit.
+        changes = check_resume(state.get("config"), self.config, int(state["step"]))
         state = ckpt.load_checkpoint(
             directory, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, env=self.env
         )
@@ -235,7 +277,8 @@ class Trainer:
                     f"train.resume: {field} differs from the checkpoint's ({saved.get(key)} there, {now.get(key)} now); "
                     "an exact resume needs the same data, batch size and sequence lengths"
                 )
-        return step
+        self.skipped_steps = int(state.get("skipped_steps", 0) or 0)
+        return step, changes
 
     def save_final(self) -> Path:
         """The finished model as a transformers directory ``<output_dir>/final``.
@@ -265,19 +308,45 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
+    def _nonfinite_error(self, record: dict) -> NonFiniteLossError:
+        last = ckpt.latest_checkpoint(self.output_dir)
+        where = f"the last good checkpoint is {last}" if last is not None else (
+            "no checkpoint was written before it (train.save_every)")
+        return NonFiniteLossError(
+            f"train.nonfinite: step {record['step']} has a non-finite loss or gradient (loss {record['loss']}, "
+            f"gradient norm {record['grad_norm']}); training stopped before the update, nothing more was saved and "
+            f"{where}. "
+            "Lower optim.lr (or raise optim.warmup_steps), or set train.nonfinite=skip to skip such steps"
+        )
+
     def fit(self) -> TrainResult:
         run, env = self.run, self.env
         start = 0
-        resume_from = resume_directory(run)
-        if resume_from is not None:
-            start = self._resume(resume_from)
         if env.is_main:
+            ckpt.clean_stale(self.output_dir)  # leftovers of a killed run: half-written temporaries, swaps
+        env.barrier()
+        resume_from = resume_directory(run)
+        changes: list[str] = []
+        if resume_from is not None:
+            start, changes = self._resume(resume_from)
+        if env.is_main:
+            import yaml
+
+            from ..io import write_text_atomic
+
+            # only now: a refused resume leaves the run's config.yaml as it was
+            write_text_atomic(self.output_dir / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
             truncate_metrics(self.output_dir, start)
         reporter = Reporter(
             self.output_dir, total_steps=run.steps, start_step=start, enabled=env.is_main, progress=run.progress
         )
         if resume_from is not None:
-            reporter.message(f"resumed from {resume_from} at step {start}")
+            changed = f"; changed: {', '.join(changes)}" if changes else ""
+            reporter.message(f"resumed from {resume_from} at step {start} of {run.steps}{changed}")
+        elif run.resume is True:
+            reporter.message(
+                f"--resume: no checkpoint in {ckpt.checkpoint_root(self.output_dir)}; starting from step 0"
+            )
         losses: list[float] = []
         last_ckpt: Path | None = None
         interrupted = False
@@ -291,8 +360,18 @@ class Trainer:
                     torch.cuda.synchronize(env.device)
                 dt = time.perf_counter() - t_step
                 record.update(step_time_s=dt, tokens_per_s=record["tokens"] / dt, elapsed_s=time.perf_counter() - t0)
-                losses.append(record["loss"])
                 done = step + 1
+                if record.get("nonfinite"):
+                    if run.nonfinite == "stop":
+                        reporter.step(record, write=True)
+                        raise self._nonfinite_error(record)
+                    self.skipped_steps += 1
+                    record["skipped"] = True
+                    reporter.message(f"step {done}: non-finite loss or gradient (loss {record['loss']}, gradient "
+                                     f"norm {record['grad_norm']}), update skipped ({self.skipped_steps} so far)")
+                if run.nonfinite == "skip":
+                    record["skipped_steps"] = self.skipped_steps
+                losses.append(record["loss"])
                 for cb in self.callbacks:
                     cb(done, record)
                 stop = self._stop_agreed()
@@ -301,7 +380,9 @@ class Trainer:
                     last_ckpt = self.save(done, record["loss"])
                 if stop:
                     interrupted = True
-                    reporter.message(f"stopped by SIGTERM after step {done}; checkpoint {last_ckpt}")
+                    reporter.message(
+                        f"stopped by {self._stop.signal_name or 'a signal'} after step {done}; checkpoint {last_ckpt}"
+                    )
                     break
         finally:
             self._stop.uninstall()
@@ -319,5 +400,6 @@ class Trainer:
             checkpoint=last_ckpt,
             final_dir=final_dir,
             model=unwrap(self.model),
+            stop_signal=self._stop.signal_name if interrupted else None,
+            skipped_steps=self.skipped_steps,
         )
-

@@ -21,8 +21,9 @@ def check(cfg: LITConfig) -> None:
         raise ValueError("data.path is required: a .jsonl file of messages or prompt/response records (--data)")
     from pathlib import Path
 
-    if not Path(cfg.data.path).expanduser().is_file():
-        raise FileNotFoundError(f"data.path: {cfg.data.path} does not exist")
+    from ..io import check_regular_file
+
+    check_regular_file(Path(cfg.data.path).expanduser(), "data.path")
     try:
         check_tokenizer_spec(cfg.model.source)
     except (FileNotFoundError, ValueError) as e:
@@ -39,7 +40,8 @@ def lit(cfg: LITConfig | dict | str, *, callbacks: Sequence[StepCallback] = ()) 
     def build_stages(tokenizer, env):
         d = cfg.data
         dataset = build_instruction_dataset(
-            d.path, tokenizer, seq_len=d.seq_len, chat_template=d.chat_template, overflow=d.overflow, limit=d.limit
+            d.path, tokenizer, seq_len=d.seq_len, chat_template=d.chat_template, overflow=d.overflow, limit=d.limit,
+            encoding=d.encoding,
         )
         return [Stage(start_step=0, data=dataset, seq_len=dataset.seq_len)]
 

@@ -50,16 +50,25 @@ def _zebra():
 
 
 def _read_config_dict(path: Path) -> dict[str, Any]:
+    from ..io import check_regular_file
+
     if path.is_dir():
         path = path / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"model.config: {path} does not exist")
-    if path.suffix.lower() in (".yaml", ".yml", ".toml"):
+    check_regular_file(path, "model.config")
+    if path.suffix.lower() in (".yaml", ".yml", ".toml", ".json"):
         from .config import read_config_file
 
-        data = read_config_file(path)
+        try:
+            data = read_config_file(path)
+        except ValueError as e:
+            raise ValueError(f"model.{e}") from None  # "config: <path> ..." -> "model.config: <path> ..."
     else:
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"model.config: {path} is not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"model.config: {path} must hold a JSON object")
     if "model_type" not in data:
         raise ValueError(f"model.config: {path} has no model_type (e.g. llama, mistral, zebra)")
     return data

@@ -49,7 +49,7 @@ def build_text_stages(data: DataOptions, steps: int, tokenizer) -> list[Stage]:
     """Documents loaded, tokenized once (cached) and packed for every stage of the curriculum."""
     from ..data import load_documents, tokenize_documents
 
-    docs = load_documents(data.source, field=data.field, split=data.split, limit=data.limit)
+    docs = load_documents(data.source, field=data.field, split=data.split, limit=data.limit, encoding=data.encoding)
     ids = tokenize_documents(docs, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:

@@ -55,8 +55,13 @@ def check_run(cfg) -> int:
             f"engine.strategy {cfg.engine.strategy} needs several processes; launch with "
             "`torchrun --nproc-per-node N -m zebra_llm train ...`"
         )
-    if cfg.engine.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"engine.device is {cfg.engine.device} but no CUDA device is available")
+    if cfg.engine.device.startswith("cuda"):
+        from ..loading import check_device
+
+        try:
+            check_device(cfg.engine.device)
+        except ValueError as e:
+            raise ValueError(f"engine.{e}") from None
     return micro_batch_size(cfg.train, distributed.launched_world_size())
 
 
@@ -64,6 +69,10 @@ def check_data_source(source: str | None, field: str = "data.source") -> None:
     if source is None or str(source) == "stdlib":
         return
     path = Path(str(source)).expanduser()
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        from ..io import describe_file_kind
+
+        raise ValueError(f"{field}: {source} is not a regular file or directory (it is {describe_file_kind(path)})")
     if not path.exists() and (str(source).startswith((".", "/", "~")) or path.suffix or str(source).count("/") > 1):
         raise FileNotFoundError(f"{field}: {source} does not exist")
 
@@ -86,12 +95,7 @@ def run_training(
             log.warning("engine.precision bf16 on CPU: most CPUs have no native bfloat16 and run far slower than fp32")
         out = Path(cfg.train.output_dir)
         if env.is_main:
-            import yaml
-
-            from ..io import write_text_atomic
-
-            out.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            out.mkdir(parents=True, exist_ok=True)  # config.yaml is written once a resume is accepted (engine.py)
         tokenizer = build_tokenizer()
         with env.main_first():  # rank 0 fills the token cache, the others read it
             stages = build_stages(tokenizer, env)
