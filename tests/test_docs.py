@@ -77,7 +77,8 @@ def test_link_checker_sees_links():
 
 def _fenced_commands(text: str, language: str = "bash") -> list[str]:
     blocks = re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
-    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+    joined = [block.replace("\\\n", " ") for block in blocks]  # lines continued with a backslash
+    return [line.strip() for block in joined for line in block.splitlines() if line.strip()]
 
 
 def test_readme_test_command_is_what_ci_runs():
@@ -121,3 +122,46 @@ def test_fill_blocks_replaces_only_between_markers_and_refuses_unknown_blocks():
         dq.fill_blocks(page, {"summary": "x"}, page="page.md")
     with pytest.raises(ValueError, match="no end marker"):
         dq.fill_blocks(f"{begin}\nold\n", {"passkey": "x"})
+
+
+def _documented_zebra_commands() -> list[tuple[str, list[str]]]:
+    """(page, argv) of every `zebra ...` line in the bash blocks of the README and docs/."""
+    out = []
+    for page in [README, *DOC_PAGES]:
+        for line in _fenced_commands(page.read_text(encoding="utf-8")):
+            words = shlex.split(line, comments=True)
+            # `zebra ...`, `... && zebra demo`, `torchrun ... -m zebra_llm ...`
+            starts = [i + 1 for i, w in enumerate(words)
+                      if w == "zebra" and (i == 0 or words[i - 1] == "&&")
+                      or w == "zebra_llm" and i > 0 and words[i - 1] == "-m"]
+            if starts:
+                out.append((page.name, words[starts[0]:]))
+    return out
+
+
+def test_documented_commands_and_options_exist():
+    import typer
+
+    from zebra_llm.cli import app
+
+    documented = _documented_zebra_commands()
+    assert len(documented) > 10, "the docs' command examples were not found"
+    wrong = []
+    for page, argv in documented:
+        command, path = typer.main.get_command(app), ["zebra"]
+        # groups have .commands (typer may vendor its own click, so no isinstance on click.Group)
+        while hasattr(command, "commands") and argv and not argv[0].startswith("-"):
+            if argv[0] not in command.commands:
+                break
+            path.append(argv[0])
+            command, argv = command.commands[argv[0]], argv[1:]
+        if hasattr(command, "commands"):
+            wrong.append(f"{page}: {' '.join(path)} needs a subcommand, got {argv[:1]}")
+            continue
+        if path[-1] == "lm-eval":
+            continue  # every argument goes to lm-evaluation-harness
+        known = {name for p in command.params for name in (*p.opts, *p.secondary_opts)}
+        for word in argv:
+            if word.startswith("-") and word.split("=", 1)[0] not in known:
+                wrong.append(f"{page}: {' '.join(path)} has no option {word}")
+    assert not wrong, "\n".join(wrong)
