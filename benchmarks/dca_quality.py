@@ -340,6 +340,11 @@ def main(argv=None):
     import platform
 
     args = parse_args(argv)
+    if args.write_docs and args.out_dir.resolve() != DEFAULT_OUT_DIR:
+        # the docs show the committed results; tables of another run would silently replace them
+        print(f"error: --write-docs shows the committed results only: leave --out-dir at "
+              f"{DEFAULT_OUT_DIR.relative_to(REPO)}, got {args.out_dir}", file=sys.stderr)
+        raise SystemExit(2)
     if not args.report_only:
         args.out_dir.mkdir(parents=True, exist_ok=True)
     blocks = build_report(args)
