@@ -1,6 +1,6 @@
 """Time and memory of each attention variant against global attention, in one run.
 
-    python benchmarks/attention.py                      # the README table
+    python benchmarks/attention.py                      # the table in docs/benchmarks.md
     python benchmarks/attention.py --seq 4096 --repeats 3
 
 Forward and forward+backward of ``local_attention`` and

@@ -3,13 +3,20 @@
     PYTHONPATH=$PWD/src python benchmarks/dca_quality.py                      # everything (hours on 2 CPU cores)
     PYTHONPATH=$PWD/src python benchmarks/dca_quality.py --parts ppl --lengths 4096 8192
     PYTHONPATH=$PWD/src python benchmarks/dca_quality.py --device cuda --dtype bfloat16
+    PYTHONPATH=$PWD/src python benchmarks/dca_quality.py --report-only --write-docs  # tables into the docs
 
 Everything is computed by ``zebra_llm.eval`` (chunked-loss perplexity on the first N tokens of a
 document, passkey retrieval with the Landmark Attention / ChunkLlama prompt, greedy decoding); this
-script only chooses the grid and prints the tables. Results go to JSON files under ``--out-dir``, one
-per (part, text, base model), written after every item: a stopped run resumes where it was, and
-rerunning prints the tables from what is there. Figures (perplexity by length per text, passkey
-heatmap), with the table's method labels, go to ``--out-dir`` too.
+script only chooses the grid and prints the tables. Results go to JSON files under ``--out-dir``
+(default ``docs/results/dca_quality``, the committed results), one per (part, text, base model),
+written after every item: a stopped run resumes where it was, and rerunning prints the tables from
+what is there. Figures (perplexity by length per text, passkey heatmap), with the table's method
+labels, go to ``--out-dir`` too.
+
+The tables in ``docs/benchmarks.md`` and the summary in ``README.md`` are generated, never typed:
+``--write-docs`` replaces the text between each ``<!-- BEGIN GENERATED ...: NAME -->`` and
+``<!-- END GENERATED: NAME -->`` marker pair with block NAME of this report, and
+``tests/test_docs.py`` checks that the pages hold what the JSON gives.
 
 Methods, at each length N (factor f = N / trained context, only where f > 1):
 
@@ -177,11 +184,21 @@ def passkey_table(rows, lengths) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None):
-    import sysconfig
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT_DIR = REPO / "docs" / "results" / "dca_quality"
+DOC_PAGES = (REPO / "docs" / "benchmarks.md", REPO / "README.md")
+EMULATED = "passkey_emulated_c2048.json"
+# the README summary: a few rows and columns of the full tables
+SUMMARY_TEXT = "_pydecimal.py"
+SUMMARY_METHODS = ("none", "dca:temperature=false", "dca", f"yarn:factor=N/{TRAINED}")
+SUMMARY_PPL_LENGTHS = (4096, 16384, 32768)
+SUMMARY_PASSKEY_LENGTHS = (8192, 16384, 32768)
 
+
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out-dir", type=Path, default=Path("results/dca_quality"))
+    ap.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR,
+                    help="results files and figures (default: docs/results/dca_quality, the committed results)")
     ap.add_argument("--parts", nargs="+", default=["ppl", "passkey"], choices=["ppl", "passkey"])
     ap.add_argument("--texts", nargs="+", default=["_pydecimal.py", "turtle.py"],
                     help="standard-library modules (paths relative to the stdlib) or files")
@@ -196,44 +213,157 @@ def main(argv=None):
     ap.add_argument("--no-progress", dest="progress", action="store_false")
     ap.add_argument("--report-only", action="store_true",
                     help="compute nothing: tables and figures from what --out-dir holds (missing cells stay empty)")
-    args = ap.parse_args(argv)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    ap.add_argument("--no-figures", dest="figures", action="store_false", help="draw no figures")
+    ap.add_argument("--write-docs", action="store_true",
+                    help="write the tables between the GENERATED markers of docs/benchmarks.md and README.md")
+    return ap.parse_args(argv)
 
-    out = []
+
+def _emulated_table(path: Path) -> str:
+    """Passkey with DCA emulating a 2048-token context: accuracy per depth, per method."""
+    from zebra_llm.eval.results import load_results
+    from zebra_llm.eval.retrieval import summarize_retrieval
+
+    rows = summarize_retrieval(load_results(path)["items"])
+    depths = [d for d in dict.fromkeys(r["depth"] for r in rows) if d != "all"]
+    lengths = sorted({r["length"] for r in rows})
+    head = "| method | length | " + " | ".join(f"depth {d:.0%}" for d in depths) + " | all |"
+    lines = [head, "|---|---:|" + "---:|" * (len(depths) + 1)]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        for n in lengths:
+            by_depth = {r["depth"]: r for r in rows if r["method"] == method and r["length"] == n}
+            cells = [f"{by_depth[d]['correct']}/{by_depth[d]['trials']}" if d in by_depth else "" for d in depths]
+            total = by_depth.get("all")
+            cells.append("" if total is None else f"{100 * total['accuracy']:.0f}% ({total['correct']}/{total['trials']})")
+            lines.append(f"| `{method}` | {_length(n)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _summary_table(ppl_rows, passkey_rows) -> str:
+    """The README's few lines: perplexity on one text and passkey accuracy, for a few methods."""
+    head = ("| method | " + " | ".join(f"ppl {_length(n)}" for n in SUMMARY_PPL_LENGTHS) + " | "
+            + " | ".join(f"passkey {_length(n)}" for n in SUMMARY_PASSKEY_LENGTHS) + " |")
+    lines = [head, "|---|" + "---:|" * (len(SUMMARY_PPL_LENGTHS) + len(SUMMARY_PASSKEY_LENGTHS))]
+    for label in SUMMARY_METHODS:
+        cells = [f"{ppl_rows[(label, n)]['ppl']:.2f}" if (label, n) in ppl_rows else "" for n in SUMMARY_PPL_LENGTHS]
+        for n in SUMMARY_PASSKEY_LENGTHS:
+            r = passkey_rows.get((label, n))
+            cells.append("" if r is None else f"{r['correct']}/{r['trials']}")
+        lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def build_report(args) -> dict[str, str]:
+    """Markdown blocks by name (the names of the docs' GENERATED markers), computing missing cells first
+    unless ``args.report_only``."""
+    import sysconfig
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    blocks: dict[str, str] = {}
+    ppl_by_text: dict[str, dict] = {}
+    passkey_rows: dict = {}
     if "ppl" in args.parts:
         for text in args.texts:
             path = Path(text) if Path(text).is_file() else stdlib / text
             if not path.is_file():
                 raise FileNotFoundError(f"text {text} is neither a file nor a standard-library module")
             rows, figure_rows = run_ppl(args, path)
-            if figure_rows:
+            ppl_by_text[path.name] = rows
+            if figure_rows and args.figures:
                 from zebra_llm.eval.plots import plot_perplexity
 
                 fig = plot_perplexity(figure_rows, args.out_dir / f"ppl_{path.stem.lstrip('_')}.png",
                                       title=f"SmolLM2-135M, first N tokens of {path.name}",
                                       trained_context=TRAINED)
                 print(f"figure: {fig}", file=sys.stderr)
-            out.append(f"Perplexity, first N tokens of `{path.name}` (last quarter of the positions in brackets):\n")
-            out.append(ppl_table(rows, args.lengths) + "\n")
+            blocks[f"ppl_{path.stem.lstrip('_')}"] = (
+                f"Perplexity, first N tokens of `{path.name}` (last quarter of the positions in brackets):\n\n"
+                + ppl_table(rows, args.lengths))
     if "passkey" in args.parts:
-        rows, figure_rows = run_passkey_grid(args)
-        if figure_rows:
+        passkey_rows, figure_rows = run_passkey_grid(args)
+        if figure_rows and args.figures:
             from zebra_llm.eval.plots import plot_heatmap
 
             fig = plot_heatmap(figure_rows, args.out_dir / "passkey.png",
                                title="SmolLM2-135M, passkey retrieval")
             print(f"figure: {fig}", file=sys.stderr)
-        out.append(f"Passkey retrieval, {len(args.depths)} depths x {args.trials} keys per length:\n")
-        out.append(passkey_table(rows, args.passkey_lengths) + "\n")
+        blocks["passkey"] = (f"Passkey retrieval, {len(args.depths)} depths x {args.trials} keys per length:\n\n"
+                             + passkey_table(passkey_rows, args.passkey_lengths))
+        if (args.out_dir / EMULATED).is_file():
+            blocks["passkey_emulated"] = _emulated_table(args.out_dir / EMULATED)
+    if SUMMARY_TEXT in ppl_by_text and passkey_rows:
+        blocks["summary"] = _summary_table(ppl_by_text[SUMMARY_TEXT], passkey_rows)
+    return blocks
+
+
+def _marker(kind: str, name: str) -> str:
+    if kind == "begin":
+        return f"<!-- BEGIN GENERATED by benchmarks/dca_quality.py --write-docs: {name} -->"
+    return f"<!-- END GENERATED: {name} -->"
+
+
+def fill_blocks(text: str, blocks: dict[str, str], *, page: str = "page") -> str:
+    """``text`` with each ``dca_quality`` GENERATED block replaced by ``blocks[name]``.
+
+    A marker for a block this report does not produce, or a BEGIN without its END, is a ValueError
+    naming the page and the block: a table silently left stale is what the markers exist to prevent.
+    """
+    import re
+
+    begin = re.compile(r"<!-- BEGIN GENERATED by benchmarks/dca_quality\.py --write-docs: (\w+) -->")
+    out, pos = [], 0
+    for m in begin.finditer(text):
+        if m.start() < pos:
+            raise ValueError(f"{page}: GENERATED block {m.group(1)} starts inside another block")
+        name = m.group(1)
+        end = text.find(_marker("end", name), m.end())
+        if end < 0:
+            raise ValueError(f"{page}: GENERATED block {name} has no end marker {_marker('end', name)!r}")
+        if name not in blocks:
+            raise ValueError(f"{page}: GENERATED block {name} is not produced by this report "
+                             f"(it produces: {', '.join(sorted(blocks)) or 'nothing: no results found'})")
+        out.append(text[pos:m.end()])
+        out.append("\n" + blocks[name] + "\n")
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def generated_names(text: str) -> list[str]:
+    """Names of the dca_quality GENERATED blocks in a page."""
+    import re
+
+    return re.findall(r"<!-- BEGIN GENERATED by benchmarks/dca_quality\.py --write-docs: (\w+) -->", text)
+
+
+def main(argv=None):
     import platform
+
+    args = parse_args(argv)
+    if args.write_docs and args.out_dir.resolve() != DEFAULT_OUT_DIR:
+        # the docs show the committed results; tables of another run would silently replace them
+        print(f"error: --write-docs shows the committed results only: leave --out-dir at "
+              f"{DEFAULT_OUT_DIR.relative_to(REPO)}, got {args.out_dir}", file=sys.stderr)
+        raise SystemExit(2)
+    if not args.report_only:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+    blocks = build_report(args)
 
     import torch
 
     device = args.device or "cpu"
     name = torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({platform.machine()})"
     print(f"\nDevice: {name}, {torch.get_num_threads()} threads, {args.dtype}, torch {torch.__version__}\n")
-    print("\n".join(out))
+    print("\n\n".join(blocks.values()))
+    if args.write_docs:
+        from zebra_llm.io import write_text_atomic
+
+        for page in DOC_PAGES:
+            old = page.read_text(encoding="utf-8")
+            new = fill_blocks(old, blocks, page=str(page.relative_to(REPO)))
+            if new != old:
+                write_text_atomic(page, new)
+                print(f"updated {page.relative_to(REPO)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Dual Chunk Attention: prefill time and memory against the unmodified model, in one run.
 
-    PYTHONPATH=$PWD/src python benchmarks/dca_speed.py                  # the README table
+    PYTHONPATH=$PWD/src python benchmarks/dca_speed.py                  # the table in docs/benchmarks.md
     PYTHONPATH=$PWD/src python benchmarks/dca_speed.py --prefill 4096 --attention 8192 --decode-context 0
 
 Three parts, every case in a fresh child process so that its peak memory is its own:

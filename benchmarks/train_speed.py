@@ -1,6 +1,6 @@
 """Training throughput of a Zebra model against the same model all-global, in one run.
 
-    flock /tmp/zebra-cpu.lock python benchmarks/train_speed.py          # the README table
+    flock /tmp/zebra-cpu.lock python benchmarks/train_speed.py          # the table in docs/benchmarks.md
     python benchmarks/train_speed.py --seq 4096 --steps 3 --device cpu
 
 Each case trains a freshly initialised ``cpu-20m`` preset (8 layers, hidden

@@ -1,6 +1,6 @@
 """A Zebra model against the same weights with all-global attention, in one run.
 
-    python benchmarks/zebra_model.py                       # the README table
+    python benchmarks/zebra_model.py                       # the table in docs/benchmarks.md
     python benchmarks/zebra_model.py --seq 4096 --repeats 1
 
 For each sequence length and pass (forward; forward + backward of the LM loss)

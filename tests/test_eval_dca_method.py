@@ -3,17 +3,12 @@
 import pytest
 import torch
 
-import zebra_llm
 from zebra_llm import hf
 from zebra_llm.eval import PerplexityConfig, load_with_method, run_perplexity
 from zebra_llm.eval.passkey import run_passkey
 from zebra_llm.eval.retrieval import RetrievalConfig, prefill_cache
 
 from eval_helpers import TINY_CONTEXT, tiny_llama
-
-
-# apply_dca lives on the DCA branch; this file runs once it is merged (checked with a trial merge).
-pytestmark = pytest.mark.skipif(not hasattr(zebra_llm, "apply_dca"), reason="zebra_llm.apply_dca not merged yet")
 
 
 def _logits(model, ids):

@@ -111,7 +111,7 @@ def test_activation_checkpointing_and_compile_keep_the_losses(tmp_path):
     plain = pretrain(base)
     ac = pretrain(_config(tmp_path, tmp_path / "ac", train={"steps": 2}, engine={"activation_checkpointing": True}))
     # aot_eager runs dynamo's capture and AOTAutograd's joint graph without the
-    # C++ code generation of inductor (slow to build on 2 cores); see README
+    # C++ code generation of inductor (slow to build on 2 cores); see docs/training.md
     comp = pretrain(
         _config(tmp_path, tmp_path / "compiled", train={"steps": 2},
                 engine={"compile": True, "compile_backend": "aot_eager", "activation_checkpointing": True})

@@ -4,7 +4,7 @@
 * Dual Chunk Attention: training-free context extension (An et al., 2024).
 
 Importing the package registers the ``zebra`` model type with transformers' Auto classes and the ``"zebra"``
-attention implementation (see ``zebra_llm.modeling``).
+attention implementation (see ``zebra_llm.modeling``). Guide: README.md and the pages under docs/.
 """
 
 from . import attention, flops

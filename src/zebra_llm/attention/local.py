@@ -51,9 +51,8 @@ def block_size_for(window: int, *, n_extra: int = 0, backward: bool = False) -> 
 
     Each query pays ``block + window - 1`` key scores, so small blocks waste
     less; too small and per-block overhead dominates, more so in the backward
-    pass and when every block carries ``n_extra`` summary keys. Measured on a
-    2-core CPU at window 512, seq 16384 (benchmarks/attention.py): forward was
-    fastest at 32-64, forward+backward at 128, global_approx at 256.
+    pass and when every block carries ``n_extra`` summary keys. The sizes below
+    were chosen with ``benchmarks/attention.py`` (docs/benchmarks.md).
     """
     if n_extra:
         best = 256

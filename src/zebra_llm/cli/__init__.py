@@ -1,6 +1,6 @@
 """The ``zebra`` command: a thin layer over the library's functions.
 
-Each subcommand group lives in its own module and is mounted here.
+Each subcommand group lives in its own module and is mounted here. Guide: docs/cli.md.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ def demo(
     no_progress: bool = NO_PROGRESS,
 ) -> None:
     """Perplexity of SmolLM2-135M inside and past its trained context, for none, linear, dynamic, yarn and
-    DCA side by side (about 6 minutes on 2 CPU cores)."""
+    DCA side by side (a few minutes on a CPU; docs/cli.md)."""
     from zebra_llm.eval.demo import DEMO_LENGTHS, DEMO_METHODS, run_demo
     from zebra_llm.io import write_text_atomic
 

@@ -1,7 +1,7 @@
 """Tokenizing documents once, with an on-disk cache.
 
-Long documents (the default corpus is ~400k tokens) take seconds to tokenize;
-evaluation and training both reuse the ids, cached under
+Long documents (the default corpus is hundreds of thousands of tokens) take
+seconds to tokenize; evaluation and training both reuse the ids, cached under
 ``$ZEBRA_CACHE/tokens/<key>.pt`` where the key hashes the tokenizer's
 vocabulary and the text. Cache files hold plain integer tensors and are read
 with ``weights_only=True``.

@@ -4,7 +4,7 @@ generation, figures and reports, for any model with any context-extension method
 Every evaluation takes a model spec (``smollm2``, a directory, a ``.gguf`` file
 or a hub name) and one or more method specs (``none``, ``linear:factor=4``,
 ``dynamic:factor=4``, ``yarn:factor=4``, ``dca``, ``zebra:layer_group_size=4,window=512``)
-applied on load; see :mod:`zebra_llm.eval.methods`.
+applied on load; see :mod:`zebra_llm.eval.methods`. Guide: docs/evaluation.md.
 """
 
 from .loss import check_loss_path, token_nll

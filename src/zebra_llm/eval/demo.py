@@ -4,12 +4,10 @@ Perplexity of SmolLM2-135M (trained context 8192) on the first tokens of the
 standard library's ``_pydecimal.py`` at 2k (inside its trained context) and
 12k (past it), for the unmodified model, the three rope-scaling baselines
 (factor 2) and DCA, side by side: the DCA paper's Table 1 in miniature. 12k is
-about where the unmodified model starts to fail on this text (its perplexity
-per 512-position block rises from about 5 to 12 and 28 in the last two blocks
-before 12288; at 14k the last quarter is 82), so the comparison shows
-something while one 12k forward per method keeps the run at several minutes
-on 2 CPU cores. The full 4k..32k comparison is ``zebra eval ppl`` with longer
-``--lengths`` (README, Results).
+about where the unmodified model starts to fail on this text (measured in
+docs/benchmarks.md), so the comparison shows something while one 12k forward
+per method keeps the run at a few minutes on a CPU. The full 4k..32k
+comparison is ``zebra eval ppl`` with longer ``--lengths`` (docs/cli.md).
 """
 
 from __future__ import annotations

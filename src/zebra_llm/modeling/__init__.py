@@ -5,6 +5,8 @@ Importing this package registers, through transformers' public extension points:
 * the model type ``zebra`` with ``AutoConfig``, ``AutoModel`` and ``AutoModelForCausalLM``;
 * the attention implementation ``"zebra"`` (``AttentionInterface`` and ``AttentionMaskInterface``);
 * the ``global_approx`` cache layer (a ``CacheLayerMixin`` subclass with ``_layer_type``).
+
+Guide: docs/zebra.md.
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM

@@ -5,11 +5,10 @@ attention: layers 0, L, 2L, ... global, the others a sliding window.
 
 * ``debug``: a tiny model for tests (fits SmolLM2's tokenizer).
 * ``cpu-20m``: about 20M parameters, small enough to train and benchmark at
-  16k tokens on a CPU (``benchmarks/zebra_model.py``): a forward + backward
-  pass over 16384 tokens peaks near 6 GiB in float32, most of it the
-  activations; the 4096-token vocabulary keeps the logits of such a batch at
-  256 MiB. Override ``vocab_size=49152`` to train it with SmolLM2's tokenizer
-  (43M parameters).
+  16k tokens on a CPU (``benchmarks/zebra_model.py``; measurements in
+  docs/benchmarks.md); the 4096-token vocabulary keeps the logits of a 16k
+  batch small next to the activations. Override ``vocab_size=49152`` to train
+  it with SmolLM2's tokenizer (43M parameters).
 * ``paper-117m`` / ``paper-345m``: small paper-like models for pretraining
   from scratch, 117M- and 345M-class; the widths are GPT-2 small / medium
   shapes in Llama form (our choice, not the paper's published

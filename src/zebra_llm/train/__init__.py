@@ -1,5 +1,6 @@
 """Training: pretraining from scratch, long context adaptation (LCAT) and long
 instruction tuning (LIT), on one process or many (``torchrun``, DDP, FSDP2).
+Guide: docs/training.md.
 
 Each kind is one function taking a typed config (a dataclass, a dict, or a
 YAML/TOML/JSON file path)::
