@@ -430,7 +430,7 @@ def position_offset(position_ids, kpm, seq_q: int, seq_kv: int, batch: int, devi
     else:
         if position_ids.dim() != 2 or position_ids.shape[-1] != seq_q:
             raise ValueError(
-                f"DCA takes position_ids of shape [batch, seq] = [{batch}, {seq_q}], got {tuple(position_ids.shape)}"
+                f"context extension takes position_ids of shape [batch, seq] = [{batch}, {seq_q}], got {tuple(position_ids.shape)}"
             )
         positions = position_ids.to(device).expand(batch, seq_q)
     diff = positions - q_ranks  # (B, Sq): offset wherever the query is real
@@ -445,7 +445,7 @@ def position_offset(position_ids, kpm, seq_q: int, seq_kv: int, batch: int, devi
             ok = ok | ~real_q
         if not bool(ok.all()):
             raise ValueError(
-                "DCA needs each row's real tokens at consecutive position ids (counting from the row's first real "
+                "context extension (DCA and peers) needs each row's real tokens at consecutive position ids (counting from the row's first real "
                 "token); these position_ids jump (packed sequences or hand-made positions are not supported)"
             )
     return offset
