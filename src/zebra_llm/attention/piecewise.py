@@ -198,6 +198,26 @@ def merge(acc, part):
     return acc_out * w_acc + out.to(dtype) * w_part, new
 
 
+NO_KEY_LSE = -1.0e30  # the log-sum-exp of a row with no key in a block: finite, so merging needs no NaN guard
+
+
+def merge_(acc, part):
+    """:func:`merge` in place on the running output, for the no-autograd forward (fewer temporaries).
+
+    Rows without keys carry :data:`NO_KEY_LSE`, whose weight ``exp(NO_KEY_LSE - lse)`` is 0.
+    """
+    out, lse = part
+    dtype = _acc_dtype(out.dtype)
+    if acc is None:
+        return out.to(dtype), lse.to(dtype)
+    acc_out, acc_lse = acc
+    lse = lse.to(dtype)
+    new = torch.logaddexp(acc_lse, lse)
+    acc_out.mul_(torch.exp(acc_lse - new)[..., None])
+    acc_out.addcmul_(out, torch.exp(lse - new)[..., None])
+    return acc_out, new
+
+
 # --- the plan executed ---------------------------------------------------------------------------
 
 
@@ -278,8 +298,12 @@ class _MergedBlocks(torch.autograd.Function):
         for g in groups:
             qg = q[:, :, g.q0 : g.q1]
             acc = None
+            turned = {}  # the group's queries rotated per (region, key offset): blocks share them
             for blk in g.blocks:
-                qb = rotate(qg, _query_shift(spec, g, blk, keys, q.device), inv_freq)
+                key = (blk.region, keys.offset(blk))
+                if key not in turned:
+                    turned[key] = rotate(qg, _query_shift(spec, g, blk, keys, q.device), inv_freq)
+                qb = turned[key]
                 kb, vb = keys.block(blk), v[:, :, blk.k0 : blk.k1]
                 if blk.kind == "mask":
                     allowed = _allowed(spec, g, blk, q.device)
@@ -287,10 +311,10 @@ class _MergedBlocks(torch.autograd.Function):
                         continue
                     o, l = flash(qb, kb, vb, 0.0, False, attn_mask=_float_mask(allowed, q.dtype), scale=scale)
                     # the kernel reports lse 0 for a row with no allowed key: it has none
-                    l = l.masked_fill(~allowed.any(-1), float("-inf"))
+                    l = l.masked_fill(~allowed.any(-1), NO_KEY_LSE)
                 else:
                     o, l = flash(qb, kb, vb, 0.0, blk.kind == "causal", scale=scale)
-                acc = merge(acc, (o, l))
+                acc = merge_(acc, (o, l))
             out[:, :, g.q0 : g.q1] = acc[0].to(q.dtype)
             lse[:, :, g.q0 : g.q1] = acc[1]
         ctx.save_for_backward(q, k, v, out, lse)
