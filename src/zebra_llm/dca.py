@@ -125,7 +125,9 @@ class DCAConfig:
         ``local_window``), read in the same form as vLLM's config, so chunks are about ``5c/8``
         long and the least-trained quarter of positions is never used."""
         if isinstance(trained_length, bool) or not isinstance(trained_length, int) or trained_length < 16:
-            raise ValueError(f"trained_length must be an integer >= 16 for the chunkllama preset, got {trained_length!r}")
+            raise ValueError(
+                f"trained_length must be an integer >= 16 for the chunkllama preset, got {trained_length!r}"
+            )
         base = cls.from_vllm({"chunk_size": trained_length * 3 // 4, "local_size": trained_length // 8})
         return cls(base.pretraining_length, base.chunk_size, temperature, trained_length if temperature else None)
 
@@ -430,7 +432,8 @@ def position_offset(position_ids, kpm, seq_q: int, seq_kv: int, batch: int, devi
     else:
         if position_ids.dim() != 2 or position_ids.shape[-1] != seq_q:
             raise ValueError(
-                f"context extension takes position_ids of shape [batch, seq] = [{batch}, {seq_q}], got {tuple(position_ids.shape)}"
+                f"context extension takes position_ids of shape [batch, seq] = [{batch}, {seq_q}], "
+                f"got {tuple(position_ids.shape)}"
             )
         positions = position_ids.to(device).expand(batch, seq_q)
     diff = positions - q_ranks  # (B, Sq): offset wherever the query is real
@@ -445,8 +448,9 @@ def position_offset(position_ids, kpm, seq_q: int, seq_kv: int, batch: int, devi
             ok = ok | ~real_q
         if not bool(ok.all()):
             raise ValueError(
-                "context extension (DCA and peers) needs each row's real tokens at consecutive position ids (counting from the row's first real "
-                "token); these position_ids jump (packed sequences or hand-made positions are not supported)"
+                "context extension (DCA and peers) needs each row's real tokens at consecutive position ids "
+                "(counting from the row's first real token); these position_ids jump (packed sequences or "
+                "hand-made positions are not supported)"
             )
     return offset
 

@@ -18,7 +18,9 @@ kernel returns that log-sum-exp; its backward, given the *merged* output
 and log-sum-exp, yields each block's exact share of the gradient (the softmax
 normaliser is the merged one), so gradients flow through all three partial
 attentions and their merge with no detached weights. Work and memory are those
-of causal attention plus one rotated query copy per block.
+of causal attention plus one rotated query copy per block. This is the generic
+piecewise kernel (``piecewise.py``) with DCA's spec (``specs.DCASpec``): DCA is
+one instance of it, as SelfExtend, ReRoPE and STRING are.
 
 Backends (chosen in ``backends.py``):
   ``sdpa``          the merged blocks above on CPU; on other devices, ``sdpa_stacked``.
@@ -27,7 +29,8 @@ Backends (chosen in ``backends.py``):
                     is placed in the matching third of a zero-padded key (values padded
                     likewise), one ordinary SDPA call per block of queries with its own
                     backward. 3x wider score and value products; any device.
-  ``flex``          the merged blocks with FlexAttention (``return_lse``, differentiable
+  ``flex``          the merged blocks with FlexAttention (its log-sum-exp: ``return_aux``
+                    from torch 2.9, ``return_lse`` before; refused clearly without either; differentiable
                     on CUDA; CPU runs it eagerly and without backward: tests only).
   ``reference``     the dense oracle ``reference.dca_attention``.
 
