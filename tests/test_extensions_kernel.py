@@ -120,3 +120,27 @@ def test_no_seq_by_seq_tensor_on_the_fast_path():
 def test_invalid_settings_name_the_setting(make, field):
     with pytest.raises(ValueError, match=field):
         make()
+
+
+def test_flex_log_sum_exp_request_follows_the_torch_version(monkeypatch):
+    """AuxRequest/return_aux exist from torch 2.9; older torch (pyproject admits 2.6) has return_lse."""
+    from torch.nn.attention import flex_attention as fa
+
+    from zebra_llm.attention.dca import _flex_lse_kwargs
+
+    assert "return_aux" in _flex_lse_kwargs()
+
+    def old_flex(query, key, value, score_mod=None, block_mask=None, scale=None, enable_gqa=False,
+                 return_lse=False):
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(fa, "flex_attention", old_flex)
+    monkeypatch.delattr(fa, "AuxRequest")
+    assert _flex_lse_kwargs() == {"return_lse": True}
+
+    def older_flex(query, key, value, score_mod=None, block_mask=None, scale=None):
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(fa, "flex_attention", older_flex)
+    with pytest.raises(ValueError, match="backend 'flex' for DCA needs FlexAttention's log-sum-exp"):
+        _flex_lse_kwargs()
