@@ -95,3 +95,31 @@ def tiny_zebra(layer_types=None, **overrides):
     else:
         kw["layer_types"] = layer_types
     return ZebraForCausalLM(ZebraConfig(**kw)).eval()
+
+
+LAYER_TYPE_FAMILIES = ["gemma3_text", "olmo3", "ministral", "cohere2"]
+
+
+def tiny_layer_types_model(family: str, *, window: int = 6):
+    """A random model of a family with per-layer ``layer_types``: layer 0 sliding (``window``), layer 1 full."""
+    from transformers import (
+        Cohere2Config,
+        Cohere2ForCausalLM,
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        MinistralConfig,
+        MinistralForCausalLM,
+        Olmo3Config,
+        Olmo3ForCausalLM,
+    )
+
+    classes = {
+        "gemma3_text": (Gemma3TextConfig, Gemma3ForCausalLM),
+        "olmo3": (Olmo3Config, Olmo3ForCausalLM),
+        "ministral": (MinistralConfig, MinistralForCausalLM),
+        "cohere2": (Cohere2Config, Cohere2ForCausalLM),
+    }
+    config_cls, model_cls = classes[family]
+    kw = dict(COMMON, layer_types=["sliding_attention", "full_attention"], sliding_window=window, head_dim=16,
+              eos_token_id=1, bos_token_id=2)
+    return model_cls(config_cls(**kw)).eval()

@@ -91,7 +91,8 @@ def test_rope_types(rope):
 def test_default_pretraining_length_reads_original_max_position():
     yarn = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0, "original_max_position_embeddings": 8}
     model = apply_dca(tiny_model("llama", rope=yarn, max_position_embeddings=32))
-    assert dca_config(model) == DCAConfig(pretraining_length=8, chunk_size=6, temperature=True, temperature_length=8)
+    # the temperature is off by default (the paper's DCA, as ChunkLlama runs it)
+    assert dca_config(model) == DCAConfig(pretraining_length=8, chunk_size=6, temperature=False, temperature_length=8)
     plain = apply_dca(tiny_model("llama"))
     assert dca_config(plain).pretraining_length == PRETRAINING and dca_config(plain).chunk_size == 12
 
@@ -301,8 +302,12 @@ def test_unsupported_models_raise():
         apply_dca(longrope)
     with pytest.raises(ValueError, match="sliding_window"):
         apply_dca(tiny_model("mistral", sliding_window=8))
-    with pytest.raises(ValueError, match="layer_types"):
-        apply_dca(tiny_model("qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=1))
+    with pytest.raises(ValueError, match="gpt_oss"):
+        from transformers import GptOssConfig, GptOssForCausalLM
+
+        apply_dca(GptOssForCausalLM(GptOssConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=32,
+                                                 num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                                 num_local_experts=2, vocab_size=50)))
     with pytest.raises(ValueError, match="not applied"):
         remove_dca(tiny_model("llama"))
 

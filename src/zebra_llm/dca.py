@@ -48,7 +48,15 @@ from .hf import key_padding_mask, padding_mask_interface
 ATTN_IMPLEMENTATION = "dca"
 ZEBRA_ATTN_IMPLEMENTATION = "zebra_dca"  # DCA on a Zebra model's global layers, Zebra attention on the others
 CONFIG_KEY = "zebra_dca"
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "zebra")
+SUPPORTED_MODEL_TYPES = (
+    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "zebra",
+    # families with per-layer ``layer_types``: the method runs on full_attention layers only
+    "gemma3_text", "olmo3", "ministral", "cohere2",
+)
+# Cohere2's full_attention layers apply no RoPE (NoPE): there is nothing to re-position there, so they
+# keep ordinary causal attention and only the sliding layers carry positions (inside their window).
+NOPE_FULL_ATTENTION_TYPES = ("cohere2",)
+LAYER_TYPES_ALLOWED = ("full_attention", "sliding_attention")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3")
 # vLLM's defaults for missing keys of ``dual_chunk_attention_config``
 # (vllm/attention/backends/dual_chunk_flash_attn.py).
@@ -65,13 +73,16 @@ class DCAConfig:
         chunk_size: ``s``, the chunk length (default ``3 * c // 4``); ``1 <= s < c``.
         temperature: apply the YaRN-style attention temperature to queries that see
             more than ``temperature_length`` keys (``zebra_llm.attention.dca_positions.
-            temperature_factor``); ``False`` is the paper's DCA exactly.
+            temperature_factor``). Default ``False``: the paper's DCA exactly, as ChunkLlama
+            runs it; the project's SmolLM2 passkey results lost retrieval with it at 16k-32k.
+            A vLLM ``dual_chunk_attention_config`` with ``original_max_position_embeddings``
+            turns it on (Qwen2.5-1M is run that way).
         temperature_length: ``L0`` of that temperature (default ``pretraining_length``).
     """
 
     pretraining_length: int
     chunk_size: int | None = None
-    temperature: bool = True
+    temperature: bool = False
     temperature_length: int | None = field(default=None)
 
     def __post_init__(self):
@@ -108,6 +119,40 @@ class DCAConfig:
         if "pretraining_length" not in data:
             raise ValueError("a DCA config needs pretraining_length")
         return cls(**{key: data[key] for key in known if key in data})
+
+    @classmethod
+    def chunkllama(cls, trained_length: int, *, temperature: bool = False) -> "DCAConfig":
+        """ChunkLlama's own defaults (github.com/HKUNLP/ChunkLlama, ``replace_with_chunkllama``):
+        largest position index ``3c/4`` (its ``chunk_size``) and local window ``c/8`` (its
+        ``local_window``), read in the same form as vLLM's config, so chunks are about ``5c/8``
+        long and the least-trained quarter of positions is never used."""
+        if isinstance(trained_length, bool) or not isinstance(trained_length, int) or trained_length < 16:
+            raise ValueError(
+                f"trained_length must be an integer >= 16 for the chunkllama preset, got {trained_length!r}"
+            )
+        base = cls.from_vllm({"chunk_size": trained_length * 3 // 4, "local_size": trained_length // 8})
+        return cls(base.pretraining_length, base.chunk_size, temperature, trained_length if temperature else None)
+
+    @classmethod
+    def from_settings(cls, pretraining_length=None, chunk_size=None, temperature=None, temperature_length=None,
+                      preset=None, trained_length=None) -> "DCAConfig":
+        """Settings as ``apply_extension(model, "dca", ...)`` takes them (``preset``: ``paper`` or
+        ``chunkllama``; ``trained_length``: the model's, for the defaults)."""
+        if temperature is None:
+            temperature = False
+        if preset not in (None, "paper", "chunkllama"):
+            raise ValueError(f"preset must be 'paper' or 'chunkllama', got {preset!r}")
+        if preset == "chunkllama":
+            if pretraining_length is not None or chunk_size is not None:
+                raise ValueError("preset: 'chunkllama' sets pretraining_length and chunk_size; do not give them too")
+            base = cls.chunkllama(trained_length, temperature=temperature)
+            return cls(base.pretraining_length, base.chunk_size, temperature,
+                       temperature_length or (trained_length if temperature else None))
+        if pretraining_length is None:
+            pretraining_length = trained_length
+        if pretraining_length is None:
+            raise ValueError("dca: give pretraining_length= (the model's trained context)")
+        return cls(pretraining_length, chunk_size, temperature, temperature_length)
 
     @classmethod
     def from_vllm(cls, data: dict, *, temperature: bool = True) -> "DCAConfig":
@@ -157,29 +202,41 @@ class DCAConfig:
 class _LayerState:
     """What the attention function needs besides its arguments (kept on each attention module)."""
 
-    config: DCAConfig
+    config: object  # DCAConfig, or the extension's config
     rotary: tuple  # (rotary embedding module,): a tuple so nn.Module does not register it as a child
+    inv_freq_name: str = "inv_freq"  # the buffer full-attention layers rotate with
+    spec: object = None  # the PiecewiseSpec of a non-DCA extension method
+    nope_full: bool = False  # full-attention layers carry no RoPE (Cohere2): plain causal attention there
+
+    def inv_freq(self, device) -> torch.Tensor:
+        return getattr(self.rotary[0], self.inv_freq_name).to(device)
 
 
-def resolve_config(model_config, *, pretraining_length=None, chunk_size=None, temperature=True) -> DCAConfig:
+def resolve_config(model_config, *, pretraining_length=None, chunk_size=None, temperature=None,
+                   preset=None) -> DCAConfig:
     """The DCA settings for a model config: explicit arguments, else the model's own.
 
     Order for ``pretraining_length`` and ``chunk_size``: an earlier ``apply_dca``
     (``config.zebra_dca``, kept by ``save_pretrained``), then vLLM's
     ``dual_chunk_attention_config``, then ``pretraining_length`` from the rope
     parameters' ``original_max_position_embeddings`` or ``max_position_embeddings``.
-    ``temperature`` is always the argument (with a vLLM config, only when its
-    ``original_max_position_embeddings`` is set).
+    ``temperature``: the argument when given; else the saved setting, else on for a vLLM
+    config with ``original_max_position_embeddings`` (as vLLM runs Qwen2.5-1M), else off
+    (the paper's DCA). ``preset="chunkllama"``: ChunkLlama's defaults (:meth:`DCAConfig.chunkllama`).
     """
-    if not isinstance(temperature, bool):
+    if temperature is not None and not isinstance(temperature, bool):
         raise ValueError(f"temperature must be True or False, got {temperature!r}")
+    if preset is not None:
+        return DCAConfig.from_settings(pretraining_length, chunk_size, temperature, preset=preset,
+                                       trained_length=_model_pretraining_length(model_config))
     saved = getattr(model_config, CONFIG_KEY, None)
     vllm = getattr(model_config, "dual_chunk_attention_config", None)
     if saved is not None:
         base = DCAConfig.from_dict(saved)
-        base = DCAConfig(base.pretraining_length, base.chunk_size, temperature, base.temperature_length)
+        keep = base.temperature if temperature is None else temperature
+        base = DCAConfig(base.pretraining_length, base.chunk_size, keep, base.temperature_length)
     elif vllm is not None:
-        base = DCAConfig.from_vllm(vllm, temperature=temperature)
+        base = DCAConfig.from_vllm(vllm, temperature=True if temperature is None else temperature)
     else:
         base = None
     if base is not None and pretraining_length is None:
@@ -188,11 +245,13 @@ def resolve_config(model_config, *, pretraining_length=None, chunk_size=None, te
         return DCAConfig(base.pretraining_length, chunk_size, base.temperature, base.temperature_length)
     if pretraining_length is None:
         pretraining_length = _model_pretraining_length(model_config)
-    return DCAConfig(pretraining_length, chunk_size, temperature)
+    return DCAConfig(pretraining_length, chunk_size, bool(temperature))
 
 
 def _model_pretraining_length(model_config) -> int:
     rope = getattr(model_config, "rope_parameters", None) or {}
+    if isinstance(rope, dict) and isinstance(rope.get("full_attention"), dict):  # per-layer-type rope (Gemma 3, OLMo 3)
+        rope = rope["full_attention"]
     original = rope.get("original_max_position_embeddings") if isinstance(rope, dict) else None
     length = original or getattr(model_config, "max_position_embeddings", None)
     if not isinstance(length, int) or length < 2:
@@ -202,88 +261,129 @@ def _model_pretraining_length(model_config) -> int:
     return length
 
 
-def _rotary_embedding(model):
-    """The model's rotary embedding module (one per decoder)."""
-    found = [m for m in model.modules() if hasattr(m, "inv_freq") and hasattr(m, "rope_type")]
+def _rotary_embedding(model, who: str = "DCA"):
+    """The model's rotary embedding module (one per decoder) and the name of the inverse-frequency
+    buffer its full-attention layers use (``inv_freq``, or ``full_attention_inv_freq`` where the
+    rope parameters are per layer type)."""
+    found = [m for m in model.modules() if hasattr(m, "rope_type") and
+             (hasattr(m, "inv_freq") or hasattr(m, "full_attention_inv_freq"))]
     if not found:
         raise ValueError(
-            f"model: DCA needs a RoPE model, and {type(model).__name__} has no rotary embedding "
+            f"model: {who} needs a RoPE model, and {type(model).__name__} has no rotary embedding "
             "(no module with inv_freq and rope_type)"
         )
     if len(found) > 1:
-        raise ValueError(f"model: found {len(found)} rotary embeddings; DCA supports models with one")
+        raise ValueError(f"model: found {len(found)} rotary embeddings; {who} supports models with one")
     rotary = found[0]
-    rope_type = rotary.rope_type
+    rope_type, name = rotary.rope_type, "inv_freq"
+    if isinstance(rope_type, dict):
+        if "full_attention" not in rope_type:
+            raise ValueError(f"model: the rotary embedding has no full_attention rope parameters ({sorted(rope_type)})")
+        rope_type, name = rope_type["full_attention"], "full_attention_inv_freq"
     if not isinstance(rope_type, str) or rope_type not in SUPPORTED_ROPE_TYPES:
-        raise ValueError(f"rope type {rope_type!r} is not supported by DCA; supported: {SUPPORTED_ROPE_TYPES}")
-    return rotary
+        raise ValueError(f"rope type {rope_type!r} is not supported by {who}; supported: {SUPPORTED_ROPE_TYPES}")
+    return rotary, name
 
 
 def _attention_modules(model):
     return [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "q_proj") and hasattr(m, "config")]
 
 
-def _check_family(model_config) -> None:
+def _check_family(model_config, who: str = "DCA") -> None:
     model_type = getattr(model_config, "model_type", None)
+    if model_type == "gpt_oss":
+        raise ValueError(
+            f"model_type 'gpt_oss' is not supported by {who}: its attention sinks need an extra logit per head, "
+            "which the extension kernels do not carry"
+        )
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(
-            f"model_type {model_type!r} is not supported by DCA; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            f"model_type {model_type!r} is not supported by {who}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
     if model_type == "zebra":
         if "full_attention" not in model_config.layer_types:
             raise ValueError(
-                f"layer_types: DCA applies to a Zebra model's global (full_attention) layers and this one has "
+                f"layer_types: {who} applies to a Zebra model's global (full_attention) layers and this one has "
                 f"none ({sorted(set(model_config.layer_types))})"
             )
         return  # local and global_approx layers keep Zebra's own attention
     layer_types = getattr(model_config, "layer_types", None) or []
-    if any(t != "full_attention" for t in layer_types):
+    other = sorted(set(layer_types) - set(LAYER_TYPES_ALLOWED))
+    if other:
         raise ValueError(
-            f"layer_types {sorted(set(layer_types))}: DCA replaces full attention and this model has other "
-            "(sliding-window) layers"
+            f"layer_types {other}: {who} runs on full_attention layers and keeps sliding_attention layers; "
+            "other layer types are not supported"
         )
+    if layer_types and "full_attention" not in layer_types:
+        raise ValueError(f"layer_types: {who} applies to full_attention layers and this model has none")
     if model_type in ("mistral", "mixtral") and getattr(model_config, "sliding_window", None) is not None:
         raise ValueError(
-            f"sliding_window={model_config.sliding_window}: this Mistral model uses sliding-window attention, "
-            "which DCA does not combine with; set config.sliding_window = None if the model was trained without it"
+            f"sliding_window={model_config.sliding_window}: this Mistral model uses sliding-window attention in "
+            f"every layer, which {who} does not combine with; set config.sliding_window = None if the model was "
+            "trained without it"
         )
 
 
-def apply_dca(model, *, pretraining_length: int | None = None, chunk_size: int | None = None, temperature: bool = True):
+def apply_dca(model, *, pretraining_length: int | None = None, chunk_size: int | None = None,
+              temperature: bool | None = None, preset: str | None = None):
     """Make ``model`` use Dual Chunk Attention from now on (forward, loss, ``generate``).
+
+    Shorthand for ``zebra_llm.apply_extension(model, "dca", ...)``.
 
     Args:
         model: a loaded transformers causal LM of the Llama, Mistral (incl. Mixtral),
-            Qwen2 or Qwen3 families (incl. their MoE variants), or a ``ZebraForCausalLM``,
-            where DCA runs on the global layers (attention implementation ``"zebra_dca"``;
-            local and ``global_approx`` layers keep Zebra's attention: a local window
-            never spans more than the trained context anyway).
+            Qwen2 or Qwen3 families (incl. their MoE variants), a model with per-layer
+            ``layer_types`` (Gemma 3, OLMo 3, Ministral, Cohere2, Qwen2 with sliding layers:
+            DCA on ``full_attention`` layers, sliding layers keep their window), or a
+            ``ZebraForCausalLM``, where DCA runs on the global layers (attention implementation
+            ``"zebra_dca"``; local and ``global_approx`` layers keep Zebra's attention: a local
+            window never spans more than the trained context anyway).
         pretraining_length: ``c``; default from the model (see :func:`resolve_config`).
         chunk_size: ``s``; default ``3 * c // 4`` (or the model's DCA config).
-        temperature: YaRN-style temperature beyond ``c`` (see ``DCAConfig``).
+        temperature: YaRN-style temperature beyond ``c`` (see ``DCAConfig``); default off
+            (on when the model's config carries a vLLM ``dual_chunk_attention_config`` with it).
+        preset: ``"chunkllama"`` for ChunkLlama's own defaults (:meth:`DCAConfig.chunkllama`).
 
     Returns the same model. Raises ``ValueError`` naming the setting for invalid
     settings, an unsupported model family or rope type, or a model without RoPE.
     """
     config = model.config
     _check_family(config)
-    rotary = _rotary_embedding(model)
-    dca = resolve_config(config, pretraining_length=pretraining_length, chunk_size=chunk_size, temperature=temperature)
+    rotary, inv_freq_name = _rotary_embedding(model)
+    dca = resolve_config(config, pretraining_length=pretraining_length, chunk_size=chunk_size,
+                         temperature=temperature, preset=preset)
+    _install(model, CONFIG_KEY, ATTN_IMPLEMENTATION, ZEBRA_ATTN_IMPLEMENTATION,
+             _LayerState(dca, (rotary,), inv_freq_name, None, config.model_type in NOPE_FULL_ATTENTION_TYPES),
+             dca.to_dict())
+    return model
+
+
+def _install(model, config_key: str, implementation: str, zebra_implementation: str, state, saved: dict) -> None:
+    """Put ``state`` on every attention module, record ``saved`` on the config, switch the implementation.
+
+    Only one extension is active at a time: applying one replaces any other (the previous
+    ordinary implementation is kept to go back to).
+    """
+    config = model.config
     modules = _attention_modules(model)
     if not modules:
         raise ValueError(f"model: found no attention modules in {type(model).__name__}")
     register()
-    implementation = ZEBRA_ATTN_IMPLEMENTATION if config.model_type == "zebra" else ATTN_IMPLEMENTATION
+    ours = {ATTN_IMPLEMENTATION, ZEBRA_ATTN_IMPLEMENTATION, EXTENSION_IMPLEMENTATION, ZEBRA_EXTENSION_IMPLEMENTATION}
     previous = config._attn_implementation
-    saved = getattr(config, CONFIG_KEY, None)
-    if previous in (ATTN_IMPLEMENTATION, ZEBRA_ATTN_IMPLEMENTATION):  # applied before: keep what to go back to
-        previous = (saved or {}).get("previous_attn_implementation") or _default_implementation(config)
-    state = _LayerState(dca, (rotary,))
+    if previous in ours:  # applied before: keep what to go back to
+        for key in (CONFIG_KEY, EXTENSION_CONFIG_KEY):
+            old = getattr(config, key, None)
+            if old is not None:
+                previous = old.get("previous_attn_implementation") or previous
+                delattr(config, key)
+        if previous in ours:
+            previous = _default_implementation(config)
     for module in modules:
+        module.__dict__.pop("_zebra_dca", None)
         module.__dict__["_zebra_dca"] = state
-    setattr(config, CONFIG_KEY, {**dca.to_dict(), "previous_attn_implementation": previous})
-    model.set_attn_implementation(implementation)
-    return model
+    setattr(config, config_key, {**saved, "previous_attn_implementation": previous})
+    model.set_attn_implementation(zebra_implementation if config.model_type == "zebra" else implementation)
 
 
 def _default_implementation(model_config) -> str:
@@ -296,9 +396,15 @@ def remove_dca(model):
     saved = getattr(config, CONFIG_KEY, None)
     if saved is None:
         raise ValueError("model: DCA is not applied (config has no zebra_dca)")
+    return _uninstall(model, CONFIG_KEY)
+
+
+def _uninstall(model, config_key: str):
+    config = model.config
+    saved = getattr(config, config_key)
     previous = saved.get("previous_attn_implementation") or _default_implementation(config)
     model.set_attn_implementation(previous)
-    delattr(config, CONFIG_KEY)
+    delattr(config, config_key)
     for module in _attention_modules(model):
         module.__dict__.pop("_zebra_dca", None)
     return model
@@ -328,7 +434,8 @@ def position_offset(position_ids, kpm, seq_q: int, seq_kv: int, batch: int, devi
     else:
         if position_ids.dim() != 2 or position_ids.shape[-1] != seq_q:
             raise ValueError(
-                f"DCA takes position_ids of shape [batch, seq] = [{batch}, {seq_q}], got {tuple(position_ids.shape)}"
+                f"context extension takes position_ids of shape [batch, seq] = [{batch}, {seq_q}], "
+                f"got {tuple(position_ids.shape)}"
             )
         positions = position_ids.to(device).expand(batch, seq_q)
     diff = positions - q_ranks  # (B, Sq): offset wherever the query is real
@@ -343,48 +450,84 @@ def position_offset(position_ids, kpm, seq_q: int, seq_kv: int, batch: int, devi
             ok = ok | ~real_q
         if not bool(ok.all()):
             raise ValueError(
-                "DCA needs each row's real tokens at consecutive position ids (counting from the row's first real "
-                "token); these position_ids jump (packed sequences or hand-made positions are not supported)"
+                "context extension (DCA and peers) needs each row's real tokens at consecutive position ids "
+                "(counting from the row's first real token); these position_ids jump (packed sequences or "
+                "hand-made positions are not supported)"
             )
     return offset
 
 
-def dca_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """The function registered as ``"dca"`` with transformers' ``AttentionInterface``.
+def written_keys(query, key, value, attention_mask):
+    """Fixed-size caches (``StaticCache``): keep only the written slots.
 
-    query: ``[B, Hq, Sq, D]`` rotated at ``position_ids``; key, value: ``[B, Hkv, Skv, D]``
-    (all cached keys); attention_mask: the ``[B, Skv]`` padding mask of
-    :func:`zebra_llm.hf.padding_mask_interface` or ``None``. Returns
-    ``([B, Sq, Hq, D], None)``.
+    :func:`extension_mask_interface` hands such layers a padding mask as wide as the
+    written slots only; the keys past it were never written, and the queries are the
+    last written keys. Returns ``(key, value, mask)``.
     """
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2:
+        written = attention_mask.shape[-1]
+        if written < key.shape[2]:
+            if written < query.shape[2]:
+                raise ValueError(f"attention mask covers {written} keys, fewer than the {query.shape[2]} queries")
+            key, value = key[:, :, :written], value[:, :, :written]
+            if bool(attention_mask.all()):
+                attention_mask = None
+    return key, value, attention_mask
+
+
+def _attend(module, query, key, value, attention_mask, scaling, dropout, kwargs, who: str):
+    """The shared body of the extension attention functions: checks, fixed-size caches, sliding
+    and NoPE layers, positions. Returns ``([B, Sq, Hq, D], None)``."""
     state = module.__dict__.get("_zebra_dca")
     if state is None:
         raise ValueError(
-            f"attention layer {getattr(module, 'layer_idx', '?')} has no DCA settings: call zebra_llm.apply_dca(model) "
-            "instead of setting attn_implementation='dca' by hand"
+            f"attention layer {getattr(module, 'layer_idx', '?')} has no {who} settings: call "
+            "zebra_llm.apply_extension(model, ...) instead of setting attn_implementation by hand"
         )
-    if kwargs.get("sliding_window") is not None:
-        raise ValueError(f"sliding_window={kwargs['sliding_window']}: DCA does not combine with sliding-window layers")
     if dropout and module.training:
-        raise ValueError(f"attention dropout ({dropout}) is not supported with DCA; set config.attention_dropout = 0")
-    kpm = key_padding_mask(attention_mask, key, who="dca attention")
+        raise ValueError(f"attention dropout ({dropout}) is not supported with {who}; set config.attention_dropout = 0")
+    key, value, attention_mask = written_keys(query, key, value, attention_mask)
+    kpm = key_padding_mask(attention_mask, key, who=f"{who} attention")
+    window = kwargs.get("sliding_window")
+    if window is not None:  # a sliding_attention layer keeps its window (positions never exceed it)
+        from .attention import local_attention
+
+        out = local_attention(query, key, value, window=int(window), scale=scaling, key_padding_mask=kpm)
+        return out.transpose(1, 2).contiguous(), None
+    if state.nope_full:  # no RoPE in this layer: nothing to re-position
+        from .attention import global_attention
+
+        out = global_attention(query, key, value, scale=scaling, key_padding_mask=kpm)
+        return out.transpose(1, 2).contiguous(), None
     batch, _, seq_q, _ = query.shape
     offset = position_offset(kwargs.get("position_ids"), kpm, seq_q, key.shape[2], batch, query.device)
-    cfg = state.config
-    rotary = state.rotary[0]
-    out = dca_attention(
-        query,
-        key,
-        value,
-        inv_freq=rotary.inv_freq.to(query.device),
-        chunk_size=cfg.chunk_size,
-        pretraining_length=cfg.pretraining_length,
-        position_offset=offset,
-        temperature_length=cfg.temperature_length if cfg.temperature else None,
-        scale=scaling,
-        key_padding_mask=kpm,
-    )  # (B, Hq, Sq, D)
+    inv_freq = state.inv_freq(query.device)
+    if state.spec is None:  # DCA: its own backends (sdpa, sdpa_stacked, flex, reference)
+        cfg = state.config
+        out = dca_attention(
+            query, key, value, inv_freq=inv_freq, chunk_size=cfg.chunk_size,
+            pretraining_length=cfg.pretraining_length, position_offset=offset,
+            temperature_length=cfg.temperature_length if cfg.temperature else None, scale=scaling,
+            key_padding_mask=kpm,
+        )
+    else:
+        from .attention.piecewise import piecewise_attention
+
+        out = piecewise_attention(query, key, value, spec=state.spec, inv_freq=inv_freq, position_offset=offset,
+                                  scale=scaling, key_padding_mask=kpm)
     return out.transpose(1, 2).contiguous(), None
+
+
+def dca_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """The function registered as ``"dca"`` (and ``"zebra_extension"``) with transformers'
+    ``AttentionInterface``.
+
+    query: ``[B, Hq, Sq, D]`` rotated at ``position_ids``; key, value: ``[B, Hkv, Skv, D]``
+    (all cached keys); attention_mask: the ``[B, Skv]`` padding mask of
+    :func:`extension_mask_interface` or ``None``. Sliding-window layers (``sliding_window``
+    given) keep ordinary sliding-window attention. Returns ``([B, Sq, Hq, D], None)``.
+    """
+    return _attend(module, query, key, value, attention_mask, scaling, dropout, kwargs, "DCA")
 
 
 def zebra_dca_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -401,22 +544,60 @@ def zebra_dca_attention_forward(module, query, key, value, attention_mask, scali
     return zebra_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
 
 
+def extension_mask_interface(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_offset: int = 0,
+                             mask_function=None, attention_mask=None, local_size=None, **kwargs):
+    """Mask function of the extension implementations: a ``[batch, kv]`` padding mask or ``None``.
+
+    As :func:`zebra_llm.hf.padding_mask_interface`, except for fixed-size caches
+    (``StaticCache``: the layer holds more slots than were written): the mask then covers
+    the written slots only (all True without an ``attention_mask``), which tells the
+    attention function where the keys end. Sliding layers of a fixed-size cache keep a
+    rolling buffer whose slots are not in sequence order: refused.
+    """
+    written = int(q_offset) + q_length - int(kv_offset)
+    if kv_offset == 0 and written < kv_length:
+        if local_size is not None:
+            raise ValueError(
+                "cache: a fixed-size cache (StaticCache) with sliding-window layers is not supported under a "
+                "context-extension method; use the default DynamicCache"
+            )
+        if attention_mask is None:
+            return torch.ones(batch_size, written, dtype=torch.bool)
+        if attention_mask.dim() != 2:
+            return attention_mask
+        mask = attention_mask.to(torch.bool)[:, :written]
+        if mask.shape[-1] < written:
+            raise ValueError(f"attention_mask covers {mask.shape[-1]} tokens but {written} are in the cache")
+        return mask
+    return padding_mask_interface(batch_size, q_length, kv_length, q_offset, kv_offset, mask_function,
+                                  attention_mask, **kwargs)
+
+
 _registered = False
+EXTENSION_IMPLEMENTATION = "zebra_extension"  # SelfExtend, ReRoPE, STRING (zebra_llm.extensions)
+ZEBRA_EXTENSION_IMPLEMENTATION = "zebra_extension_zebra"  # the same on a Zebra model's global layers
+EXTENSION_CONFIG_KEY = "zebra_extension"
 
 
 def register() -> None:
-    """Register ``"dca"`` and ``"zebra_dca"`` with transformers' AttentionInterface and
-    AttentionMaskInterface (idempotent)."""
+    """Register ``"dca"``, ``"zebra_dca"``, ``"zebra_extension"`` and ``"zebra_extension_zebra"``
+    with transformers' AttentionInterface and AttentionMaskInterface (idempotent)."""
     global _registered
     if _registered:
         return
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    for name, forward in ((ATTN_IMPLEMENTATION, dca_attention_forward),
-                          (ZEBRA_ATTN_IMPLEMENTATION, zebra_dca_attention_forward)):
+    for name, forward, mask in (
+        (ATTN_IMPLEMENTATION, dca_attention_forward, extension_mask_interface),
+        (EXTENSION_IMPLEMENTATION, dca_attention_forward, extension_mask_interface),
+        # Zebra models recognise structural implementations by padding_mask_interface (and refuse
+        # fixed-size caches themselves)
+        (ZEBRA_ATTN_IMPLEMENTATION, zebra_dca_attention_forward, padding_mask_interface),
+        (ZEBRA_EXTENSION_IMPLEMENTATION, zebra_dca_attention_forward, padding_mask_interface),
+    ):
         AttentionInterface.register(name, forward)
-        AttentionMaskInterface.register(name, padding_mask_interface)
+        AttentionMaskInterface.register(name, mask)
     _registered = True
 
 

@@ -18,7 +18,9 @@ kernel returns that log-sum-exp; its backward, given the *merged* output
 and log-sum-exp, yields each block's exact share of the gradient (the softmax
 normaliser is the merged one), so gradients flow through all three partial
 attentions and their merge with no detached weights. Work and memory are those
-of causal attention plus one rotated query copy per block.
+of causal attention plus one rotated query copy per block. This is the generic
+piecewise kernel (``piecewise.py``) with DCA's spec (``specs.DCASpec``): DCA is
+one instance of it, as SelfExtend, ReRoPE and STRING are.
 
 Backends (chosen in ``backends.py``):
   ``sdpa``          the merged blocks above on CPU; on other devices, ``sdpa_stacked``.
@@ -27,7 +29,8 @@ Backends (chosen in ``backends.py``):
                     is placed in the matching third of a zero-padded key (values padded
                     likewise), one ordinary SDPA call per block of queries with its own
                     backward. 3x wider score and value products; any device.
-  ``flex``          the merged blocks with FlexAttention (``return_lse``, differentiable
+  ``flex``          the merged blocks with FlexAttention (its log-sum-exp: ``return_aux``
+                    from torch 2.9, ``return_lse`` before; refused clearly without either; differentiable
                     on CUDA; CPU runs it eagerly and without backward: tests only).
   ``reference``     the dense oracle ``reference.dca_attention``.
 
@@ -49,6 +52,8 @@ from . import reference
 from ._checks import check_key_padding_mask, check_qkv, resolve_scale
 from .backends import register, resolve
 from .dca_positions import check_geometry, query_positions, query_shift, temperature_factor
+from .piecewise import _cpu_flash_ops, check_inv_freq as _check_inv_freq, check_offsets as _check_offsets
+from .piecewise import merge as _merge, per_row as _per_row, rotate
 
 
 def dca_attention(
@@ -107,46 +112,6 @@ def dca_attention(
     if kpm is None:
         return solve(q, k, v, position_offset=offsets)
     return _per_row(solve, q, k, v, kpm, offsets)
-
-
-def _check_inv_freq(inv_freq, head_dim: int) -> torch.Tensor:
-    if not isinstance(inv_freq, torch.Tensor) or inv_freq.dim() != 1 or not inv_freq.is_floating_point():
-        raise ValueError("inv_freq must be a 1-D floating tensor (the model's rotary inverse frequencies)")
-    if not 1 <= 2 * inv_freq.shape[0] <= head_dim:
-        raise ValueError(f"inv_freq has {inv_freq.shape[0]} frequencies; 2 * that must be in [2, head_dim={head_dim}]")
-    return inv_freq
-
-
-def _check_offsets(position_offset, batch: int, device) -> torch.Tensor:
-    offsets = torch.as_tensor(position_offset, device=device)
-    if offsets.is_floating_point() or offsets.dim() > 1 or (offsets.dim() == 1 and offsets.shape[0] != batch):
-        raise ValueError(f"position_offset must be an int or an integer tensor of shape [batch]={batch}")
-    return offsets.to(torch.long).expand(batch)
-
-
-def _per_row(solve, q, k, v, kpm, offsets):
-    """Padded batches: every row on its own real tokens (a view when they are contiguous)."""
-    seq_q, seq_kv = q.shape[2], k.shape[2]
-    first_q = seq_kv - seq_q
-    out = q.new_zeros(q.shape)
-    for b in range(q.shape[0]):
-        slots = kpm[b].nonzero().flatten()
-        q_slots = slots[slots >= first_q] - first_q
-        m = q_slots.numel()
-        if m == 0:
-            continue
-        lo, hi = int(slots[0]), int(slots[-1]) + 1
-        if hi - lo == slots.numel():  # left or right padding: slice
-            q0 = int(q_slots[0])
-            out[b : b + 1, :, q0 : q0 + m] = solve(
-                q[b : b + 1, :, q0 : q0 + m], k[b : b + 1, :, lo:hi], v[b : b + 1, :, lo:hi],
-                position_offset=offsets[b : b + 1],
-            )
-        else:
-            kb, vb = k[b : b + 1].index_select(2, slots), v[b : b + 1].index_select(2, slots)
-            ob = solve(q[b : b + 1].index_select(2, q_slots), kb, vb, position_offset=offsets[b : b + 1])
-            out[b, :, q_slots] = ob[0]
-    return out
 
 
 # --- the block plan ---------------------------------------------------------------------------
@@ -211,27 +176,6 @@ def _shift(group: Group, block: Block, chunk_size: int, pretraining_length: int,
     return shift.to(device)
 
 
-def rotate(x: torch.Tensor, shift: torch.Tensor | None, inv_freq: torch.Tensor) -> torch.Tensor:
-    """Turn ``x`` (``[..., L, D]``) by RoPE through ``shift`` positions (``[L]`` or ``[B, L]``).
-
-    Angles are formed in float64 (float32 where the device has none) so that a
-    shift of tens of thousands of positions loses no precision; the rotation
-    itself runs in float32 and returns ``x``'s dtype.
-    """
-    if shift is None:
-        return x
-    half = inv_freq.shape[0]
-    wide = torch.float32 if x.device.type == "mps" else torch.float64
-    angles = shift.to(wide)[..., None] * inv_freq.to(wide)  # ([B,] L, half)
-    if angles.dim() == 3:
-        angles = angles[:, None]  # (B, 1, L, half): one rotation per row, shared by heads
-    cos, sin = torch.cos(angles).float(), torch.sin(angles).float()
-    xf = x.float()
-    x1, x2 = xf[..., :half], xf[..., half : 2 * half]
-    turned = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, xf[..., 2 * half :]], dim=-1)
-    return turned.to(x.dtype)
-
-
 def _temperature(q: torch.Tensor, n_keys: int, temperature_length: int | None) -> torch.Tensor:
     """Scale each query row by its temperature factor (queries are the last ``seq_q`` of ``n_keys``)."""
     ranks = torch.arange(n_keys - q.shape[2], n_keys)
@@ -242,103 +186,15 @@ def _temperature(q: torch.Tensor, n_keys: int, temperature_length: int | None) -
     return (q.float() * factor).to(q.dtype)
 
 
-def _merge(acc, part):
-    """Fold one block's ``(out, lse)`` into the running ``(out, lse)``, in float32.
-
-    out = sum_b exp(lse_b - lse) out_b with lse = log sum_b exp(lse_b):
-    the exact softmax over the union of the blocks' keys. Differentiable (the ``flex`` backend
-    relies on it); ``_merge_`` is the in-place form for the no-autograd forward.
-    """
-    out, lse = part
-    if acc is None:
-        return out.float(), lse.float()
-    acc_out, acc_lse = acc
-    new_lse = torch.logaddexp(acc_lse, lse)
-    merged = acc_out * torch.exp(acc_lse - new_lse)[..., None] + out.float() * torch.exp(lse - new_lse)[..., None]
-    return merged, new_lse
-
-
-def _merge_(acc, part):
-    """``_merge`` in place on the running output (fewer temporaries: the kernel runs under no autograd)."""
-    out, lse = part
-    if acc is None:
-        return (out if out.dtype == torch.float32 else out.float()), lse.float()
-    acc_out, acc_lse = acc
-    new_lse = torch.logaddexp(acc_lse, lse)
-    acc_out.mul_(torch.exp(acc_lse - new_lse)[..., None])
-    acc_out.addcmul_(out, torch.exp(lse - new_lse)[..., None])
-    return acc_out, new_lse
-
-
-# --- sdpa: merged blocks on PyTorch's CPU flash kernel ------------------------------------------
-
-
-def _cpu_flash_ops():
-    ops = torch.ops.aten
-    if hasattr(ops, "_scaled_dot_product_flash_attention_for_cpu") and hasattr(
-        ops, "_scaled_dot_product_flash_attention_for_cpu_backward"
-    ):
-        return ops._scaled_dot_product_flash_attention_for_cpu, ops._scaled_dot_product_flash_attention_for_cpu_backward
-    return None
-
-
-class _MergedBlocks(torch.autograd.Function):
-    """All groups and blocks of one DCA call, forward and exact backward."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, groups, inv_freq, chunk_size, pretraining_length, scale):
-        flash, _ = _cpu_flash_ops()
-        batch, heads, seq_q, _ = q.shape
-        out = torch.empty_like(q)
-        lse = q.new_empty(batch, heads, seq_q, dtype=torch.float32)
-        for g in groups:
-            qg = q[:, :, g.q0 : g.q1]
-            acc = None
-            for blk in g.blocks:
-                qb = rotate(qg, _shift(g, blk, chunk_size, pretraining_length, q.device), inv_freq)
-                part = flash(qb, k[:, :, blk.k0 : blk.k1], v[:, :, blk.k0 : blk.k1], 0.0, blk.causal, scale=scale)
-                acc = _merge_(acc, part)
-            out[:, :, g.q0 : g.q1] = acc[0].to(q.dtype)
-            lse[:, :, g.q0 : g.q1] = acc[1]
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.plan = (groups, inv_freq, chunk_size, pretraining_length, scale)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        _, flash_backward = _cpu_flash_ops()
-        q, k, v, out, lse = ctx.saved_tensors
-        groups, inv_freq, chunk_size, pretraining_length, scale = ctx.plan
-        grad_out = grad_out.contiguous()
-        dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-        dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
-        dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
-        for g in groups:
-            rows = slice(g.q0, g.q1)
-            qg = q[:, :, rows]
-            g_out = grad_out[:, :, rows].contiguous()
-            o, l = out[:, :, rows].contiguous(), lse[:, :, rows].contiguous()
-            for blk in g.blocks:
-                shift = _shift(g, blk, chunk_size, pretraining_length, q.device)
-                keys = slice(blk.k0, blk.k1)
-                # With the merged output and log-sum-exp, the kernel's backward gives this block's
-                # exact share: P = exp(score - lse_merged), dS = P * (dP - rowsum(dO * O_merged)).
-                dqb, dkb, dvb = flash_backward(
-                    g_out, rotate(qg, shift, inv_freq).contiguous(), k[:, :, keys].contiguous(),
-                    v[:, :, keys].contiguous(), o, l, 0.0, blk.causal, scale=scale,
-                )
-                dq[:, :, rows] += rotate(dqb.float(), None if shift is None else -shift, inv_freq)
-                dk[:, :, keys] += dkb.float()
-                dv[:, :, keys] += dvb.float()
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None
+# --- sdpa: merged blocks on PyTorch's CPU flash kernel (the piecewise kernel with DCASpec) ------
 
 
 def _merged_sdpa(q, k, v, *, inv_freq, chunk_size, pretraining_length, temperature_length, scale, position_offset):
-    del position_offset  # the query shifts do not depend on it (they cancel between q and k)
-    n_keys = k.shape[2]
-    q = _temperature(q, n_keys, temperature_length)
-    groups = plan(n_keys, q.shape[2], chunk_size)
-    return _MergedBlocks.apply(q, k, v, groups, inv_freq, chunk_size, pretraining_length, scale)
+    from .piecewise import _solve
+    from .specs import DCASpec
+
+    spec = DCASpec(chunk_size, pretraining_length, temperature_length)
+    return _solve(q, k, v, spec=spec, inv_freq=inv_freq, scale=scale, backend="sdpa", position_offset=position_offset)
 
 
 @register("dca", "sdpa")
@@ -418,17 +274,40 @@ def _flex_fn(on_cuda: bool):
     if on_cuda:
         # Block shapes change with the chunk index and the sequence length: compile for dynamic shapes.
         return torch.compile(flex_attention, dynamic=True)
-    import warnings
+    return flex_attention  # eager on CPU (tests only); PyTorch's warning about that is left visible
 
-    warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-    return flex_attention
+
+def _flex_lse_kwargs() -> dict:
+    """How this torch asks FlexAttention for the log-sum-exp.
+
+    ``return_aux=AuxRequest(lse=True)`` exists from torch 2.9; torch 2.5-2.8 have
+    ``return_lse=True`` (deprecated in 2.9); anything older has no FlexAttention
+    log-sum-exp at all.
+    """
+    import inspect
+
+    from torch.nn.attention import flex_attention as fa
+
+    params = inspect.signature(fa.flex_attention).parameters
+    if "return_aux" in params and hasattr(fa, "AuxRequest"):
+        return {"return_aux": fa.AuxRequest(lse=True)}
+    if "return_lse" in params:
+        return {"return_lse": True}
+    raise ValueError(
+        f"backend 'flex' for DCA needs FlexAttention's log-sum-exp (torch >= 2.5), this is torch {torch.__version__}; "
+        "use backend 'sdpa'"
+    )
+
+
+def _flex_lse(result):
+    out, aux = result
+    return out, (aux.lse if hasattr(aux, "lse") else aux)
 
 
 @register("dca", "flex")
 def _dca_flex(q, k, v, *, inv_freq, chunk_size, pretraining_length, temperature_length, scale, position_offset):
     del position_offset
-    from torch.nn.attention.flex_attention import AuxRequest
-
+    lse_kwargs = _flex_lse_kwargs()
     n_keys = k.shape[2]
     q = _temperature(q, n_keys, temperature_length)
     flex = _flex_fn(q.device.type == "cuda")
@@ -439,11 +318,10 @@ def _dca_flex(q, k, v, *, inv_freq, chunk_size, pretraining_length, temperature_
         for blk in g.blocks:
             qb = rotate(qg, _shift(g, blk, chunk_size, pretraining_length, q.device), inv_freq)
             mask = _causal_block_mask(g.q1 - g.q0, str(q.device)) if blk.causal else None
-            out, aux = flex(
+            part = _flex_lse(flex(
                 qb, k[:, :, blk.k0 : blk.k1], v[:, :, blk.k0 : blk.k1], block_mask=mask, scale=scale,
-                enable_gqa=q.shape[1] != k.shape[1], return_aux=AuxRequest(lse=True),
-            )
-            part = (out, aux.lse)
+                enable_gqa=q.shape[1] != k.shape[1], **lse_kwargs,
+            ))
             acc = _merge(acc, part)  # differentiable: FlexAttention's lse carries gradients on CUDA
         outs.append(acc[0].to(q.dtype))
     return torch.cat(outs, dim=2)

@@ -212,3 +212,51 @@ def dca_attention(
             scores = scores * factor[:, None]
         out[b][:, q_slots - (seq_kv - seq_q)] = torch.softmax(scores, dim=-1) @ v0
     return out.to(q.dtype)
+
+
+def piecewise_attention(q, k, v, *, spec, inv_freq, position_offset=0, scale=None, key_padding_mask=None):
+    """Attention under a piecewise relative-position rule (dense reference), built from
+    ``spec.relative_positions`` alone.
+
+    Same conventions as :func:`dca_attention`: each row's real tokens are un-rotated
+    (``q``, ``k`` carry RoPE at ``position_offset[b] + rank``), and the score of query
+    ``i`` and key ``j`` is the query rotated by ``M[i, j]`` (``M =
+    spec.relative_positions(n_real)``; fractional values are fractional angles)
+    against the un-rotated key, so RoPE sees exactly that relative position. The
+    logits of query ``i`` are multiplied by ``spec.query_scale`` when it has one.
+    O(seq^2 * distinct relative positions) time: tests only.
+    """
+    check_qkv(q, k, v)
+    kpm = check_key_padding_mask(key_padding_mask, k)
+    batch, heads, seq_q, dim = q.shape
+    seq_kv = k.shape[2]
+    scale = resolve_scale(scale, dim)
+    groups = heads // k.shape[1]
+    offsets = torch.as_tensor(position_offset, device=q.device).expand(batch)
+    out = torch.zeros(q.shape, dtype=torch.float64, device=q.device)
+    for b in range(batch):
+        real = torch.ones(seq_kv, dtype=torch.bool, device=q.device) if kpm is None else kpm[b]
+        slots = real.nonzero().flatten()
+        n = slots.numel()
+        q_slots = slots[slots >= seq_kv - seq_q]
+        m = q_slots.numel()
+        if m == 0:
+            continue
+        q_ranks = torch.arange(n - m, n, device=q.device)
+        k_ranks = torch.arange(n, device=q.device)
+        q0 = rope_rotate(q[b][:, q_slots - (seq_kv - seq_q)], -(offsets[b] + q_ranks), inv_freq)
+        k0 = rope_rotate(k[b][:, slots], -(offsets[b] + k_ranks), inv_freq).repeat_interleave(groups, 0)
+        v0 = v[b][:, slots].to(torch.float64).repeat_interleave(groups, 0)
+        rel = spec.relative_positions(n).to(q.device)[n - m :]  # (m, n)
+        causal = k_ranks[None, :] <= q_ranks[:, None]
+        scores = torch.full((heads, m, n), float("-inf"), dtype=torch.float64, device=q.device)
+        for r in rel[causal].unique().tolist():
+            at_r = (rel == r) & causal
+            s_r = rope_rotate(q0, torch.full((m,), r, dtype=torch.float64, device=q.device), inv_freq)
+            scores = torch.where(at_r, s_r @ k0.transpose(-1, -2), scores)
+        scores = scores * scale
+        factor = spec.query_scale(q_ranks.cpu())
+        if factor is not None:
+            scores = scores * factor.to(device=q.device, dtype=torch.float64)[:, None]
+        out[b][:, q_slots - (seq_kv - seq_q)] = torch.softmax(scores, dim=-1) @ v0
+    return out.to(q.dtype)

@@ -47,12 +47,60 @@ def settings(
     model: str = typer.Argument("smollm2", help="smollm2, a model directory, a .gguf file or a hub name"),
     pretraining_length: int = typer.Option(None, help="override c"),
     chunk_size: int = typer.Option(None, help="override s"),
-    temperature: bool = typer.Option(True, help="YaRN-style temperature beyond c"),
+    temperature: bool = typer.Option(
+        None, "--temperature/--no-temperature",
+        help="YaRN-style temperature beyond c (default off; on from a vLLM dual_chunk_attention_config)",
+    ),
+    preset: str = typer.Option(None, help="chunkllama: ChunkLlama's defaults (largest position 3c/4, window c/8)"),
 ) -> None:
     """The settings ``apply_dca`` would use for MODEL (reads its config only), also in vLLM's form."""
     from zebra_llm.dca import resolve_config
     from zebra_llm.loading import load_config
 
     config = load_config(model)
-    dca = resolve_config(config, pretraining_length=pretraining_length, chunk_size=chunk_size, temperature=temperature)
+    dca = resolve_config(config, pretraining_length=pretraining_length, chunk_size=chunk_size, temperature=temperature,
+                         preset=preset)
     typer.echo(json.dumps({**dca.to_dict(), "local_window": dca.local_window, "vllm": dca.to_vllm()}, indent=2))
+
+
+RULE_MAX_LEN = 512  # the matrix is printed: beyond this it is unreadable (and seq_len^2 entries)
+
+
+@app.command()
+def rule(
+    method: str = typer.Argument(..., help="dca, self_extend, rerope or string"),
+    seq_len: int = typer.Argument(..., help=f"sequence length (1..{RULE_MAX_LEN})"),
+    trained_length: int = typer.Option(..., help="the model's trained context (gives the default settings)"),
+    setting: list[str] = typer.Option([], "--set", "-s", help="a method setting as key=value (repeatable)"),
+) -> None:
+    """Print any extension method's relative positions (zebra_llm.extensions.relative_positions)."""
+    from zebra_llm.extensions import relative_positions
+
+    if not 1 <= seq_len <= RULE_MAX_LEN:
+        raise ValueError(f"seq_len must be in 1..{RULE_MAX_LEN}, got {seq_len}")
+    settings = {}
+    for item in setting:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"--set takes key=value, got {item!r}")
+        settings[key.strip()] = _setting_value(raw.strip())
+    key = "pretraining_length" if method == "dca" and "preset" not in settings else "trained_length"
+    settings.setdefault(key, trained_length)
+    matrix = relative_positions(method, seq_len, **settings)
+    cells = [[("." if v < 0 else (f"{v:g}" if isinstance(v, float) else str(v))) for v in row]
+             for row in matrix.tolist()]
+    width = max(len(c) for row in cells for c in row)
+    for i, row in enumerate(cells):
+        typer.echo(f"{str(i).rjust(len(str(seq_len - 1)))}: " + " ".join(c.rjust(width) for c in row))
+
+
+def _setting_value(raw: str):
+    low = raw.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw

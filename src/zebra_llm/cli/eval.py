@@ -1,4 +1,4 @@
-"""``zebra eval ppl|passkey|needle``: thin wrappers over ``zebra_llm.eval``.
+"""``zebra eval ppl|passkey|needle|ruler``: thin wrappers over ``zebra_llm.eval``.
 
 Every command writes its results JSON (resumable: finished items are kept and
 skipped when the same command runs again), draws its figure next to it, and
@@ -21,7 +21,8 @@ MODEL = typer.Option("smollm2", "--model", help="smollm2 (embedded), a model dir
 METHOD = typer.Option(
     None, "--method", "-m",
     help="Method applied on load, repeatable: none, linear:factor=4, dynamic:factor=4, yarn:factor=4, dca, "
-         "dca:chunk_size=6144, zebra:layer_group_size=4,window=512 (default: none).",
+         "dca:chunk_size=6144, dca:preset=chunkllama, self_extend:group_size=8,neighbor_window=1024, "
+         "rerope:window=4096, string, zebra:layer_group_size=4,window=512 (default: none).",
 )
 DTYPE = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16.")
 DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cpu).")
@@ -218,3 +219,40 @@ def needle(
     result = run_needle(config, output, data=data, field=field, split=split, digits=digits,
                         progress=not no_progress)
     finish(result, output, figure=not no_figure)
+
+
+@app.command("ruler")
+def ruler(
+    model: str = MODEL,
+    method: Optional[list[str]] = METHOD,
+    tasks: str = typer.Option("all", "--tasks", help="Comma-separated RULER tasks (all: niah_single_1, "
+                              "niah_single_2, niah_single_3, niah_multikey_1, niah_multivalue, niah_multiquery, "
+                              "vt, cwe)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Corpus of the real-text haystacks and cwe words: "
+                                       "stdlib (default), a file, a directory or a datasets name."),
+    lengths: str = typer.Option("4k", "--lengths", help="Comma-separated prompt lengths."),
+    trials: int = typer.Option(2, "--trials", help="Prompts per task and length."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generated prompts."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Default: the answer's length + 8."),
+    dtype: str = DTYPE,
+    device: Optional[str] = DEVICE,
+    output: Path = typer.Option(Path("results/ruler.json"), "--output", "-o"),
+    overwrite: bool = OVERWRITE,
+    no_progress: bool = NO_PROGRESS,
+    no_figure: bool = NO_FIGURE,
+) -> None:
+    """RULER-style synthetic tasks generated offline (needles, variable tracking, common words), scored as
+    RULER does (fraction of the expected strings in the answer); table and methods x lengths heatmap."""
+    from zebra_llm.eval.ruler import TASKS, RulerConfig, plot_ruler, ruler_table, run_ruler
+
+    quiet_transformers()
+    names = list(TASKS) if tasks.strip() == "all" else [t.strip() for t in tasks.split(",") if t.strip()]
+    config = RulerConfig(model=model, methods=method or ["none"], tasks=names, lengths=parse_lengths(lengths),
+                         trials=trials, seed=seed, max_new_tokens=max_new_tokens, data=data, dtype=dtype,
+                         device=device)
+    output = _prepare_output(output, overwrite)
+    result = run_ruler(config, output, progress=not no_progress)
+    typer.echo(ruler_table(result["summary"]))
+    typer.echo(f"results: {output}")
+    if not no_figure:
+        typer.echo(f"figure: {plot_ruler(result['summary'], output.with_suffix('.png'))}")

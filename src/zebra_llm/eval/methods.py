@@ -7,7 +7,12 @@ A spec is ``name`` or ``name:key=value,key=value``:
     dynamic:factor=4                  dynamic NTK scaling (transformers' "dynamic" rope type)
     yarn:factor=4                     YaRN (Peng et al., 2023)
     dca                               Dual Chunk Attention (An et al., 2024), defaults from the model
-    dca:chunk_size=6144               ... with its settings
+    dca:chunk_size=6144               ... with its settings (temperature=true: the YaRN-style temperature)
+    dca:preset=chunkllama             ... with ChunkLlama's own defaults (largest position 3c/4, window c/8)
+    self_extend:group_size=8,neighbor_window=1024
+                                      SelfExtend (Jin et al., 2024)
+    rerope:window=4096                ReRoPE (Su, 2023); leak=16 for leaky ReRoPE
+    string                            STRING (An et al., 2024), shifted_offset / local_value
     zebra:layer_group_size=4,window=512
                                       conversion to Zebra layerwise grouped local-global attention
 
@@ -21,7 +26,9 @@ the ones transformers computes for a checkpoint saved with that scaling.
 Every method also has a **length limit**: the longest sequence an evaluation
 may ask of it. By default it is four times the context the method is meant to
 reach (the trained context ``c`` for ``none`` and ``zebra``, ``factor * c`` for
-the rope-scaling methods); DCA has none. Past the limit a method's output says
+the rope-scaling methods, ``(c - W) * G + W`` for SelfExtend, ``c + S - W`` for STRING,
+``(c - w) * k + w`` for leaky ReRoPE); DCA and plain ReRoPE have none (their relative
+positions stay inside the trained range at any length). Past the limit a method's output says
 nothing useful and the run would only burn time, so evaluations refuse it;
 ``max_length=N`` on any spec sets the limit explicitly.
 """
@@ -445,12 +452,14 @@ def _library_function(name: str, method: str):
 class DCAOptions:
     pretraining_length: int | None = None
     chunk_size: int | None = None
-    temperature: bool | float = True
+    temperature: bool | float | None = None  # None: off, unless the model carries a vLLM DCA config
+    preset: str | None = None
     max_length: int | None = None
     converters: ClassVar[dict[str, Callable]] = {
         "pretraining_length": _to_int,
         "chunk_size": _to_int,
         "temperature": _to_bool_or_float,
+        "preset": lambda key, raw: str(raw).strip().lower(),
         "max_length": _to_int,
     }
 
@@ -468,6 +477,10 @@ class DCAOptions:
                 f"option chunk_size ({self.chunk_size}) must be smaller than pretraining_length "
                 f"({self.pretraining_length}): the local window is pretraining_length - chunk_size"
             )
+        if self.preset not in (None, "paper", "chunkllama"):
+            raise ValueError(f"option preset must be paper or chunkllama, got {self.preset!r}")
+        if self.preset == "chunkllama" and (self.chunk_size is not None or self.pretraining_length is not None):
+            raise ValueError("option preset=chunkllama sets chunk_size and pretraining_length; do not give them too")
         _check_max_length(self.max_length)
 
 
@@ -498,6 +511,7 @@ class DualChunkAttention(Method):
             pretraining_length=options.pretraining_length,
             chunk_size=options.chunk_size,
             temperature=options.temperature,
+            preset=None if options.preset == "paper" else options.preset,
         )
         return model if result is None else result
 
@@ -508,6 +522,143 @@ class DualChunkAttention(Method):
     @classmethod
     def limit_reason(cls, config, options) -> str:
         return "its max_length option"
+
+
+# --- SelfExtend, ReRoPE, STRING (zebra_llm.extensions; settings validated there by name)
+
+
+def _extension_settings(options) -> dict:
+    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)
+            if f.name not in ("max_length", "converters") and getattr(options, f.name) is not None}
+
+
+class _Extension(Method):
+    @classmethod
+    def check_available(cls) -> None:
+        _library_function("apply_extension", cls.name)
+
+    @classmethod
+    def config(cls, model_config, options):
+        from zebra_llm.extensions.config import make_config
+
+        try:
+            return make_config(cls.name, trained_context(model_config), _extension_settings(options))
+        except ValueError as e:
+            raise ValueError(f"method {cls.name}: {e}") from None
+
+    @classmethod
+    def apply(cls, model, options):
+        apply_extension = _library_function("apply_extension", cls.name)
+        try:
+            result = apply_extension(model, cls.name, **_extension_settings(options))
+        except ValueError as e:
+            raise ValueError(f"method {cls.name}: {e}") from None
+        return model if result is None else result
+
+
+@dataclass(frozen=True)
+class SelfExtendOptions:
+    group_size: int | None = None
+    neighbor_window: int | None = None
+    scale_base: int | None = None
+    max_length: int | None = None
+    converters: ClassVar[dict[str, Callable]] = {
+        "group_size": _to_int, "neighbor_window": _to_int, "scale_base": _to_int, "max_length": _to_int,
+    }
+
+    def __post_init__(self):
+        for key in ("group_size", "neighbor_window"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ValueError(f"option {key} must be >= 1, got {getattr(self, key)}")
+        if self.scale_base is not None and self.scale_base < 2:
+            raise ValueError(f"option scale_base must be >= 2, got {self.scale_base}")
+        _check_max_length(self.max_length)
+
+
+@register_method
+class SelfExtend(_Extension):
+    """SelfExtend: neighbour window kept, grouped positions beyond (Jin et al., ICML 2024)."""
+
+    name = "self_extend"
+    options_type = SelfExtendOptions
+
+    @classmethod
+    def nominal_context(cls, config, options) -> int:
+        return cls.config(config, options).max_length
+
+
+@dataclass(frozen=True)
+class ReRoPEOptions:
+    window: int | None = None
+    leak: float | None = None
+    logn: bool | None = None
+    max_length: int | None = None
+    converters: ClassVar[dict[str, Callable]] = {
+        "window": _to_int, "leak": _to_float, "logn": _to_bool_or_float, "max_length": _to_int,
+    }
+
+    def __post_init__(self):
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"option window must be >= 1, got {self.window}")
+        if self.leak is not None and self.leak < 1:
+            raise ValueError(f"option leak must be >= 1, got {self.leak}")
+        if self.logn is not None and not isinstance(self.logn, bool):
+            raise ValueError(f"option logn must be true or false, got {self.logn!r}")
+        _check_max_length(self.max_length)
+
+
+@register_method
+class ReRoPE(_Extension):
+    """ReRoPE (and leaky ReRoPE with ``leak``): distances past the window clamped (Su, 2023)."""
+
+    name = "rerope"
+    options_type = ReRoPEOptions
+
+    @classmethod
+    def nominal_context(cls, config, options) -> int | None:
+        cfg = cls.config(config, options)
+        if cfg.leak is None:
+            return None  # every relative position is at most the window, at any length
+        return int((cfg.trained_length - cfg.window) * cfg.leak + cfg.window)
+
+    @classmethod
+    def limit_reason(cls, config, options) -> str:
+        if cls.nominal_context(config, options) is None:
+            return "its max_length option"
+        return super().limit_reason(config, options)
+
+
+@dataclass(frozen=True)
+class StringOptions:
+    shifted_offset: int | None = None
+    local_value: int | None = None
+    attention_factor: float | None = None
+    max_length: int | None = None
+    converters: ClassVar[dict[str, Callable]] = {
+        "shifted_offset": _to_int, "local_value": _to_int, "attention_factor": _to_float, "max_length": _to_int,
+    }
+
+    def __post_init__(self):
+        if self.shifted_offset is not None and self.shifted_offset < 1:
+            raise ValueError(f"option shifted_offset must be >= 1, got {self.shifted_offset}")
+        if self.local_value is not None and self.local_value < 0:
+            raise ValueError(f"option local_value must be >= 0, got {self.local_value}")
+        if self.attention_factor is not None and self.attention_factor <= 0:
+            raise ValueError(f"option attention_factor must be > 0, got {self.attention_factor}")
+        _check_max_length(self.max_length)
+
+
+@register_method
+class String(_Extension):
+    """STRING: the least-trained distances replaced by shifted well-trained ones (An et al., 2024)."""
+
+    name = "string"
+    options_type = StringOptions
+
+    @classmethod
+    def nominal_context(cls, config, options) -> int:
+        cfg = cls.config(config, options)
+        return cfg.trained_length + cfg.shifted_offset - cfg.local_value
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,531 @@
+"""One kernel for piecewise relative positions (training-free context extension).
+
+Every training-free extension method this library ships (DCA, SelfExtend,
+ReRoPE with its leaky variant, STRING) replaces RoPE's relative distance
+``d = i - j`` by a rule that is piecewise over the (query ``i``, key ``j``)
+plane: the plane is cut into a few *regions*, and inside region ``R`` the query
+is rotated at ``query_positions(R, i)`` and the key at ``key_positions(R, j)``,
+so RoPE sees ``query_positions(R, i) - key_positions(R, j)``. A method is a
+:class:`PiecewiseSpec`: its regions, its two position maps, which region each
+(i, j) pair falls in (``region_of``, used by the dense reference and on the thin
+boundary blocks), and a *plan* cutting the queries into groups and each group's
+visible keys into blocks that lie in one region (or, on a boundary, blocks
+carrying a small ``[rows, keys]`` mask).
+
+How (backend ``sdpa`` on CPU). ``q`` and ``k`` arrive rotated at their ordinary
+positions (``offset + rank``). For a block of region ``R``:
+
+* keys whose region position is their rank plus a constant ``c`` (DCA: ``-m*s``
+  for chunk ``m``; identity maps: 0) stay as they are and the queries are turned
+  by ``query_positions(R, i) - i - c``;
+* otherwise (SelfExtend's ``j // G``, ReRoPE's 0) a rotated copy of the keys is
+  made once per call and region (``O(seq * head_dim)``), and the queries are
+  turned by ``query_positions(R, i) - i``.
+
+Each block is one call of PyTorch's CPU flash kernel, which also returns the
+block's log-sum-exp; the blocks of a query group are merged exactly through
+those (one softmax over all of a query's keys). The backward runs the kernel's
+backward per block with the *merged* output and log-sum-exp, which yields each
+block's exact share of the gradient; rotations are orthogonal, so gradients are
+turned back by the inverse rotation. Fractional positions (leaky ReRoPE) are
+fractional rotary angles. No ``seq x seq`` tensor is built: the largest mask is
+``[rows per group, rows per group]``.
+
+Backend ``tiled`` (any device, and ``sdpa`` off the CPU) computes the same
+blocks with plain matrix products in float32, key tiles of at most
+:data:`KEY_TILE`, merged differentiably (autograd keeps each tile's weights, so
+training memory is that of eager attention). ``reference`` is the dense oracle
+:func:`reference.piecewise_attention`, built from the spec's relative-position
+matrix alone.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from ._checks import check_key_padding_mask, check_qkv, resolve_scale
+
+KEY_TILE = 4096  # keys per matrix product on the ``tiled`` backend: bounds its [rows, keys] scores
+GROUP_ROWS = 256  # query rows per group on distance-based plans: bounds the boundary masks
+
+
+@dataclass(frozen=True)
+class Block:
+    """Keys ``[k0, k1)`` of one region for a query group.
+
+    ``kind``: ``"full"`` (every query sees every key of the block), ``"causal"``
+    (the square diagonal block, top-left causal), or ``"mask"`` (a boundary:
+    which pairs belong to ``region`` comes from ``spec.region_of``).
+    """
+
+    region: int
+    k0: int
+    k1: int
+    kind: str = "full"
+
+
+@dataclass(frozen=True)
+class Group:
+    """Query rows ``[q0, q1)`` of the call, of ranks ``r0 .. r0 + q1 - q0 - 1``."""
+
+    q0: int
+    q1: int
+    r0: int
+    blocks: tuple[Block, ...]
+
+
+class PiecewiseSpec:
+    """A relative-position rule as regions with query/key position maps.
+
+    Subclasses set ``name`` and ``regions`` and implement the maps, ``region_of``
+    and ``plan``. Positions are ranks: the ``r``-th real token of a row (the
+    first real token has rank 0). ``integral`` says whether every position is an
+    integer (``relative_positions`` is then a long tensor).
+    """
+
+    name: str = "piecewise"
+    regions: tuple[str, ...] = ()
+    integral: bool = True
+
+    def query_positions(self, region: int, ranks: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def key_positions(self, region: int, ranks: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def region_of(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        """Region index of each pair (broadcast ``i`` against ``j``; meaningful for ``j <= i``)."""
+        raise NotImplementedError
+
+    def plan(self, n_keys: int, n_queries: int) -> list[Group]:
+        """Groups and blocks for the last ``n_queries`` of ``n_keys`` real tokens."""
+        raise NotImplementedError
+
+    def query_scale(self, ranks: torch.Tensor) -> torch.Tensor | None:
+        """Logit multiplier per query (``[len(ranks)]`` float64), or ``None`` for none."""
+        return None
+
+    def relative_positions(self, seq_len: int) -> torch.Tensor:
+        """``[seq_len, seq_len]``: what RoPE sees for query ``i`` and key ``j``; ``-1`` above the diagonal."""
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 0:
+            raise ValueError(f"seq_len must be an integer >= 0, got {seq_len!r}")
+        n = torch.arange(seq_len)
+        i, j = n[:, None], n[None, :]
+        region = self.region_of(i, j).expand(seq_len, seq_len)
+        dtype = torch.long if self.integral else torch.float64
+        rel = torch.full((seq_len, seq_len), -1, dtype=dtype)
+        for r in range(len(self.regions)):
+            at = (region == r) & (j <= i)
+            value = self.query_positions(r, n)[:, None] - self.key_positions(r, n)[None, :]
+            rel = torch.where(at, value.to(dtype), rel)
+        return rel
+
+
+def distance_plan(n_keys: int, n_queries: int, boundary: int, rows: int = GROUP_ROWS) -> list[Group]:
+    """The plan of a rule with two regions split by distance: 0 (near) for ``i - j < boundary``,
+    1 (far) for ``i - j >= boundary``.
+
+    Query groups of at most ``min(rows, boundary)`` rows, so the boundary band of a group
+    (keys ``(r0 - boundary, r1 - 1 - boundary]``) never reaches its own diagonal block.
+    """
+    step = max(1, min(rows, boundary))
+    first = n_keys - n_queries
+    groups = []
+    for a in range(first, n_keys, step):
+        b = min(n_keys, a + step)
+        blocks = []
+        far_end = max(0, a - boundary + 1)  # keys [0, far_end) are far for every row
+        band_end = max(0, b - boundary)  # keys [far_end, band_end) are far for some rows only
+        if far_end > 0:
+            blocks.append(Block(1, 0, far_end))
+        if band_end > far_end:
+            blocks.append(Block(1, far_end, band_end, "mask"))
+            blocks.append(Block(0, far_end, band_end, "mask"))
+        if a > band_end:
+            blocks.append(Block(0, band_end, a))
+        blocks.append(Block(0, a, b, "causal"))
+        groups.append(Group(a - first, b - first, a, tuple(blocks)))
+    return groups
+
+
+# --- rotations and merging -----------------------------------------------------------------------
+
+
+def rotate(x: torch.Tensor, shift: torch.Tensor | None, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Turn ``x`` (``[..., L, D]``) by RoPE through ``shift`` positions (``[L]`` or ``[B, L]``, any real values).
+
+    Angles are formed in float64 (float32 where the device has none) so that a
+    shift of tens of thousands of positions loses no precision; the rotation runs
+    in float32 (float64 for float64 inputs) and returns ``x``'s dtype.
+    """
+    if shift is None:
+        return x
+    half = inv_freq.shape[0]
+    wide = torch.float32 if x.device.type == "mps" else torch.float64
+    angles = shift.to(device=x.device, dtype=wide)[..., None] * inv_freq.to(device=x.device, dtype=wide)
+    if angles.dim() == 3:
+        angles = angles[:, None]  # shift [B, L]: (B, 1, L, half), one rotation per row shared by heads
+    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    cos, sin = torch.cos(angles).to(work), torch.sin(angles).to(work)
+    xf = x.to(work)
+    x1, x2 = xf[..., :half], xf[..., half : 2 * half]
+    turned = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, xf[..., 2 * half :]], dim=-1)
+    return turned.to(x.dtype)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def merge(acc, part):
+    """Fold one block's ``(out, lse)`` into the running ``(out, lse)`` (differentiable).
+
+    ``out = sum_b exp(lse_b - lse) out_b`` with ``lse = log sum_b exp(lse_b)``: the exact
+    softmax over the union of the blocks' keys. A row with no key yet has ``lse = -inf``
+    and weight 0.
+    """
+    out, lse = part
+    dtype = _acc_dtype(out.dtype)
+    if acc is None:
+        return out.to(dtype), lse.to(dtype)
+    acc_out, acc_lse = acc
+    new = torch.logaddexp(acc_lse, lse.to(dtype))
+    w_acc = torch.nan_to_num(torch.exp(acc_lse - new), nan=0.0)[..., None]
+    w_part = torch.nan_to_num(torch.exp(lse.to(dtype) - new), nan=0.0)[..., None]
+    return acc_out * w_acc + out.to(dtype) * w_part, new
+
+
+NO_KEY_LSE = -1.0e30  # the log-sum-exp of a row with no key in a block: finite, so merging needs no NaN guard
+
+
+def merge_(acc, part):
+    """:func:`merge` in place on the running output, for the no-autograd forward (fewer temporaries).
+
+    Rows without keys carry :data:`NO_KEY_LSE`, whose weight ``exp(NO_KEY_LSE - lse)`` is 0.
+    """
+    out, lse = part
+    dtype = _acc_dtype(out.dtype)
+    if acc is None:
+        return out.to(dtype), lse.to(dtype)
+    acc_out, acc_lse = acc
+    lse = lse.to(dtype)
+    new = torch.logaddexp(acc_lse, lse)
+    acc_out.mul_(torch.exp(acc_lse - new)[..., None])
+    acc_out.addcmul_(out, torch.exp(lse - new)[..., None])
+    return acc_out, new
+
+
+# --- the plan executed ---------------------------------------------------------------------------
+
+
+class _Keys:
+    """Per-call key bookkeeping: constant offsets per block, rotated key copies per region."""
+
+    def __init__(self, spec: PiecewiseSpec, k: torch.Tensor, inv_freq: torch.Tensor):
+        self.spec, self.k, self.inv_freq = spec, k, inv_freq
+        self._rotated: dict[int, torch.Tensor] = {}
+        self._offsets: dict[tuple[int, int, int], float | None] = {}
+
+    def offset(self, blk: Block) -> float | None:
+        """``c`` when ``key_positions(region, j) = j + c`` over the block, else ``None``."""
+        key = (blk.region, blk.k0, blk.k1)
+        if key not in self._offsets:
+            ranks = torch.arange(blk.k0, blk.k1)
+            diff = self.spec.key_positions(blk.region, ranks).to(torch.float64) - ranks
+            self._offsets[key] = float(diff[0]) if bool((diff == diff[0]).all()) else None
+        return self._offsets[key]
+
+    def shift(self, region: int, k0: int, k1: int) -> torch.Tensor:
+        ranks = torch.arange(k0, k1)
+        return self.spec.key_positions(region, ranks).to(torch.float64) - ranks
+
+    def block(self, blk: Block, k: torch.Tensor | None = None) -> torch.Tensor:
+        """The block's keys as scored (rotated to the region's key positions when needed)."""
+        k = self.k if k is None else k
+        if self.offset(blk) is not None:
+            return k[:, :, blk.k0 : blk.k1]
+        if blk.region not in self._rotated:
+            n = k.shape[2]
+            self._rotated[blk.region] = rotate(k, self.shift(blk.region, 0, n), self.inv_freq)
+        return self._rotated[blk.region][:, :, blk.k0 : blk.k1]
+
+
+def _query_shift(spec: PiecewiseSpec, group: Group, blk: Block, keys: _Keys, device) -> torch.Tensor | None:
+    ranks = torch.arange(group.r0, group.r0 + group.q1 - group.q0)
+    shift = spec.query_positions(blk.region, ranks).to(torch.float64) - ranks
+    offset = keys.offset(blk)
+    if offset is not None:
+        shift = shift - offset
+    if not bool(shift.any()):
+        return None
+    return shift.to(device)
+
+
+def _allowed(spec: PiecewiseSpec, group: Group, blk: Block, device) -> torch.Tensor:
+    """``[rows, keys]`` bool: the pairs of a boundary block that belong to its region."""
+    i = torch.arange(group.r0, group.r0 + group.q1 - group.q0)[:, None]
+    j = torch.arange(blk.k0, blk.k1)[None, :]
+    return ((spec.region_of(i, j) == blk.region) & (j <= i)).to(device)
+
+
+def _float_mask(allowed: torch.Tensor, dtype) -> torch.Tensor:
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))
+
+
+def _cpu_flash_ops():
+    ops = torch.ops.aten
+    if hasattr(ops, "_scaled_dot_product_flash_attention_for_cpu") and hasattr(
+        ops, "_scaled_dot_product_flash_attention_for_cpu_backward"
+    ):
+        return ops._scaled_dot_product_flash_attention_for_cpu, ops._scaled_dot_product_flash_attention_for_cpu_backward
+    return None
+
+
+class _MergedBlocks(torch.autograd.Function):
+    """Every group and block of one call on the CPU flash kernel, forward and exact backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, spec, groups, inv_freq, scale):
+        flash, _ = _cpu_flash_ops()
+        batch, heads, seq_q, _ = q.shape
+        acc_dtype = _acc_dtype(q.dtype)
+        keys = _Keys(spec, k, inv_freq)
+        out = torch.empty_like(q)
+        lse = q.new_empty(batch, heads, seq_q, dtype=acc_dtype)
+        for g in groups:
+            qg = q[:, :, g.q0 : g.q1]
+            acc = None
+            turned = {}  # the group's queries rotated per (region, key offset): blocks share them
+            for blk in g.blocks:
+                key = (blk.region, keys.offset(blk))
+                if key not in turned:
+                    turned[key] = rotate(qg, _query_shift(spec, g, blk, keys, q.device), inv_freq)
+                qb = turned[key]
+                kb, vb = keys.block(blk), v[:, :, blk.k0 : blk.k1]
+                if blk.kind == "mask":
+                    allowed = _allowed(spec, g, blk, q.device)
+                    if not bool(allowed.any()):
+                        continue
+                    o, l = flash(qb, kb, vb, 0.0, False, attn_mask=_float_mask(allowed, q.dtype), scale=scale)
+                    # the kernel reports lse 0 for a row with no allowed key: it has none
+                    l = l.masked_fill(~allowed.any(-1), NO_KEY_LSE)
+                else:
+                    o, l = flash(qb, kb, vb, 0.0, blk.kind == "causal", scale=scale)
+                acc = merge_(acc, (o, l))
+            out[:, :, g.q0 : g.q1] = acc[0].to(q.dtype)
+            lse[:, :, g.q0 : g.q1] = acc[1]
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.plan = (spec, groups, inv_freq, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        _, flash_backward = _cpu_flash_ops()
+        q, k, v, out, lse = ctx.saved_tensors
+        spec, groups, inv_freq, scale = ctx.plan
+        acc_dtype = _acc_dtype(q.dtype)
+        keys = _Keys(spec, k, inv_freq)
+        grad_out = grad_out.contiguous()
+        dq = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
+        dk = torch.zeros(k.shape, dtype=acc_dtype, device=k.device)
+        dv = torch.zeros(v.shape, dtype=acc_dtype, device=v.device)
+        for g in groups:
+            rows = slice(g.q0, g.q1)
+            qg = q[:, :, rows]
+            g_out = grad_out[:, :, rows].contiguous()
+            o, l = out[:, :, rows].contiguous(), lse[:, :, rows].contiguous()
+            for blk in g.blocks:
+                mask = None
+                if blk.kind == "mask":
+                    allowed = _allowed(spec, g, blk, q.device)
+                    if not bool(allowed.any()):
+                        continue
+                    mask = _float_mask(allowed, q.dtype)
+                shift = _query_shift(spec, g, blk, keys, q.device)
+                ks = slice(blk.k0, blk.k1)
+                # With the merged output and log-sum-exp the kernel's backward gives this block's exact
+                # share: P = exp(score - lse_merged), dS = P * (dP - rowsum(dO * O_merged)).
+                dqb, dkb, dvb = flash_backward(
+                    g_out, rotate(qg, shift, inv_freq).contiguous(), keys.block(blk).contiguous(),
+                    v[:, :, ks].contiguous(), o, l, 0.0, blk.kind == "causal", attn_mask=mask, scale=scale,
+                )
+                dq[:, :, rows] += rotate(dqb.to(acc_dtype), None if shift is None else -shift, inv_freq)
+                if keys.offset(blk) is None:
+                    dkb = rotate(dkb.to(acc_dtype), -keys.shift(blk.region, blk.k0, blk.k1).to(q.device), inv_freq)
+                dk[:, :, ks] += dkb.to(acc_dtype)
+                dv[:, :, ks] += dvb.to(acc_dtype)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
+
+
+def _tiled_block(qb, kb, vb, *, kind, allowed, scale):
+    """One block by plain matrix products (float32), split into key tiles; returns (out, lse)."""
+    groups = qb.shape[1] // kb.shape[1]
+    acc = None
+    work = _acc_dtype(qb.dtype)
+    qf = qb.to(work)
+    m = qb.shape[2]
+    for t0 in range(0, kb.shape[2], KEY_TILE):
+        t1 = min(kb.shape[2], t0 + KEY_TILE)
+        kt = kb[:, :, t0:t1].to(work).repeat_interleave(groups, dim=1)
+        vt = vb[:, :, t0:t1].to(work).repeat_interleave(groups, dim=1)
+        scores = (qf @ kt.transpose(-1, -2)) * scale
+        if kind == "causal":
+            ok = torch.arange(t0, t1, device=qb.device)[None, :] <= torch.arange(m, device=qb.device)[:, None]
+        elif allowed is not None:
+            ok = allowed[:, t0:t1]
+        else:
+            ok = None
+        if ok is not None:
+            scores = scores.masked_fill(~ok, float("-inf"))
+        lse = torch.logsumexp(scores, dim=-1)
+        probs = torch.nan_to_num(torch.exp(scores - lse[..., None]), nan=0.0)
+        acc = merge(acc, (probs @ vt, lse))
+    return acc
+
+
+def _run_tiled(q, k, v, spec, groups, inv_freq, scale):
+    keys = _Keys(spec, k, inv_freq)
+    outs = []
+    for g in groups:
+        qg = q[:, :, g.q0 : g.q1]
+        acc = None
+        for blk in g.blocks:
+            allowed = _allowed(spec, g, blk, q.device) if blk.kind == "mask" else None
+            if allowed is not None and not bool(allowed.any()):
+                continue
+            qb = rotate(qg, _query_shift(spec, g, blk, keys, q.device), inv_freq)
+            acc = merge(acc, _tiled_block(qb, keys.block(blk), v[:, :, blk.k0 : blk.k1], kind=blk.kind,
+                                          allowed=allowed, scale=scale))
+        outs.append(acc[0].to(q.dtype))
+    return torch.cat(outs, dim=2)
+
+
+# --- entry point ---------------------------------------------------------------------------------
+
+BACKENDS = ("auto", "sdpa", "tiled", "reference")
+
+
+def piecewise_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    spec: PiecewiseSpec,
+    inv_freq: torch.Tensor,
+    position_offset: int | torch.Tensor = 0,
+    scale: float | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Attention under the relative-position rule ``spec``.
+
+    Args:
+        q: ``[batch, heads_q, seq_q, head_dim]`` with RoPE applied at each query's position.
+        k, v: ``[batch, heads_kv, seq_kv, head_dim]``; ``k`` with RoPE applied. The queries are
+            the last ``seq_q`` real keys.
+        spec: the method's :class:`PiecewiseSpec`.
+        inv_freq: the model's rotary inverse frequencies ``[rotary_dim / 2]`` (transformers'
+            ``rotate_half`` layout; dims past ``rotary_dim`` are not rotated).
+        position_offset: int or ``[batch]``: row ``b``'s real token of rank ``r`` was rotated
+            at ``position_offset[b] + r`` (only the reference needs it: offsets cancel).
+        scale: score scale, default ``1/sqrt(head_dim)``.
+        key_padding_mask: optional ``[batch, seq_kv]`` bool, True for real tokens. Ranks count
+            real tokens, so a left-padded row equals the row alone.
+        backend: ``sdpa`` (CPU flash blocks; ``tiled`` elsewhere), ``tiled``, ``reference``,
+            or ``auto``/``None`` (the ``use_backend`` choice when it is one of these, else ``sdpa``).
+
+    Returns the output with ``q``'s shape and dtype (zeros for padding queries).
+    """
+    from .backends import default_backend
+
+    check_qkv(q, k, v)
+    if not isinstance(spec, PiecewiseSpec):
+        raise ValueError(f"spec must be a PiecewiseSpec, got {type(spec).__name__}")
+    inv_freq = check_inv_freq(inv_freq, q.shape[-1]).to(q.device)
+    kpm = check_key_padding_mask(key_padding_mask, k)
+    offsets = check_offsets(position_offset, q.shape[0], q.device)
+    name = backend if backend is not None else default_backend()
+    if name not in BACKENDS:
+        if backend is not None:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        name = "auto"  # a backend chosen for other variants (flex, flash_attn): this kernel's own default
+    if q.shape[2] == 0:
+        return q.new_zeros(q.shape)
+    scale = resolve_scale(scale, q.shape[-1])
+    solve = functools.partial(_solve, spec=spec, inv_freq=inv_freq, scale=scale, backend=name)
+    if kpm is None:
+        return solve(q, k, v, position_offset=offsets)
+    return per_row(solve, q, k, v, kpm, offsets)
+
+
+def _solve(q, k, v, *, spec, inv_freq, scale, backend, position_offset):
+    if backend == "reference":
+        from .reference import piecewise_attention as dense
+
+        return dense(q, k, v, spec=spec, inv_freq=inv_freq, position_offset=position_offset, scale=scale)
+    n_keys = k.shape[2]
+    ranks = torch.arange(n_keys - q.shape[2], n_keys)
+    factor = spec.query_scale(ranks)
+    if factor is not None:
+        q = (q.to(_acc_dtype(q.dtype)) * factor.to(q.device, _acc_dtype(q.dtype))[:, None]).to(q.dtype)
+    groups = spec.plan(n_keys, q.shape[2])
+    if backend in ("sdpa", "auto") and q.device.type == "cpu" and _cpu_flash_ops() is not None:
+        return _MergedBlocks.apply(q, k, v, spec, groups, inv_freq, scale)
+    return _run_tiled(q, k, v, spec, groups, inv_freq, scale)
+
+
+def check_inv_freq(inv_freq, head_dim: int) -> torch.Tensor:
+    if not isinstance(inv_freq, torch.Tensor) or inv_freq.dim() != 1 or not inv_freq.is_floating_point():
+        raise ValueError("inv_freq must be a 1-D floating tensor (the model's rotary inverse frequencies)")
+    if not 1 <= 2 * inv_freq.shape[0] <= head_dim:
+        raise ValueError(f"inv_freq has {inv_freq.shape[0]} frequencies; 2 * that must be in [2, head_dim={head_dim}]")
+    return inv_freq
+
+
+def check_offsets(position_offset, batch: int, device) -> torch.Tensor:
+    offsets = torch.as_tensor(position_offset, device=device)
+    if offsets.is_floating_point() or offsets.dim() > 1 or (offsets.dim() == 1 and offsets.shape[0] != batch):
+        raise ValueError(f"position_offset must be an int or an integer tensor of shape [batch]={batch}")
+    return offsets.to(torch.long).expand(batch)
+
+
+def per_row(solve, q, k, v, kpm, offsets):
+    """Padded batches: every row on its own real tokens (a view when they are contiguous)."""
+    seq_q, seq_kv = q.shape[2], k.shape[2]
+    first_q = seq_kv - seq_q
+    out = q.new_zeros(q.shape)
+    for b in range(q.shape[0]):
+        slots = kpm[b].nonzero().flatten()
+        q_slots = slots[slots >= first_q] - first_q
+        m = q_slots.numel()
+        if m == 0:
+            continue
+        lo, hi = int(slots[0]), int(slots[-1]) + 1
+        if hi - lo == slots.numel():  # left or right padding: slice
+            q0 = int(q_slots[0])
+            out[b : b + 1, :, q0 : q0 + m] = solve(
+                q[b : b + 1, :, q0 : q0 + m], k[b : b + 1, :, lo:hi], v[b : b + 1, :, lo:hi],
+                position_offset=offsets[b : b + 1],
+            )
+        else:
+            kb, vb = k[b : b + 1].index_select(2, slots), v[b : b + 1].index_select(2, slots)
+            ob = solve(q[b : b + 1].index_select(2, q_slots), kb, vb, position_offset=offsets[b : b + 1])
+            out[b, :, q_slots] = ob[0]
+    return out
+
+
+__all__ = [
+    "Block",
+    "GROUP_ROWS",
+    "Group",
+    "KEY_TILE",
+    "PiecewiseSpec",
+    "distance_plan",
+    "merge",
+    "per_row",
+    "piecewise_attention",
+    "rotate",
+]

@@ -1,0 +1,227 @@
+"""The training-free extension methods as piecewise relative-position rules.
+
+Each class below is a :class:`~zebra_llm.attention.piecewise.PiecewiseSpec`: its
+regions of (query ``i``, key ``j``), the positions at which queries and keys are
+rotated in each region, and the plan the kernel follows. ``d = i - j``; positions
+are ranks (the ``r``-th real token of a row has rank ``r``). The dense oracle
+(``reference.piecewise_attention``) reads only ``relative_positions``.
+
+* :class:`DCASpec`: Dual Chunk Attention (An et al., ICML 2024, arXiv 2402.17463);
+  rules in ``dca_positions.py``.
+* :class:`SelfExtendSpec`: SelfExtend (Jin et al., ICML 2024, arXiv 2401.01325), as
+  in the official code (github.com/datamllab/LongLM, ``self_extend_patch/Llama.py``):
+  ``d < W``: ``d``; else query at ``i // G + W - W // G``, key at ``j // G``.
+* :class:`ReRoPESpec`: ReRoPE and leaky ReRoPE (Su, 2023, github.com/bojone/rerope,
+  ``rerope_patch.py`` and ``leaky_rerope_patch.py``): ``d < w``: ``d``; else ``w``
+  (query at ``w``, key at 0), or leaky ``w + (d - w) / k`` (query at
+  ``i / k + w - w / k``, key at ``j / k``: fractional angles).
+* :class:`StringSpec`: STRING (An et al., 2024, arXiv 2410.18745, github.com/HKUNLP/STRING,
+  ``string_for_llama.py``): ``d < S``: ``d``; else ``d - S + W`` (query at ``i - S + W``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .dca_positions import check_geometry, query_positions as dca_query_positions, temperature_factor
+from .piecewise import Block, Group, PiecewiseSpec, distance_plan
+
+
+def _int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+class DCASpec(PiecewiseSpec):
+    """Dual Chunk Attention: regions intra (same chunk), succ (previous chunk), inter (earlier).
+
+    Keys sit at ``j mod s``; queries at ``i mod s`` (intra), ``min(s + i mod s, c - 1)``
+    (succ), ``c - 1`` (inter). ``temperature_length``: the optional YaRN-style logit
+    temperature of ``dca_positions.temperature_factor``.
+    """
+
+    name = "dca"
+    regions = ("intra", "succ", "inter")
+
+    def __init__(self, chunk_size: int, pretraining_length: int, temperature_length: int | None = None):
+        self.chunk_size, self.pretraining_length = check_geometry(chunk_size, pretraining_length)
+        if temperature_length is not None:
+            _int("temperature_length", temperature_length, 1)
+        self.temperature_length = temperature_length
+
+    def query_positions(self, region, ranks):
+        return dca_query_positions(ranks, self.regions[region], self.chunk_size, self.pretraining_length)
+
+    def key_positions(self, region, ranks):
+        return ranks % self.chunk_size
+
+    def region_of(self, i, j):
+        gap = i // self.chunk_size - j // self.chunk_size
+        return torch.clamp(gap, 0, 2)
+
+    def query_scale(self, ranks):
+        return temperature_factor(ranks, self.temperature_length)
+
+    def plan(self, n_keys, n_queries):
+        """Query groups by chunk; per group one block per earlier chunk, the previous chunk, and its own."""
+        s = self.chunk_size
+        first = n_keys - n_queries
+        groups = []
+        r = first
+        while r < n_keys:
+            chunk = r // s
+            end = min(n_keys, (chunk + 1) * s)
+            blocks = [Block(2, m * s, (m + 1) * s) for m in range(chunk - 1)]
+            if chunk >= 1:
+                blocks.append(Block(1, (chunk - 1) * s, chunk * s))
+            if end - r == 1:  # one query (decoding): its whole chunk prefix in one block
+                blocks.append(Block(0, chunk * s, end))
+            else:
+                if r > chunk * s:  # queries start mid-chunk (chunked prefill): earlier keys of the chunk
+                    blocks.append(Block(0, chunk * s, r))
+                blocks.append(Block(0, r, end, "causal"))
+            groups.append(Group(r - first, end - first, r, tuple(blocks)))
+            r = end
+        return groups
+
+
+class SelfExtendSpec(PiecewiseSpec):
+    """SelfExtend: neighbour attention for ``d < W``, grouped attention beyond.
+
+    Grouped region: query at ``i // G + W - W // G``, key at ``j // G``, so the
+    relative position is ``W`` at ``d = W`` when ``G`` divides ``W`` and grows by one
+    every ``G`` tokens. The official prefill uses ``W - W / G`` (true division) and
+    its decoding path ``W - W // G``; they agree whenever ``G`` divides ``W`` (all the
+    paper's settings); this follows the integer form so positions stay integers.
+    ``scale_base``: the official optional log scaling of queries,
+    ``max(1, log(rank + 1) / log(scale_base))`` (off by default, as there).
+    """
+
+    name = "self_extend"
+    regions = ("neighbor", "group")
+
+    def __init__(self, group_size: int, neighbor_window: int, scale_base: int | None = None):
+        self.group_size = _int("group_size", group_size, 1)
+        self.neighbor_window = _int("neighbor_window", neighbor_window, 1)
+        self.scale_base = None if scale_base is None else _int("scale_base", scale_base, 2)
+
+    def query_positions(self, region, ranks):
+        if region == 0:
+            return ranks
+        g, w = self.group_size, self.neighbor_window
+        return ranks // g + w - w // g
+
+    def key_positions(self, region, ranks):
+        return ranks if region == 0 else ranks // self.group_size
+
+    def region_of(self, i, j):
+        return ((i - j) >= self.neighbor_window).long()
+
+    def query_scale(self, ranks):
+        if self.scale_base is None:
+            return None
+        return (torch.log(ranks.to(torch.float64) + 1) / math.log(self.scale_base)).clamp(min=1.0)
+
+    def plan(self, n_keys, n_queries):
+        return distance_plan(n_keys, n_queries, self.neighbor_window)
+
+
+class ReRoPESpec(PiecewiseSpec):
+    """ReRoPE: exact positions for ``d < w``; beyond, ``w`` (or leaky ``w + (d - w) / k``).
+
+    ``logn_length``: the official code multiplies queries by
+    ``max(1, log(position + 1) / log(training_length))`` (log-n scaling); ``None`` turns it off.
+    """
+
+    name = "rerope"
+    regions = ("window", "rectified")
+
+    def __init__(self, window: int, leak: float | None = None, logn_length: int | None = None):
+        self.window = _int("window", window, 1)
+        if leak is not None:
+            if isinstance(leak, bool) or not isinstance(leak, (int, float)) or not math.isfinite(leak) or leak < 1:
+                raise ValueError(f"leak must be None or a finite number >= 1, got {leak!r}")
+            leak = float(leak)
+        self.leak = leak
+        self.logn_length = None if logn_length is None else _int("logn_length", logn_length, 2)
+        self.integral = leak is None
+
+    def query_positions(self, region, ranks):
+        if region == 0:
+            return ranks
+        w = self.window
+        if self.leak is None:
+            return torch.full_like(ranks, w)
+        return ranks.to(torch.float64) / self.leak + w - w / self.leak
+
+    def key_positions(self, region, ranks):
+        if region == 0:
+            return ranks
+        if self.leak is None:
+            return torch.zeros_like(ranks)
+        return ranks.to(torch.float64) / self.leak
+
+    def region_of(self, i, j):
+        return ((i - j) >= self.window).long()
+
+    def query_scale(self, ranks):
+        if self.logn_length is None:
+            return None
+        factor = (torch.log(ranks.to(torch.float64) + 1) / math.log(self.logn_length)).clamp(min=1.0)
+        return None if bool((factor == 1).all()) else factor
+
+    def plan(self, n_keys, n_queries):
+        return distance_plan(n_keys, n_queries, self.window)
+
+
+class StringSpec(PiecewiseSpec):
+    """STRING: ``d < S``: ``d``; ``d >= S``: ``d - S + W`` (query shifted to ``i - S + W``).
+
+    The seam follows the official decoding path (keys ``d < S`` in the sliding part,
+    ``d >= S`` in the shifted part). Its prefill (flash-attn ``window_size=[S, 0]``
+    for the sliding part and the shifted part from ``d >= S``) counts the key at
+    exactly ``d = S`` in both parts; this library counts it once, in the shifted
+    part, so prefill and cached decoding agree. ``attention_factor``: the official
+    code scales cos and sin of both queries and keys by it (``0.1 ln 2 + 1``), so the
+    logits are multiplied by its square, for every query.
+    """
+
+    name = "string"
+    regions = ("local", "shifted")
+
+    def __init__(self, shifted_offset: int, local_value: int, attention_factor: float = 1.0):
+        self.shifted_offset = _int("shifted_offset", shifted_offset, 1)
+        self.local_value = _int("local_value", local_value, 0)
+        if self.local_value > self.shifted_offset:
+            raise ValueError(
+                f"local_value must be <= shifted_offset ({shifted_offset}) so that shifted distances shrink, "
+                f"got {local_value}"
+            )
+        if isinstance(attention_factor, bool) or not isinstance(attention_factor, (int, float)) or not (
+            math.isfinite(attention_factor) and attention_factor > 0
+        ):
+            raise ValueError(f"attention_factor must be a finite number > 0, got {attention_factor!r}")
+        self.attention_factor = float(attention_factor)
+
+    def query_positions(self, region, ranks):
+        return ranks if region == 0 else ranks - self.shifted_offset + self.local_value
+
+    def key_positions(self, region, ranks):
+        return ranks
+
+    def region_of(self, i, j):
+        return ((i - j) >= self.shifted_offset).long()
+
+    def query_scale(self, ranks):
+        if self.attention_factor == 1.0:
+            return None
+        return torch.full(ranks.shape, self.attention_factor**2, dtype=torch.float64)
+
+    def plan(self, n_keys, n_queries):
+        return distance_plan(n_keys, n_queries, self.shifted_offset)
+
+
+__all__ = ["DCASpec", "ReRoPESpec", "SelfExtendSpec", "StringSpec"]

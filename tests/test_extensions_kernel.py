@@ -1,0 +1,146 @@
+"""The piecewise kernel against the dense reference, for every extension method's spec."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zebra_llm.attention.piecewise import piecewise_attention
+from zebra_llm.attention.specs import DCASpec, ReRoPESpec, SelfExtendSpec, StringSpec
+
+from helpers import max_abs_err, rand_qkv, rel_err
+
+INV_FREQ = 1.0 / (10000.0 ** (torch.arange(0, 16, 2, dtype=torch.float32) / 16))
+
+SPECS = {
+    "dca": DCASpec(6, 10),
+    "dca_temperature": DCASpec(5, 8, temperature_length=8),
+    "self_extend": SelfExtendSpec(3, 5),
+    "self_extend_scaled": SelfExtendSpec(4, 6, scale_base=8),
+    "rerope": ReRoPESpec(6),
+    "rerope_logn": ReRoPESpec(5, logn_length=8),
+    "leaky_rerope": ReRoPESpec(5, leak=4.0),
+    "string": StringSpec(9, 3, attention_factor=1.0693),
+}
+
+
+def _dense(q, k, v, spec, **kw):
+    return piecewise_attention(q, k, v, spec=spec, inv_freq=INV_FREQ, backend="reference", **kw)
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize("backend", ["sdpa", "tiled"])
+def test_prefill_matches_reference(name, backend):
+    torch.manual_seed(0)
+    q, k, v = rand_qkv(2, 4, 2, 37, 16)
+    spec = SPECS[name]
+    fast = piecewise_attention(q, k, v, spec=spec, inv_freq=INV_FREQ, backend=backend)
+    assert max_abs_err(fast, _dense(q, k, v, spec)) <= 1e-5
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_cache_splits_and_padding_match_reference(name):
+    torch.manual_seed(1)
+    spec = SPECS[name]
+    q, k, v = rand_qkv(2, 4, 2, 7, 16, seq_kv=30)  # chunked prefill: 7 queries after 23 cached keys
+    assert max_abs_err(piecewise_attention(q, k, v, spec=spec, inv_freq=INV_FREQ), _dense(q, k, v, spec)) <= 1e-5
+    q1 = q[:, :, -1:]  # decoding
+    assert max_abs_err(piecewise_attention(q1, k, v, spec=spec, inv_freq=INV_FREQ), _dense(q1, k, v, spec)) <= 1e-5
+    kpm = torch.ones(2, 30, dtype=torch.bool)
+    kpm[0, :9] = False  # left padding
+    kpm[1, 12] = False  # a hole
+    fast = piecewise_attention(q, k, v, spec=spec, inv_freq=INV_FREQ, key_padding_mask=kpm, position_offset=3)
+    ref = _dense(q, k, v, spec, key_padding_mask=kpm, position_offset=3)
+    assert max_abs_err(fast, ref) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["dca", "self_extend", "leaky_rerope", "string"])
+def test_gradients_match_reference_in_float64(name):
+    """float64 end to end: the log-sum-exp is kept in float64 (it was saved as float32 before)."""
+    torch.manual_seed(2)
+    spec = SPECS[name]
+    q, k, v = rand_qkv(1, 4, 2, 29, 16, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for backend in ("sdpa", "reference"):
+        out = piecewise_attention(q, k, v, spec=spec, inv_freq=INV_FREQ, backend=backend)
+        grads.append(torch.autograd.grad((out * out.detach().cos()).sum(), (q, k, v)))
+    for fast, ref in zip(*grads):
+        assert rel_err(fast, ref) <= 1e-9
+
+
+def test_bfloat16_close_to_float32():
+    torch.manual_seed(3)
+    q, k, v = rand_qkv(1, 2, 1, 25, 16)
+    spec = SPECS["self_extend"]
+    ref = piecewise_attention(q, k, v, spec=spec, inv_freq=INV_FREQ)
+    low = piecewise_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), spec=spec, inv_freq=INV_FREQ)
+    assert low.dtype == torch.bfloat16 and rel_err(low, ref) <= 3e-2
+
+
+def test_relative_positions_follow_the_official_rules():
+    n = 20
+    i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    d = i - j
+    below = j <= i
+    g, w = 3, 5
+    se = SelfExtendSpec(g, w).relative_positions(n)
+    expected = torch.where(d < w, d, (i // g + w - w // g) - j // g)
+    assert torch.equal(se[below], expected[below]) and bool((se[~below] == -1).all())
+    rr = ReRoPESpec(6).relative_positions(n)
+    assert torch.equal(rr[below], torch.where(d < 6, d, 6)[below])
+    leaky = ReRoPESpec(6, leak=4.0).relative_positions(n)
+    assert torch.allclose(leaky[below], torch.where(d < 6, d.double(), 6 + (d - 6) / 4.0)[below])
+    st = StringSpec(9, 3).relative_positions(n)
+    assert torch.equal(st[below], torch.where(d < 9, d, d - 9 + 3)[below])
+
+
+def test_no_seq_by_seq_tensor_on_the_fast_path():
+    from helpers import LargestTensor
+
+    torch.manual_seed(4)
+    n = 1200
+    q, k, v = rand_qkv(1, 1, 1, n, 8)
+    for spec in (SelfExtendSpec(4, 300), ReRoPESpec(256, leak=8.0), StringSpec(400, 32)):
+        with LargestTensor() as probe:
+            piecewise_attention(q, k, v, spec=spec, inv_freq=INV_FREQ[:4])
+        assert probe.largest < n * n // 4, spec.name
+
+
+@pytest.mark.parametrize(
+    "make,field",
+    [
+        (lambda: SelfExtendSpec(0, 4), "group_size"),
+        (lambda: SelfExtendSpec(2, 0), "neighbor_window"),
+        (lambda: ReRoPESpec(4, leak=0.5), "leak"),
+        (lambda: ReRoPESpec(-1), "window"),
+        (lambda: StringSpec(4, 8), "local_value"),
+        (lambda: StringSpec(4, 2, attention_factor=float("nan")), "attention_factor"),
+    ],
+)
+def test_invalid_settings_name_the_setting(make, field):
+    with pytest.raises(ValueError, match=field):
+        make()
+
+
+def test_flex_log_sum_exp_request_follows_the_torch_version(monkeypatch):
+    """AuxRequest/return_aux exist from torch 2.9; older torch (pyproject admits 2.6) has return_lse."""
+    from torch.nn.attention import flex_attention as fa
+
+    from zebra_llm.attention.dca import _flex_lse_kwargs
+
+    assert "return_aux" in _flex_lse_kwargs()
+
+    def old_flex(query, key, value, score_mod=None, block_mask=None, scale=None, enable_gqa=False,
+                 return_lse=False):
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(fa, "flex_attention", old_flex)
+    monkeypatch.delattr(fa, "AuxRequest")
+    assert _flex_lse_kwargs() == {"return_lse": True}
+
+    def older_flex(query, key, value, score_mod=None, block_mask=None, scale=None):
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(fa, "flex_attention", older_flex)
+    with pytest.raises(ValueError, match="backend 'flex' for DCA needs FlexAttention's log-sum-exp"):
+        _flex_lse_kwargs()
