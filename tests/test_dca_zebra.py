@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from zebra_llm import hf
 from zebra_llm.attention import use_backend
 from zebra_llm.dca import apply_dca, dca_config, remove_dca
 
@@ -64,11 +65,11 @@ def test_decoding_and_padding():
     full = logits(model, x)
     with torch.no_grad():
         out = model(x[:, :9], use_cache=True)
-        pieces, cache = [out.logits], out.past_key_values
+        pieces, cache = [out.logits], hf.output_cache(out)
         for t in range(9, 41, 4):
-            out = model(x[:, t : t + 4], past_key_values=cache, use_cache=True)
+            out = model(x[:, t : t + 4], **hf.cache_kwargs(cache), use_cache=True)
             pieces.append(out.logits)
-            cache = out.past_key_values
+            cache = hf.output_cache(out)
     assert max_abs_err(torch.cat(pieces, dim=1), full) <= 1e-4
     short = ids(1, 23, seed=3)[0]
     padded = torch.cat([torch.zeros(18, dtype=torch.long), short])[None]

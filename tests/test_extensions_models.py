@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from zebra_llm import hf
 import zebra_llm
 from zebra_llm.attention import use_backend
 from zebra_llm.extensions import apply_extension, extension_config, remove_extension
@@ -106,11 +107,11 @@ def test_cached_decoding_and_chunked_prefill_match_full_forward(name):
     for step in (1, 6):
         with torch.no_grad():
             out = model(x[:, :9], use_cache=True)
-            pieces, cache = [out.logits], out.past_key_values
+            pieces, cache = [out.logits], hf.output_cache(out)
             for t in range(9, 41, step):
-                out = model(x[:, t : t + step], past_key_values=cache, use_cache=True)
+                out = model(x[:, t : t + step], **hf.cache_kwargs(cache), use_cache=True)
                 pieces.append(out.logits)
-                cache = out.past_key_values
+                cache = hf.output_cache(out)
         assert max_abs_err(torch.cat(pieces, dim=1), full) <= 1e-4, step
 
 
@@ -162,8 +163,8 @@ def test_static_cache_forward_without_mask():
     full = logits(model, x)
     cache = StaticCache(config=model.config, max_cache_len=64)
     with torch.no_grad():
-        first = model(x[:, :20], past_key_values=cache, use_cache=True).logits
-        rest = model(x[:, 20:], past_key_values=cache, use_cache=True).logits
+        first = model(x[:, :20], **hf.cache_kwargs(cache), use_cache=True).logits
+        rest = model(x[:, 20:], **hf.cache_kwargs(cache), use_cache=True).logits
     assert max_abs_err(torch.cat([first, rest], dim=1), full) <= 1e-4
 
 
@@ -190,11 +191,11 @@ def test_layer_types_models_full_layers_only(family):
         assert max_abs_err(batched[b, -len(r) :], logits(model, r[None])[0]) <= 1e-4
     with torch.no_grad():
         out = model(x[:, :25], use_cache=True)
-        pieces, cache = [out.logits], out.past_key_values
+        pieces, cache = [out.logits], hf.output_cache(out)
         for t in range(25, 40):
-            out = model(x[:, t : t + 1], past_key_values=cache, use_cache=True)
+            out = model(x[:, t : t + 1], **hf.cache_kwargs(cache), use_cache=True)
             pieces.append(out.logits)
-            cache = out.past_key_values
+            cache = hf.output_cache(out)
     assert max_abs_err(torch.cat(pieces, dim=1), fast) <= 1e-4
 
 
@@ -218,7 +219,7 @@ def test_zebra_global_layers(name):
     assert max_abs_err(fast, ref) <= 1e-4
     with torch.no_grad():
         out = model(x[:, :30], use_cache=True)
-        step = model(x[:, 30:], past_key_values=out.past_key_values, use_cache=True)
+        step = model(x[:, 30:], past_key_values=hf.output_cache(out), use_cache=True)
     assert max_abs_err(torch.cat([out.logits, step.logits], dim=1), fast) <= 1e-4
     remove_extension(model)
     assert model.config._attn_implementation == "zebra"
