@@ -83,9 +83,11 @@ def flash_attn_available() -> bool:
     return importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
 
 
-@functools.lru_cache(maxsize=None)
 def flex_available() -> bool:
-    return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+    """FlexAttention with what the ``flex`` backends use (torch >= 2.6; see ``_flex.py``)."""
+    from ._flex import flex_available as available
+
+    return available()
 
 
 def supported(variant: str) -> list[str]:
