@@ -10,6 +10,7 @@ window)``, never ``seq^2``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -209,27 +210,29 @@ def _piece_views(kind, q0, q1, q, k, window, block, dtype):
     off = k.shape[2] - q.shape[2]
     if kind == "direct":
         k0, k1 = max(0, off + q0 - window + 1), off + q1
-        qi = torch.arange(off + q0, off + q1, device=q.device)[:, None]
-        kj = torch.arange(k0, k1, device=q.device)[None, :]
-        allowed = masks.sliding_window(window)(qi, kj)
-        return q[:, :, q0:q1], (k0, k1, None), _additive(allowed, dtype)
+        return q[:, :, q0:q1], (k0, k1, None), _band_mask(off + q0, off + q1, k0, k1, window, dtype, q.device)
     batch, heads, _, dim = q.shape
     n_blocks = (q1 - q0) // block
     # One key more than the band needs (slot 0, always masked): with ``window % block == 0`` the
     # windows are whole blocks long, so the backward's overlap-add is whole-block adds only.
     span = block + window
     k0 = off + q0 - window
-    r = torch.arange(block, device=q.device)[:, None]
-    c = torch.arange(span, device=q.device)[None, :]
-    allowed = (c > r) & (c <= r + window)
+    # Row r is absolute query window + r relative to the window's first key: the same band as a direct piece.
+    mask = _band_mask(window, window + block, 0, span, window, dtype, q.device)
     qb = q[:, :, q0:q1].reshape(batch, heads, n_blocks, block, dim).transpose(1, 2)
-    return qb.reshape(batch * n_blocks, heads, block, dim), (k0, k0 + (n_blocks - 1) * block + span, span), _additive(
-        allowed, dtype
-    )
+    return qb.reshape(batch * n_blocks, heads, block, dim), (k0, k0 + (n_blocks - 1) * block + span, span), mask
 
 
-def _additive(allowed, dtype):
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, -math.inf)
+@functools.lru_cache(maxsize=64)
+def _band_mask(q0, q1, k0, k1, window, dtype, device):
+    """Additive mask (0 / -inf) of queries ``q0..q1-1`` against keys ``k0..k1-1`` (absolute indices).
+
+    Cached: every layer of a forward and the backward ask for the same few masks, and on a loaded machine
+    each small elementwise op can wait a scheduler slice for its second thread."""
+    qi = torch.arange(q0, q1, device=device)[:, None]
+    kj = torch.arange(k0, k1, device=device)[None, :]
+    allowed = masks.sliding_window(window)(qi, kj)
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, -math.inf)
 
 
 def _key_windows(x, krange, block):
@@ -271,7 +274,7 @@ class _FlashBand(torch.autograd.Function):
         groups = q.shape[1] // k.shape[1]
         kr, vr = (k, v) if groups == 1 else (k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1))
         out = torch.empty_like(q)
-        lse = q.new_empty(q.shape[:3], dtype=torch.float32)
+        lse = q.new_empty(q.shape[:3], dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
         flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
         for kind, q0, q1 in _band_pieces(q.shape[2], k.shape[2], window, block):
             qp, krange, mask = _piece_views(kind, q0, q1, q, kr, window, block, q.dtype)
