@@ -284,7 +284,35 @@ def report(data: dict) -> str:
     for e in data["exponents"]:
         lines.append(f"| {e['mode']} | {e['variant']} | {', '.join(map(str, e['seqs']))} | "
                      f"{_fmt(e['time'], '.2f')} | {_fmt(e['memory'], '.2f')} |")
+    lines += ["", "Targets (issue 13):", ""] + [f"- {t}" for t in targets(data)]
     return "\n".join(lines)
+
+
+def targets(data: dict) -> list[str]:
+    out = []
+
+    def sec(seq, mode, name):
+        for row in data["rows"]:
+            if row["seq"] == seq and row["mode"] == mode:
+                return row["results"].get(name, {}).get("seconds")
+        return None
+
+    def verdict(ok):
+        return "met" if ok else "missed"
+
+    for mode, bound in (("fwd", 0.07), ("fwd+bwd", 0.10)):
+        t, base = sec(16384, mode, "local"), sec(16384, mode, "causal_sdpa")
+        if t and base:
+            out.append(f"local {mode} at 16384: {t / base:.3f}x causal SDPA, target <= {bound}: {verdict(t / base <= bound)}")
+    for row in data["rows"]:
+        if row["mode"] == "fwd" and "seconds" in row["results"].get("flex_sliding", {}):
+            t, f = row["results"]["local"]["seconds"], row["results"]["flex_sliding"]["seconds"]
+            out.append(f"local fwd at {row['seq']}: {t / f:.2f}x compiled FlexAttention's time, target < 1: {verdict(t < f)}")
+    for mode in ("fwd", "fwd+bwd"):
+        t, loc = sec(16384, mode, "global_approx"), sec(16384, mode, "local")
+        if t and loc:
+            out.append(f"global_approx {mode} at 16384: {t / loc:.2f}x local, target <= 1.3: {verdict(t / loc <= 1.3)}")
+    return out
 
 
 def _exponents(rows, variants):

@@ -216,6 +216,8 @@ def main(argv=None) -> dict:
                     help="lengths at which the bytes saved for backward are counted")
     ap.add_argument("--json", default=str(DEFAULT_JSON), help="write the results to this JSON file")
     ap.add_argument("--no-page", action="store_true", help="do not rewrite docs/performance.md")
+    ap.add_argument("--no-peak", action="store_true",
+                    help="skip the resident-set peaks (two more child processes per case; the saved-bytes count is exact)")
     ap.add_argument("--report", action="store_true", help="only rewrite the page from --json")
     a = ap.parse_args(argv)
     if a.report:
@@ -244,8 +246,10 @@ def main(argv=None) -> dict:
         flops_ratio = flops.forward_flops(zebra_cfg, seq) / flops.forward_flops(dense_cfg, seq)
         for mode in a.modes:
             timing = _child(_timing_case, seq, mode, args)
-            zebra_peak = _child(_memory_case, "zebra", seq, mode, args)["peak_bytes"]
-            dense_peak = _child(_memory_case, "global", seq, mode, args)["peak_bytes"]
+            zebra_peak = dense_peak = None
+            if not a.no_peak:
+                zebra_peak = _child(_memory_case, "zebra", seq, mode, args)["peak_bytes"]
+                dense_peak = _child(_memory_case, "global", seq, mode, args)["peak_bytes"]
             zebra, dense = timing["zebra"], timing["global"]
             time_ratio = zebra["best"] / dense["best"]
             row = {
@@ -260,14 +264,13 @@ def main(argv=None) -> dict:
                 "time_vs_flops": time_ratio / flops_ratio - 1,
                 "zebra_peak": zebra_peak,
                 "global_peak": dense_peak,
-                "mem_ratio": zebra_peak / dense_peak if dense_peak > 0 else None,
+                "mem_ratio": zebra_peak / dense_peak if dense_peak else None,
                 "tokens_per_s_ratio": dense["best"] / zebra["best"],
             }
             rows.append(row)
             print(
                 f"seq {seq:>6} {mode:<8} zebra {row['zebra_s']:8.3f} s  global {row['global_s']:8.3f} s  "
-                f"time x{time_ratio:.3f}  flops x{flops_ratio:.3f}  peak {row['zebra_peak'] / 2**20:.0f} / "
-                f"{row['global_peak'] / 2**20:.0f} MiB",
+                f"time x{time_ratio:.3f}  flops x{flops_ratio:.3f}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -305,11 +308,11 @@ def main(argv=None) -> dict:
                   "kv_heads": zebra_cfg.num_key_value_heads, "group": group, "window": window},
         "args": vars(a), "parameters": n_params, "rows": rows, "saved": saved, "kv": kv, "exponents": exponents,
     }
-    print()
-    print(report(result))
     from zebra_llm.io import write_json_atomic
 
     write_json_atomic(a.json, result)
+    print()
+    print(report(result))
     if not a.no_page:
         replace_section(PAGE, "zebra_model", report(result))
     return result
@@ -333,6 +336,10 @@ def _targets(result) -> list[str]:
     return out
 
 
+def _mib(x) -> str:
+    return "-" if x is None else f"{x / 2**20:.0f}"
+
+
 def report(result) -> str:
     m = result["model"]
     lines = [
@@ -351,7 +358,7 @@ def report(result) -> str:
         lines.append(
             f"| {r['seq']} | {r['mode']} | {r['zebra_s']:.2f} | {r['global_s']:.2f} | {r['time_ratio']:.3f} | "
             f"{r['flops_ratio']:.3f} | {r['time_ratio'] / r['flops_ratio']:.2f} | {r['tokens_per_s_ratio']:.2f}x | "
-            f"{r['zebra_peak'] / 2**20:.0f} | {r['global_peak'] / 2**20:.0f} |"
+            f"{_mib(r['zebra_peak'])} | {_mib(r['global_peak'])} |"
         )
     lines += ["", "Bytes of the distinct tensors saved for the backward of the LM loss (parameters excluded):", "",
               "| seq | Zebra (MiB) | global (MiB) | ratio |", "|---:|---:|---:|---:|"]
