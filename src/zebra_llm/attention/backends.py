@@ -14,7 +14,9 @@ Backends:
   ``flash_attn``  flash-attn's ``window_size`` (CUDA, fp16/bf16, no padding mask;
                   install the ``flash`` extra).
   ``reference``   the dense oracle in ``reference.py`` (O(seq^2); debugging only).
-  ``auto``        flash_attn when it applies, else flex on CUDA, else sdpa.
+  ``auto``        the fastest backend for the device, variant and pass in ``MEASURED`` among those
+                  usable here; without a measurement: flash_attn when it applies, else flex on
+                  CUDA, else sdpa.
 
 Force one with the ``backend=`` argument, with ``use_backend(name)`` as a
 context manager, with ``set_backend(name)``, or with the environment variable
@@ -83,9 +85,26 @@ def flash_attn_available() -> bool:
     return importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available()
 
 
-@functools.lru_cache(maxsize=None)
 def flex_available() -> bool:
-    return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+    """FlexAttention with what the ``flex`` backends use (torch >= 2.6; see ``_flex.py``)."""
+    from ._flex import flex_available as available
+
+    return available()
+
+
+#: Time relative to causal SDPA at 16k tokens, window 512, float32, batch 1, 8 heads, head_dim 64, measured
+#: side by side by ``benchmarks/peers.py`` (``docs/results/performance/peers.json``, row ``seq`` 16384; a test
+#: checks these numbers against that file). Keyed by (device type, variant, pass); ``auto`` takes the fastest
+#: usable entry. The ``flex`` figure is compiled FlexAttention: it can only win on CPU where it is compiled,
+#: and it is not usable on CPU for ``auto`` anyway (no backward; a C++ compile per shape pattern; torch
+#: 2.13's compiled CPU kernel returns wrong values for some decode shapes, see tests/test_flex_compile.py).
+#: No CUDA machine was available for these measurements, so CUDA falls back to the static rule.
+MEASURED: dict[tuple[str, str, str], dict[str, float]] = {
+    ("cpu", "local", "fwd"): {"sdpa": 0.147, "flex": 0.195},
+    ("cpu", "local", "fwd+bwd"): {"sdpa": 0.189},
+    ("cpu", "global_approx", "fwd"): {"sdpa": 0.278},
+    ("cpu", "global_approx", "fwd+bwd"): {"sdpa": 0.227},
+}
 
 
 def supported(variant: str) -> list[str]:
@@ -115,7 +134,22 @@ def resolve(variant: str, backend: str | None, q: torch.Tensor, *, padded: bool)
     return impl
 
 
+def _usable(variant: str, name: str, q: torch.Tensor, *, padded: bool) -> bool:
+    if (variant, name) not in _IMPLS:
+        return False
+    if name == "flash_attn":
+        return flash_attn_available() and q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and not padded
+    if name == "flex":
+        return flex_available() and q.device.type == "cuda"  # see MEASURED on CPU
+    return name != "reference"
+
+
 def _auto(variant: str, q: torch.Tensor, *, padded: bool) -> str:
+    pass_ = "fwd+bwd" if torch.is_grad_enabled() and q.requires_grad else "fwd"
+    measured = MEASURED.get((q.device.type, variant, pass_), {})
+    usable = [name for name in measured if _usable(variant, name, q, padded=padded)]
+    if usable:
+        return min(usable, key=measured.__getitem__)
     if q.device.type == "cuda":
         if (
             (variant, "flash_attn") in _IMPLS

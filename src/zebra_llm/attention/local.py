@@ -10,6 +10,7 @@ window)``, never ``seq^2``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -173,10 +174,175 @@ def _body(q, k, v, q0, n_blocks, block, window, scale, kpm, extra):
     return out.view(batch, n_blocks, heads, block, dim).transpose(1, 2).reshape(batch, heads, -1, dim)
 
 
+# --- flash-style band on CPU: keep the log-sum-exp, recompute block scores in backward ---------------
+#
+# Through plain SDPA, autograd keeps every block's keys and values (with B > 1 or GQA a copy of
+# ``(block + window - 1) / block`` times K and V) and the kernel's own state per call. Here the forward
+# calls the CPU flash kernel directly for its log-sum-exp and keeps only q, k, v, the output and the
+# log-sum-exp (``O(seq * head_dim)``, like SDPA's global kernel); the backward recomputes each block's
+# scores from them with the kernel's backward (issue 13, item 6).
+
+
+def _band_pieces(seq_q, seq_kv, window, block):
+    """(kind, q0, q1) segments: a head whose windows reach before key 0, whole blocks, a short tail."""
+    off = seq_kv - seq_q
+    head = min(seq_q, max(0, window - off))  # a body block's window starts one key early (see _piece_views)
+    n_blocks = (seq_q - head) // block
+    pieces = []
+    if head:
+        pieces.append(("direct", 0, head))
+    if n_blocks:
+        pieces.append(("body", head, head + n_blocks * block))
+    tail = head + n_blocks * block
+    if tail < seq_q:
+        pieces.append(("direct", tail, seq_q))
+    return pieces
+
+
+def _piece_views(kind, q0, q1, q, k, window, block, dtype):
+    """q rows, the key range and the additive band mask of one piece.
+
+    ``direct``: q ``[B, H, n, D]`` against keys ``k0:k1``. ``body``: q blocks ``[B*nb, H, block, D]``
+    against one window of ``span = block + window`` keys each (``unfold`` view, a copy only when
+    ``B > 1``); the mask ``(block, span)`` is shared by every block.
+    """
+    off = k.shape[2] - q.shape[2]
+    if kind == "direct":
+        k0, k1 = max(0, off + q0 - window + 1), off + q1
+        return q[:, :, q0:q1], (k0, k1, None), _band_mask(off + q0, off + q1, k0, k1, window, dtype, q.device)
+    batch, heads, _, dim = q.shape
+    n_blocks = (q1 - q0) // block
+    # One key more than the band needs (slot 0, always masked): with ``window % block == 0`` the
+    # windows are whole blocks long, so the backward's overlap-add is whole-block adds only.
+    span = block + window
+    k0 = off + q0 - window
+    # Row r is absolute query window + r relative to the window's first key: the same band as a direct piece.
+    mask = _band_mask(window, window + block, 0, span, window, dtype, q.device)
+    qb = q[:, :, q0:q1].reshape(batch, heads, n_blocks, block, dim).transpose(1, 2)
+    return qb.reshape(batch * n_blocks, heads, block, dim), (k0, k0 + (n_blocks - 1) * block + span, span), mask
+
+
+@functools.lru_cache(maxsize=64)
+def _band_mask(q0, q1, k0, k1, window, dtype, device):
+    """Additive mask (0 / -inf) of queries ``q0..q1-1`` against keys ``k0..k1-1`` (absolute indices).
+
+    Cached: every layer of a forward and the backward ask for the same few masks, and on a loaded machine
+    each small elementwise op can wait a scheduler slice for its second thread."""
+    qi = torch.arange(q0, q1, device=device)[:, None]
+    kj = torch.arange(k0, k1, device=device)[None, :]
+    allowed = masks.sliding_window(window)(qi, kj)
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, -math.inf)
+
+
+def _key_windows(x, krange, block):
+    """Keys ``k0:k1`` of ``x [B, H, S, D]``; for the body one window per block: ``[B*nb, H, span, D]``."""
+    k0, k1, span = krange
+    if span is None:
+        return x[:, :, k0:k1]
+    batch, heads, _, dim = x.shape
+    w = x[:, :, k0:k1].unfold(2, span, block).movedim(-1, 3).transpose(1, 2)  # (B, nb, H, span, D)
+    return w.reshape(-1, heads, span, dim)
+
+
+def _fold_into(dst, grad, krange, block):
+    """Add per-window key gradients ``[B*nb, H, span, D]`` back onto ``dst [B, H, S, D]`` (overlap-add)."""
+    k0, k1, span = krange
+    if span is None:
+        dst[:, :, k0:k1] += grad
+        return
+    batch, heads, _, dim = dst.shape
+    grad = grad.view(batch, -1, heads, span, dim)
+    n_blocks = grad.shape[1]
+    for j in range(0, span, block):  # window slots j..j+block-1 of block i land on keys k0 + i*block + j ...
+        width = min(block, span - j)
+        part = grad[:, :, :, j : j + width]  # (B, nb, H, width, D)
+        if width == block:
+            region = dst[:, :, k0 + j : k0 + j + n_blocks * block].view(batch, heads, n_blocks, block, dim)
+            region += part.transpose(1, 2)
+        else:
+            for i in range(n_blocks):  # the last, partial slice of the window: one add per block
+                a = k0 + i * block + j
+                dst[:, :, a : a + width] += part[:, i]
+
+
+class _FlashBand(torch.autograd.Function):
+    """Sliding-window attention on CPU that saves only q, k, v, out and the log-sum-exp."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, window, scale, block):
+        groups = q.shape[1] // k.shape[1]
+        kr, vr = (k, v) if groups == 1 else (k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1))
+        out = torch.empty_like(q)
+        lse = q.new_empty(q.shape[:3], dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
+        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        for kind, q0, q1 in _band_pieces(q.shape[2], k.shape[2], window, block):
+            qp, krange, mask = _piece_views(kind, q0, q1, q, kr, window, block, q.dtype)
+            o, l = flash(qp, _key_windows(kr, krange, block), _key_windows(vr, krange, block), 0.0, False,
+                         attn_mask=mask, scale=scale)
+            _put_rows(out, o, q0, q1, kind)
+            _put_rows(lse.unsqueeze(-1), l.unsqueeze(-1), q0, q1, kind)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.window, ctx.scale, ctx.block = window, scale, block
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        window, scale, block = ctx.window, ctx.scale, ctx.block
+        groups = q.shape[1] // k.shape[1]
+        kr, vr = (k, v) if groups == 1 else (k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1))
+        grad_out = grad_out.contiguous()
+        dq = torch.empty_like(q)
+        dk = torch.zeros_like(kr)
+        dv = torch.zeros_like(vr)
+        back = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+        for kind, q0, q1 in _band_pieces(q.shape[2], k.shape[2], window, block):
+            qp, krange, mask = _piece_views(kind, q0, q1, q, kr, window, block, q.dtype)
+            op, _, _ = _piece_views(kind, q0, q1, out, kr, window, block, q.dtype)
+            gp, _, _ = _piece_views(kind, q0, q1, grad_out, kr, window, block, q.dtype)
+            lp, _, _ = _piece_views(kind, q0, q1, lse.unsqueeze(-1), kr, window, block, q.dtype)
+            gq, gk, gv = back(gp, qp, _key_windows(kr, krange, block), _key_windows(vr, krange, block), op,
+                              lp.squeeze(-1), 0.0, False, attn_mask=mask, scale=scale)
+            _put_rows(dq, gq, q0, q1, kind)
+            _fold_into(dk, gk, krange, block)
+            _fold_into(dv, gv, krange, block)
+        if groups > 1:
+            dk = dk.view(k.shape[0], k.shape[1], groups, *k.shape[2:]).sum(2)
+            dv = dv.view(v.shape[0], v.shape[1], groups, *v.shape[2:]).sum(2)
+        return dq, dk, dv, None, None, None
+
+
+def _put_rows(dst, piece, q0, q1, kind):
+    """Write a piece's rows (``[B, H, n, X]`` or body ``[B*nb, H, block, X]``) into ``dst [B, H, S, X]``."""
+    batch, heads = dst.shape[:2]
+    if kind == "direct":
+        dst[:, :, q0:q1] = piece
+        return
+    block, width = piece.shape[2], piece.shape[3]
+    dst[:, :, q0:q1].view(batch, heads, -1, block, width).copy_(piece.view(batch, -1, heads, block, width).transpose(1, 2))
+
+
+def _flash_block(window: int, backward: bool) -> int:
+    """``block_size_for``, moved down to a divisor of ``window`` within a factor 2 when there is one (whole-block
+    overlap-adds in backward, see ``_piece_views``)."""
+    best = block_size_for(window, backward=backward)
+    for b in range(best, max(1, best // 2) - 1, -1):
+        if window % b == 0:
+            return b
+    return best
+
+
+def _flash_band_applies(q, key_padding_mask) -> bool:
+    return q.device.type == "cpu" and key_padding_mask is None and q.dtype in (torch.float32, torch.float64)
+
+
 @register("local", "sdpa")
 def _local_sdpa(q, k, v, *, window, scale, key_padding_mask):
     if window >= k.shape[2]:  # every query sees all earlier keys: global attention
         return _global_sdpa(q, k, v, scale=scale, key_padding_mask=key_padding_mask)
+    if _flash_band_applies(q, key_padding_mask) and q.shape[2]:
+        backward = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        return _FlashBand.apply(q, k, v, window, scale, _flash_block(window, backward))
     return windowed_attention(q, k, v, window=window, scale=scale, key_padding_mask=key_padding_mask)
 
 

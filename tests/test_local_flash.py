@@ -1,0 +1,70 @@
+"""The flash-style CPU band of ``local_attention`` (issue 13, item 6) against the dense reference,
+and what it keeps for backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zebra_llm import attention as A
+from zebra_llm.attention import local as L
+from zebra_llm.attention import reference as R
+
+from helpers import max_abs_err, rand_qkv, rel_err
+
+
+# (batch, heads_q, heads_kv, seq_q, seq_kv, dim, window): windows that divide the block and ones that do
+# not (131 is prime: the overlap-add takes its per-block path), queries that are the last of longer keys.
+CASES = [
+    pytest.param(2, 4, 2, 300, 300, 16, 64, id="gqa-window-divides-block"),
+    pytest.param(1, 2, 2, 400, 400, 8, 131, id="prime-window"),
+    pytest.param(1, 4, 1, 50, 300, 8, 40, id="queries-last-of-keys"),
+    pytest.param(2, 2, 2, 7, 7, 8, 3, id="shorter-than-a-block"),
+]
+
+
+@pytest.mark.parametrize("batch,hq,hkv,sq,skv,dim,window", CASES)
+def test_forward_and_gradients_match_reference(batch, hq, hkv, sq, skv, dim, window):
+    q, k, v = rand_qkv(batch, hq, hkv, sq, dim, seq_kv=skv, requires_grad=True)
+    grad_out = torch.randn(batch, hq, sq, dim)
+    outs, grads = [], []
+    for fn in (A.local_attention, R.local_attention):
+        out = fn(q, k, v, window=window)
+        outs.append(out)
+        grads.append(torch.autograd.grad(out, (q, k, v), grad_out))
+    assert outs[0].grad_fn is not None and "FlashBand" in type(outs[0].grad_fn).__name__
+    assert rel_err(outs[0], outs[1]) <= 1e-5
+    for name, fast, ref in zip("qkv", *grads):
+        assert max_abs_err(fast, ref) <= 1e-4, name
+
+
+def test_float64_gradcheck():
+    q, k, v = (t.double() for t in rand_qkv(1, 2, 1, 23, 4, seq_kv=23))
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda *t: A.local_attention(*t, window=5), (q, k, v), fast_mode=True)
+
+
+def _saved_bytes(fn, *args):
+    storages = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(*args)
+    return sum(storages.values())
+
+
+def test_backward_keeps_o_n_head_dim():
+    """Saved for backward: q, k, v, the output and a float32 log-sum-exp per query, nothing per window
+    (the blocked SDPA path kept every block's keys and values)."""
+    batch, heads, seq, dim, window = 2, 4, 1024, 16, 128
+    q, k, v = rand_qkv(batch, heads, heads, seq, dim, requires_grad=True)
+    saved = _saved_bytes(lambda *t: A.local_attention(*t, window=window), q, k, v)
+    tensor = batch * heads * seq * dim * 4
+    assert saved <= 4 * tensor + batch * heads * seq * 4
+    blocked = _saved_bytes(lambda *t: L.windowed_attention(*t, window=window, scale=0.25), q, k, v)
+    assert saved < blocked
