@@ -1,7 +1,7 @@
 """Time and peak memory of global attention with padding and chunked prefill, in one run.
 
-    python benchmarks/global_padding.py --json docs/results/correct-model/global_padding.json
-    python benchmarks/global_padding.py --report-only docs/results/correct-model/global_padding.json
+    python benchmarks/global_padding.py --json docs/results/global_padding/global_padding.json
+    python benchmarks/global_padding.py --report-only docs/results/global_padding/global_padding.json
 
 Cases at each length ``seq`` (batch 2, float32): ``unpadded`` (full prefill), ``left-padded`` (rows
 padded by seq/8 and 3*seq/8), ``right-padded`` (one row padded by seq/4), ``chunked-prefill`` (the last
