@@ -675,17 +675,15 @@ class ZebraOptions:
         "approx_chunk_size": _to_int,
         "max_length": _to_int,
     }
-    attentions: ClassVar[tuple[str, ...]] = ("group", "global", "local", "global_approx")
 
     def __post_init__(self):
-        if self.attention not in self.attentions:
-            raise ValueError(f"option attention must be one of {', '.join(self.attentions)}, got {self.attention!r}")
-        if self.layer_group_size is not None and self.layer_group_size < 1:
-            raise ValueError(f"option layer_group_size must be >= 1, got {self.layer_group_size}")
-        if self.window is not None and self.window < 1:
-            raise ValueError(f"option window must be >= 1, got {self.window}")
-        if self.approx_chunk_size is not None and self.approx_chunk_size < 1:
-            raise ValueError(f"option approx_chunk_size must be >= 1, got {self.approx_chunk_size}")
+        from zebra_llm.modeling.configuration_zebra import LayerSettingError, check_layer_settings
+
+        try:  # ZebraConfig's own checks, so a bad setting fails before the model is loaded
+            check_layer_settings(attention=self.attention, layer_group_size=self.layer_group_size,
+                                 window=self.window, approx_chunk_size=self.approx_chunk_size)
+        except LayerSettingError as e:
+            raise ValueError(f"option {e.field} {e.problem}") from None
         _check_max_length(self.max_length)
 
 

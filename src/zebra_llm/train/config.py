@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-ATTENTION_KINDS = ("group", "global", "local", "global_approx")
 PACKING_MODES = ("split", "packed", "concat")  # see zebra_llm.data.packing
 DECAYS = ("cosine", "linear", "constant")  # see zebra_llm.train.schedule
 STRATEGIES = ("auto", "single", "ddp", "fsdp")
@@ -236,14 +235,15 @@ def _check_encoding(section: str, encoding: str) -> None:
 
 
 def _check_zebra_fields(s: str, attention, layer_group_size, window, approx_chunk_size) -> None:
-    if attention is not None:
-        _check_choice(s, "attention", attention, ATTENTION_KINDS)
-    if layer_group_size is not None:
-        _check_int(s, "layer_group_size", layer_group_size, minimum=1)
-    if window is not None:
-        _check_int(s, "window", window, minimum=1)
-    if approx_chunk_size is not None:
-        _check_int(s, "approx_chunk_size", approx_chunk_size, minimum=1)
+    # ZebraConfig's own checks, so a bad setting fails before any model is built; lazily imported
+    # because the config is read before transformers is needed.
+    from ..modeling.configuration_zebra import LayerSettingError, check_layer_settings
+
+    try:
+        check_layer_settings(attention=attention, layer_group_size=layer_group_size, window=window,
+                             approx_chunk_size=approx_chunk_size)
+    except LayerSettingError as e:
+        _fail(f"{s}.{e.field}", e.problem)
 
 
 @dataclass
@@ -254,7 +254,7 @@ class PretrainModelOptions:
     _section: ClassVar[str] = "model"
     preset: str | None = "debug"  # ZebraConfig.from_preset name
     config: str | None = None  # a config.json / model directory / YAML of any causal LM; replaces preset
-    attention: str | None = None  # group | global | local | global_approx
+    attention: str | None = None  # a ZebraConfig attention= name (group, global, ...)
     layer_group_size: int | None = None
     window: int | None = None
     approx_chunk_size: int | None = None
