@@ -258,6 +258,25 @@ def load_config(spec: str | os.PathLike):
     return AutoConfig.from_pretrained(source.location, trust_remote_code=False)
 
 
+def trained_context(config) -> int:
+    """The context a model was pretrained on: rope scaling's ``original_max_position_embeddings`` when
+    the config records one (for per-layer-type rope, the ``full_attention`` entry's), else
+    ``max_position_embeddings``. The default of every training-free extension's geometry and limits."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    if isinstance(rope, dict) and isinstance(rope.get("full_attention"), dict):  # per-layer-type rope (Gemma 3, OLMo 3)
+        rope = rope["full_attention"]
+    original = rope.get("original_max_position_embeddings") if isinstance(rope, dict) else None
+    length = original or getattr(config, "max_position_embeddings", None)
+    if isinstance(length, float) and length.is_integer():  # some hub configs write 4096.0
+        length = int(length)
+    if isinstance(length, bool) or not isinstance(length, int) or length < 2:
+        raise ValueError(
+            f"model type {getattr(config, 'model_type', '?')}: the config records no max_position_embeddings "
+            f"(the trained context), got {length!r}; pass the trained length explicitly (pretraining_length=)"
+        )
+    return length
+
+
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,

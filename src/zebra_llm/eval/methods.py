@@ -43,6 +43,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from zebra_llm.loading import trained_context
+
 # How far past its nominal context a method may be asked to go by default.
 DEFAULT_LIMIT_MULTIPLE = 4
 
@@ -207,18 +209,6 @@ def _check_max_length(value: int | None) -> None:
 # ---------------------------------------------------------------- methods
 
 
-def trained_context(config) -> int:
-    """The context the model was pretrained on: rope scaling's original length when it records one."""
-    rope = getattr(config, "rope_parameters", None) or {}
-    original = rope.get("original_max_position_embeddings") if isinstance(rope, dict) else None
-    if original:
-        return int(original)
-    value = getattr(config, "max_position_embeddings", None)
-    if not value:
-        raise ValueError(f"model type {getattr(config, 'model_type', '?')} has no max_position_embeddings")
-    return int(value)
-
-
 class Method:
     """A registered method: an options class, how to apply it, and its length limit."""
 
@@ -237,6 +227,11 @@ class Method:
     @classmethod
     def check_available(cls) -> None:
         """Raise ValueError when this installation cannot apply the method."""
+
+    @classmethod
+    def check_config(cls, config, options) -> None:
+        """Raise ValueError when the method's settings do not fit a model with ``config`` (run before
+        its weights are loaded; the checks are the library's own, not repeated here)."""
 
     @classmethod
     def nominal_context(cls, config, options) -> int | None:
@@ -464,23 +459,10 @@ class DCAOptions:
     }
 
     def __post_init__(self):
-        if self.pretraining_length is not None and self.pretraining_length < 2:
-            raise ValueError(f"option pretraining_length must be >= 2, got {self.pretraining_length}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ValueError(f"option chunk_size must be >= 1, got {self.chunk_size}")
-        if (
-            self.chunk_size is not None
-            and self.pretraining_length is not None
-            and self.chunk_size >= self.pretraining_length
-        ):
-            raise ValueError(
-                f"option chunk_size ({self.chunk_size}) must be smaller than pretraining_length "
-                f"({self.pretraining_length}): the local window is pretraining_length - chunk_size"
-            )
-        if self.preset not in (None, "paper", "chunkllama"):
-            raise ValueError(f"option preset must be paper or chunkllama, got {self.preset!r}")
-        if self.preset == "chunkllama" and (self.chunk_size is not None or self.pretraining_length is not None):
-            raise ValueError("option preset=chunkllama sets chunk_size and pretraining_length; do not give them too")
+        from zebra_llm.dca import DCAConfig
+
+        # DCAConfig's own checks, as far as they go without the model (its trained context).
+        DCAConfig.check_settings(self.pretraining_length, self.chunk_size, preset=self.preset)
         _check_max_length(self.max_length)
 
 
@@ -499,21 +481,29 @@ class DualChunkAttention(Method):
     def apply(cls, model, options):
         apply_dca = _library_function("apply_dca", "dca")  # lazily: lives in zebra_llm.dca
 
-        if options.chunk_size is not None and options.pretraining_length is None:
-            c = trained_context(model.config)
-            if options.chunk_size >= c:
-                raise ValueError(
-                    f"method dca: option chunk_size ({options.chunk_size}) must be smaller than the model's "
-                    f"pretraining length ({c})"
-                )
-        result = apply_dca(
-            model,
+        try:
+            result = apply_dca(model, **cls._settings(options))
+        except ValueError as e:
+            raise ValueError(f"method dca: {e}") from None
+        return model if result is None else result
+
+    @classmethod
+    def _settings(cls, options) -> dict:
+        return dict(
             pretraining_length=options.pretraining_length,
             chunk_size=options.chunk_size,
             temperature=options.temperature,
             preset=None if options.preset == "paper" else options.preset,
         )
-        return model if result is None else result
+
+    @classmethod
+    def check_config(cls, config, options) -> None:
+        from zebra_llm.dca import resolve_config
+
+        try:
+            resolve_config(config, **cls._settings(options))
+        except ValueError as e:
+            raise ValueError(f"method dca: {e}") from None
 
     @classmethod
     def nominal_context(cls, config, options) -> int | None:
@@ -536,6 +526,10 @@ class _Extension(Method):
     @classmethod
     def check_available(cls) -> None:
         _library_function("apply_extension", cls.name)
+
+    @classmethod
+    def check_config(cls, config, options) -> None:
+        cls.config(config, options)
 
     @classmethod
     def config(cls, model_config, options):
@@ -801,5 +795,6 @@ def check_plan(model_spec, methods, lengths, *, exempt=()) -> None:
         spec.method.check_available()
         if str(spec) in exempt:
             continue
+        spec.method.check_config(config, spec.options)
         for n in lengths:
             spec.check_length(config, n)
