@@ -43,7 +43,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from zebra_llm.loading import trained_context
+from zebra_llm.dca import DCAConfig, apply_dca, resolve_config
+from zebra_llm.extensions import apply_extension
+from zebra_llm.extensions.config import make_config
+from zebra_llm.loading import load_config, load_model, trained_context
+from zebra_llm.modeling import convert_to_zebra
+from zebra_llm.modeling.configuration_zebra import LayerSettingError, check_layer_settings
 
 # How far past its nominal context a method may be asked to go by default.
 DEFAULT_LIMIT_MULTIPLE = 4
@@ -223,10 +228,6 @@ class Method:
     @classmethod
     def apply(cls, model, options):
         raise NotImplementedError
-
-    @classmethod
-    def check_available(cls) -> None:
-        """Raise ValueError when this installation cannot apply the method."""
 
     @classmethod
     def check_config(cls, config, options) -> None:
@@ -431,16 +432,7 @@ def _rebuild_rotary_embeddings(model) -> int:
     return len(targets)
 
 
-# --- DCA and Zebra (built by other modules of the library; imported when applied)
-
-
-def _library_function(name: str, method: str):
-    import zebra_llm
-
-    fn = getattr(zebra_llm, name, None)
-    if fn is None:
-        raise ValueError(f"method {method}: this installation of zebra_llm has no {name}")
-    return fn
+# --- DCA and Zebra
 
 
 @dataclass(frozen=True)
@@ -459,8 +451,6 @@ class DCAOptions:
     }
 
     def __post_init__(self):
-        from zebra_llm.dca import DCAConfig
-
         # DCAConfig's own checks, as far as they go without the model (its trained context).
         DCAConfig.check_settings(self.pretraining_length, self.chunk_size, preset=self.preset)
         _check_max_length(self.max_length)
@@ -474,13 +464,7 @@ class DualChunkAttention(Method):
     options_type = DCAOptions
 
     @classmethod
-    def check_available(cls) -> None:
-        _library_function("apply_dca", "dca")
-
-    @classmethod
     def apply(cls, model, options):
-        apply_dca = _library_function("apply_dca", "dca")  # lazily: lives in zebra_llm.dca
-
         try:
             result = apply_dca(model, **cls._settings(options))
         except ValueError as e:
@@ -498,8 +482,6 @@ class DualChunkAttention(Method):
 
     @classmethod
     def check_config(cls, config, options) -> None:
-        from zebra_llm.dca import resolve_config
-
         try:
             resolve_config(config, **cls._settings(options))
         except ValueError as e:
@@ -524,17 +506,11 @@ def _extension_settings(options) -> dict:
 
 class _Extension(Method):
     @classmethod
-    def check_available(cls) -> None:
-        _library_function("apply_extension", cls.name)
-
-    @classmethod
     def check_config(cls, config, options) -> None:
         cls.config(config, options)
 
     @classmethod
     def config(cls, model_config, options):
-        from zebra_llm.extensions.config import make_config
-
         try:
             return make_config(cls.name, trained_context(model_config), _extension_settings(options))
         except ValueError as e:
@@ -542,7 +518,6 @@ class _Extension(Method):
 
     @classmethod
     def apply(cls, model, options):
-        apply_extension = _library_function("apply_extension", cls.name)
         try:
             result = apply_extension(model, cls.name, **_extension_settings(options))
         except ValueError as e:
@@ -671,8 +646,6 @@ class ZebraOptions:
     }
 
     def __post_init__(self):
-        from zebra_llm.modeling.configuration_zebra import LayerSettingError, check_layer_settings
-
         try:  # ZebraConfig's own checks, so a bad setting fails before the model is loaded
             check_layer_settings(attention=self.attention, layer_group_size=self.layer_group_size,
                                  window=self.window, approx_chunk_size=self.approx_chunk_size)
@@ -689,13 +662,7 @@ class ZebraConversion(Method):
     options_type = ZebraOptions
 
     @classmethod
-    def check_available(cls) -> None:
-        _library_function("convert_to_zebra", "zebra")
-
-    @classmethod
     def apply(cls, model, options):
-        convert_to_zebra = _library_function("convert_to_zebra", "zebra")  # lazily: zebra_llm.modeling
-
         kwargs = {"attention": options.attention}
         for key in ("layer_group_size", "window", "approx_chunk_size"):
             if getattr(options, key) is not None:
@@ -739,8 +706,6 @@ def load_with_method(
     A model object may be passed instead of a spec as ``(model, tokenizer)``; the
     method is then applied to that object in place.
     """
-    from zebra_llm.loading import load_model
-
     spec = MethodSpec.parse(method)
     if isinstance(model_spec, tuple):
         model, tokenizer = model_spec
@@ -780,8 +745,6 @@ def load_for_run(config, spec: MethodSpec, model_objects: dict | None = None) ->
 
 def model_config(model_spec):
     """The unmodified config of a model spec (or of a ``(model, tokenizer)`` pair), without its weights."""
-    from zebra_llm.loading import load_config
-
     if isinstance(model_spec, tuple):
         return model_spec[0].config
     return load_config(model_spec)
@@ -792,7 +755,6 @@ def check_plan(model_spec, methods, lengths, *, exempt=()) -> None:
     config = model_config(model_spec)
     for m in methods:
         spec = MethodSpec.parse(m)
-        spec.method.check_available()
         if str(spec) in exempt:
             continue
         spec.method.check_config(config, spec.options)
