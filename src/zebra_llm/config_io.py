@@ -137,6 +137,9 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
 def coerce(tp, value, path: str):
     """``value`` as type ``tp`` (unions, Literal, dataclasses, lists, dicts, bool, int, float, str)."""
     origin = typing.get_origin(tp)
@@ -172,8 +175,8 @@ def coerce(tp, value, path: str):
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
         raise ConfigError(f"{path} must be true or false, got {value!r}")
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, (int, str, float)):

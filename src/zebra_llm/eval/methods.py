@@ -36,13 +36,12 @@ nothing useful and the run would only burn time, so evaluations refuse it;
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
+from zebra_llm.config_io import ConfigError, build
 from zebra_llm.dca import DCAConfig, apply_dca, resolve_config
 from zebra_llm.extensions import apply_extension
 from zebra_llm.extensions.config import make_config
@@ -155,54 +154,19 @@ def _format_value(v) -> str:
 # ---------------------------------------------------------------- option parsing
 
 
-def _to_int(key: str, raw: str | int) -> int:
-    try:
-        value = float(raw) if isinstance(raw, str) else raw
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        return int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"option {key} must be an integer, got {raw!r}") from None
-
-
-def _to_float(key: str, raw: str | float) -> float:
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"option {key} must be a number, got {raw!r}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"option {key} must be finite, got {raw!r}")
-    return value
-
-
-def _to_bool_or_float(key: str, raw: str | bool | float) -> bool | float:
-    if isinstance(raw, (bool, int, float)):
-        return raw
-    low = raw.strip().lower()
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no", "off"):
-        return False
-    return _to_float(key, raw)
-
-
 def _build(options_type, method_name: str, values: dict[str, Any]):
-    fields = {f.name: f for f in dataclasses.fields(options_type)}
-    unknown = sorted(set(values) - set(fields))
+    """The options dataclass from ``key=value`` text, by the engine the training configs use."""
+    names = [f.name for f in dataclasses.fields(options_type)]
+    unknown = sorted(set(values) - set(names))
     if unknown:
         raise ValueError(
-            f"method {method_name}: unknown option {unknown[0]!r}; allowed options are {', '.join(fields) or 'none'}"
+            f"method {method_name}: unknown option {unknown[0]!r}; allowed options are {', '.join(names) or 'none'}"
         )
-    converted = {}
-    for key, raw in values.items():
-        conv = options_type.converters[key]
-        try:
-            converted[key] = conv(key, raw)
-        except ValueError as e:
-            raise ValueError(f"method {method_name}: {e}") from None
     try:
-        return options_type(**converted)
-    except ValueError as e:
+        return build(options_type, values)
+    except ConfigError as e:  # a value of the wrong type, named by its key
+        raise ValueError(f"method {method_name}: option {e}") from None
+    except ValueError as e:  # the options' own checks (which name the option)
         raise ValueError(f"method {method_name}: {e}") from None
 
 
@@ -261,7 +225,6 @@ def register_method(cls: type[Method]) -> type[Method]:
 @dataclass(frozen=True)
 class NoneOptions:
     max_length: int | None = None
-    converters: ClassVar[dict[str, Callable]] = {"max_length": _to_int}
 
     def __post_init__(self):
         _check_max_length(self.max_length)
@@ -287,11 +250,6 @@ class RopeScalingOptions:
     factor: float | None = None
     original_max_position_embeddings: int | None = None
     max_length: int | None = None
-    converters: ClassVar[dict[str, Callable]] = {
-        "factor": _to_float,
-        "original_max_position_embeddings": _to_int,
-        "max_length": _to_int,
-    }
 
     def __post_init__(self):
         if self.factor is None:
@@ -308,12 +266,6 @@ class YarnOptions(RopeScalingOptions):
     beta_fast: float | None = None
     beta_slow: float | None = None
     attention_factor: float | None = None
-    converters: ClassVar[dict[str, Callable]] = {
-        **RopeScalingOptions.converters,
-        "beta_fast": _to_float,
-        "beta_slow": _to_float,
-        "attention_factor": _to_float,
-    }
 
     def __post_init__(self):
         super().__post_init__()
@@ -439,18 +391,13 @@ def _rebuild_rotary_embeddings(model) -> int:
 class DCAOptions:
     pretraining_length: int | None = None
     chunk_size: int | None = None
-    temperature: bool | float | None = None  # None: off, unless the model carries a vLLM DCA config
+    temperature: bool | None = None  # None: off, unless the model carries a vLLM DCA config
     preset: str | None = None
     max_length: int | None = None
-    converters: ClassVar[dict[str, Callable]] = {
-        "pretraining_length": _to_int,
-        "chunk_size": _to_int,
-        "temperature": _to_bool_or_float,
-        "preset": lambda key, raw: str(raw).strip().lower(),
-        "max_length": _to_int,
-    }
 
     def __post_init__(self):
+        if self.preset is not None:
+            object.__setattr__(self, "preset", self.preset.strip().lower())
         # DCAConfig's own checks, as far as they go without the model (its trained context).
         DCAConfig.check_settings(self.pretraining_length, self.chunk_size, preset=self.preset)
         _check_max_length(self.max_length)
@@ -501,7 +448,7 @@ class DualChunkAttention(Method):
 
 def _extension_settings(options) -> dict:
     return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)
-            if f.name not in ("max_length", "converters") and getattr(options, f.name) is not None}
+            if f.name != "max_length" and getattr(options, f.name) is not None}
 
 
 class _Extension(Method):
@@ -531,9 +478,6 @@ class SelfExtendOptions:
     neighbor_window: int | None = None
     scale_base: int | None = None
     max_length: int | None = None
-    converters: ClassVar[dict[str, Callable]] = {
-        "group_size": _to_int, "neighbor_window": _to_int, "scale_base": _to_int, "max_length": _to_int,
-    }
 
     def __post_init__(self):
         for key in ("group_size", "neighbor_window"):
@@ -562,17 +506,12 @@ class ReRoPEOptions:
     leak: float | None = None
     logn: bool | None = None
     max_length: int | None = None
-    converters: ClassVar[dict[str, Callable]] = {
-        "window": _to_int, "leak": _to_float, "logn": _to_bool_or_float, "max_length": _to_int,
-    }
 
     def __post_init__(self):
         if self.window is not None and self.window < 1:
             raise ValueError(f"option window must be >= 1, got {self.window}")
         if self.leak is not None and self.leak < 1:
             raise ValueError(f"option leak must be >= 1, got {self.leak}")
-        if self.logn is not None and not isinstance(self.logn, bool):
-            raise ValueError(f"option logn must be true or false, got {self.logn!r}")
         _check_max_length(self.max_length)
 
 
@@ -603,9 +542,6 @@ class StringOptions:
     local_value: int | None = None
     attention_factor: float | None = None
     max_length: int | None = None
-    converters: ClassVar[dict[str, Callable]] = {
-        "shifted_offset": _to_int, "local_value": _to_int, "attention_factor": _to_float, "max_length": _to_int,
-    }
 
     def __post_init__(self):
         if self.shifted_offset is not None and self.shifted_offset < 1:
@@ -637,13 +573,6 @@ class ZebraOptions:
     window: int | None = None
     approx_chunk_size: int | None = None
     max_length: int | None = None
-    converters: ClassVar[dict[str, Callable]] = {
-        "attention": lambda key, raw: str(raw),
-        "layer_group_size": _to_int,
-        "window": _to_int,
-        "approx_chunk_size": _to_int,
-        "max_length": _to_int,
-    }
 
     def __post_init__(self):
         try:  # ZebraConfig's own checks, so a bad setting fails before the model is loaded
