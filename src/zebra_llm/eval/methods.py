@@ -36,16 +36,14 @@ nothing useful and the run would only burn time, so evaluations refuse it;
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
-
-import torch
 
 from zebra_llm.config_io import ConfigError, build
 from zebra_llm.dca import DCAConfig, apply_dca, resolve_config
 from zebra_llm.extensions import apply_extension
 from zebra_llm.extensions.config import make_config
-from zebra_llm.loading import load_config, load_model, trained_context
+from zebra_llm.loading import trained_context
 from zebra_llm.modeling import convert_to_zebra
 from zebra_llm.modeling.configuration_zebra import LayerSettingError, check_layer_settings
 
@@ -111,7 +109,7 @@ class MethodSpec:
 
     def check_length(self, config, length: int) -> None:
         """Refuse ``length`` above the limit on a model with ``config`` (the unmodified model's)."""
-        _check_limit(self, length, self.max_length(config), self.method.limit_reason(config, self.options))
+        check_limit(self, length, self.max_length(config), self.method.limit_reason(config, self.options))
 
     @property
     def prefix_cache_exact(self) -> bool:
@@ -122,7 +120,7 @@ class MethodSpec:
         return self.method.prefix_cache_exact
 
 
-def _check_limit(spec: MethodSpec, length: int, limit: int | None, reason: str) -> None:
+def check_limit(spec: MethodSpec, length: int, limit: int | None, reason: str) -> None:
     if limit is not None and length > limit:
         raise ValueError(
             f"length {length} is above what method {spec} supports on this model ({limit} tokens: {reason}); "
@@ -600,88 +598,12 @@ class ZebraConversion(Method):
         return converted.eval()
 
 
-# ---------------------------------------------------------------- loading
-
-
-@dataclass
-class LoadedModel:
-    """A model with a method applied, its tokenizer, and where they came from."""
-
-    model: Any
-    tokenizer: Any
-    method: MethodSpec
-    source: str
-    info: dict = field(default_factory=dict)
-
-    @property
-    def max_length(self) -> int | None:
-        return self.info.get("max_length")
-
-    def check_length(self, length: int) -> None:
-        """Refuse a length above the method's limit on this model (computed before the method was applied)."""
-        _check_limit(self.method, length, self.max_length, self.info.get("limit_reason", ""))
-
-
-def load_with_method(
-    model_spec,
-    method: "str | MethodSpec" = "none",
-    *,
-    dtype: torch.dtype | str = torch.float32,
-    device: str | torch.device | None = None,
-    attn_implementation: str | None = None,
-) -> LoadedModel:
-    """Load ``model_spec`` (``smollm2``, a directory, a ``.gguf`` file or a hub name) and apply ``method``.
-
-    A model object may be passed instead of a spec as ``(model, tokenizer)``; the
-    method is then applied to that object in place.
-    """
-    spec = MethodSpec.parse(method)
-    if isinstance(model_spec, tuple):
-        model, tokenizer = model_spec
-        source = getattr(model.config, "_name_or_path", "") or type(model).__name__
-    else:
-        model, tokenizer = load_model(
-            model_spec, dtype=dtype, device=device, attn_implementation=attn_implementation
-        )
-        source = str(model_spec)
-    # Limits are defined on the unmodified model (rope scaling rewrites max_position_embeddings).
-    trained = trained_context(model.config)
-    limit = spec.max_length(model.config)
-    reason = spec.method.limit_reason(model.config, spec.options)
-    model = spec.apply(model)
-    if device is not None:
-        model = model.to(device)
-    model.eval()
-    info = {
-        "model_type": model.config.model_type,
-        "trained_context": trained,
-        "max_length": limit,
-        "limit_reason": reason,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "device": str(next(model.parameters()).device),
-    }
-    return LoadedModel(model, tokenizer, spec, source, info)
-
-
-def load_for_run(config, spec: MethodSpec, model_objects: dict | None = None) -> LoadedModel:
-    """The model of an evaluation run (``config.model``, ``config.dtype``, ``config.device``) with
-    ``spec`` applied, or the ``(model, tokenizer)`` given for that spec in ``model_objects``."""
-    if model_objects and str(spec) in model_objects:
-        return load_with_method(model_objects[str(spec)], spec)
-    return load_with_method(config.model, spec, dtype=config.dtype, device=config.device)
-
-
-def model_config(model_spec):
-    """The unmodified config of a model spec (or of a ``(model, tokenizer)`` pair), without its weights."""
-    if isinstance(model_spec, tuple):
-        return model_spec[0].config
-    return load_config(model_spec)
+# ---------------------------------------------------------------- before loading
 
 
 def check_plan(model_spec, methods, lengths, *, exempt=()) -> None:
     """Refuse, before any work, a length above a method's limit (``exempt``: specs not checked)."""
-    config = model_config(model_spec)
+    config = model_config(model_spec)  # the config only: no weights are read
     for m in methods:
         spec = MethodSpec.parse(m)
         if str(spec) in exempt:
@@ -689,3 +611,7 @@ def check_plan(model_spec, methods, lengths, *, exempt=()) -> None:
         spec.method.check_config(config, spec.options)
         for n in lengths:
             spec.check_length(config, n)
+
+
+# Loading a model with a method applied lives in zebra_llm.loading; these names are kept here too.
+from zebra_llm.loading import LoadedModel, load_for_run, load_with_method, model_config  # noqa: E402,F401

@@ -131,7 +131,8 @@ def run_needle(
     **kwargs,
 ) -> dict:
     """Needle-in-a-haystack accuracy per method, length and depth over the corpus ``data``."""
-    from .methods import MethodSpec, load_for_run
+    from ..loading import load_for_run
+    from .methods import MethodSpec
 
     model_objects = kwargs.get("model_objects")
     first = MethodSpec.parse(config.methods[0])

@@ -39,7 +39,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .methods import MethodSpec, check_plan, load_for_run, parse_methods
+from ..loading import load_for_run
+from .methods import MethodSpec, check_plan, parse_methods
 from .progress import progress_bar
 from .results import ResultsFile, group_rows
 from .retrieval import bos, encode, greedy_continuations
