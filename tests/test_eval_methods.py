@@ -44,7 +44,7 @@ def test_spec_typed_options():
         ("yarn", "factor is required"),
         ("yarn:factr=4", "unknown option 'factr'; allowed options are factor"),
         ("linear:factor=0.5", "factor must be >= 1"),
-        ("dynamic:factor=inf", "must be finite"),
+        ("dynamic:factor=inf", "factor must be a finite number"),  # the wording of the shared config engine
         ("dca:chunk_size=abc", "chunk_size must be an integer"),
         ("dca:chunk_size=1.5", "chunk_size must be an integer"),
         ("dca:chunk_size=0", "chunk_size must be >= 1"),

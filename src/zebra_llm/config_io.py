@@ -198,7 +198,7 @@ def coerce(tp, value, path: str):
         except (TypeError, ValueError):
             raise ConfigError(f"{path} must be a number, got {value!r}") from None
         if not math.isfinite(number):
-            raise ConfigError(f"{path} must be finite, got {value!r}")
+            raise ConfigError(f"{path} must be a finite number, got {value!r}")
         return number
     if tp is str:
         if isinstance(value, (dict, list)):
