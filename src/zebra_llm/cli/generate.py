@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .eval import DEVICE, DTYPE, MODEL, quiet_transformers
+from ._common import DEVICE, DTYPE, MODEL, quiet_transformers
 
 
 def generate(

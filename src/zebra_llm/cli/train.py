@@ -15,12 +15,12 @@ checkpoint in the output directory starts from step 0 and says so.
 
 from __future__ import annotations
 
-import functools
-import inspect
 import os
 from pathlib import Path
 
 import typer
+
+from ._common import with_options
 
 app = typer.Typer(
     name="train",
@@ -36,8 +36,6 @@ _ENCODING = typer.Option(None, "--encoding", help="Encoding of local text files 
 _SET = typer.Option(None, "--set", help="KEY=VALUE for any config field, e.g. --set optim.min_lr_ratio=0.05 (repeatable).")
 
 # The flags every training command has, written once: (parameter, config field, type, option).
-# ``_with_shared_flags`` adds them to each command's signature (typer reads its flags from the
-# signature) and hands the command their values as dotted overrides.
 _SHARED_FLAGS = (
     ("steps", "train.steps", int, typer.Option(None, help="Optimizer steps (train.steps).")),
     ("batch_size", "train.batch_size", int,
@@ -67,27 +65,17 @@ _SHARED_FLAGS = (
 )
 
 
-def _with_shared_flags(command):
-    """Give ``command`` (which takes ``shared``: the dotted overrides of the shared flags) the
-    flags of ``_SHARED_FLAGS``, placed before its ``set_`` parameter."""
-    signature = inspect.signature(command)
-    own = [p for p in signature.parameters.values() if p.name != "shared"]
-    at = [p.name for p in own].index("set_")
-    added = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option, annotation=tp)
-             for name, _, tp, option in _SHARED_FLAGS]
+# added to each command before its ``set_`` parameter; the command gets their values in ``shared``
+_with_shared_flags = with_options([(name, tp, option) for name, _, tp, option in _SHARED_FLAGS], before="set_",
+                                  into="shared")
 
-    @functools.wraps(command)
-    def wrapper(**kwargs):
-        values = {name: kwargs.pop(name) for name, *_ in _SHARED_FLAGS}
-        shared = {field: values[name] for name, field, *_ in _SHARED_FLAGS if field is not None}
-        resume_from = values["resume_from"]
-        shared["train.resume"] = str(resume_from) if resume_from else (True if values["resume"] else None)
-        return command(**kwargs, shared={k: v for k, v in shared.items() if v is not None})
 
-    wrapper.__signature__ = signature.replace(parameters=own[:at] + added + own[at:])
-    wrapper.__annotations__ = {k: v for k, v in command.__annotations__.items() if k != "shared"}
-    wrapper.__annotations__.update({name: tp for name, _, tp, _ in _SHARED_FLAGS})
-    return wrapper
+def _shared_overrides(values: dict) -> dict[str, object]:
+    """The shared flags' values as dotted config overrides (flags not given are left out)."""
+    out = {field: values[name] for name, field, *_ in _SHARED_FLAGS if field is not None}
+    resume_from = values["resume_from"]
+    out["train.resume"] = str(resume_from) if resume_from else (True if values["resume"] else None)
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _load(cls, config: Path | None, overrides: dict[str, object], sets: list[str] | None):
@@ -131,7 +119,7 @@ def pretrain(
     packing: str = typer.Option(None, help="split, packed or concat (data.packing)."),
     encoding: str = _ENCODING,
     set_: list[str] = _SET,
-    shared: dict = None,  # the _SHARED_FLAGS' overrides (see _with_shared_flags)
+    shared: dict = None,  # the _SHARED_FLAGS' values (see _with_shared_flags)
 ) -> None:
     """Pretrain a Zebra (or global / local / global_approx) model from scratch."""
     from zebra_llm.train import PretrainConfig
@@ -142,7 +130,7 @@ def pretrain(
         "model.layer_group_size": layer_group_size, "model.window": window, "model.tokenizer": tokenizer,
         "data.source": data, "data.seq_len": seq_len, "data.packing": packing, "data.encoding": encoding,
     }
-    _finish(run(_load(PretrainConfig, config, {**pairs, **shared}, set_)))
+    _finish(run(_load(PretrainConfig, config, {**pairs, **_shared_overrides(shared)}, set_)))
 
 
 @app.command()
@@ -161,7 +149,7 @@ def lcat(
     packing: str = typer.Option(None, help="split, packed or concat (data.packing)."),
     encoding: str = _ENCODING,
     set_: list[str] = _SET,
-    shared: dict = None,  # the _SHARED_FLAGS' overrides (see _with_shared_flags)
+    shared: dict = None,  # the _SHARED_FLAGS' values (see _with_shared_flags)
 ) -> None:
     """Long context adaptation: convert a Llama-family checkpoint to Zebra and train it on long sequences."""
     from zebra_llm.train import LCATConfig
@@ -177,7 +165,7 @@ def lcat(
         "model.window": window, "model.rope_theta": rope_theta, "model.rope_scaling": scaling,
         "data.source": data, "data.seq_len": seq_len, "data.packing": packing, "data.encoding": encoding,
     }
-    _finish(run(_load(LCATConfig, config, {**pairs, **shared}, set_)))
+    _finish(run(_load(LCATConfig, config, {**pairs, **_shared_overrides(shared)}, set_)))
 
 
 @app.command()
@@ -194,7 +182,7 @@ def lit(
     lora_alpha: float = typer.Option(None, help="LoRA alpha (model.lora.alpha)."),
     encoding: str = _ENCODING,
     set_: list[str] = _SET,
-    shared: dict = None,  # the _SHARED_FLAGS' overrides (see _with_shared_flags)
+    shared: dict = None,  # the _SHARED_FLAGS' values (see _with_shared_flags)
 ) -> None:
     """Long instruction tuning: loss on response tokens only, optionally with LoRA."""
     from zebra_llm.train import LITConfig
@@ -205,4 +193,4 @@ def lit(
         "data.chat_template": chat_template, "model.lora.enabled": lora, "model.lora.r": lora_r,
         "model.lora.alpha": lora_alpha, "data.encoding": encoding,
     }
-    _finish(run(_load(LITConfig, config, {**pairs, **shared}, set_)))
+    _finish(run(_load(LITConfig, config, {**pairs, **_shared_overrides(shared)}, set_)))
