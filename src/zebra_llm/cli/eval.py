@@ -28,6 +28,7 @@ from ._common import (  # noqa: F401  (the options and helpers every eval-like c
     parse_lengths,
     prepare_output,
     quiet_transformers,
+    with_options,
 )
 
 _prepare_output = prepare_output  # its old name
@@ -82,89 +83,76 @@ def ppl(
     finish(data_, output, figure=not no_figure)
 
 
-def _retrieval_config(model, method, lengths, depths, trials, seed, batch_size, max_new_tokens, no_prefix_cache,
-                      dtype, device):
+# The flags passkey and needle share (a RetrievalConfig each), written once: (parameter, type, option).
+_RETRIEVAL_OPTIONS = (
+    ("model", str, MODEL),
+    ("method", Optional[list[str]], METHOD),
+    ("lengths", str, typer.Option("4k", "--lengths", help="Comma-separated prompt lengths, e.g. 4k,8k,16k.")),
+    ("depths", str, typer.Option("0,0.25,0.5,0.75,1", "--depths", help="Comma-separated depths in [0, 1] "
+                                 "(fraction of the filler before the needle).")),
+    ("trials", int, typer.Option(2, "--trials", help="Trials (different keys) per length and depth.")),
+    ("seed", int, typer.Option(0, "--seed", help="Seed of the keys (the same for every method).")),
+    ("max_new_tokens", Optional[int], typer.Option(None, "--max-new-tokens", help="Tokens to decode (default: the "
+                                                   "answer's length + 4).")),
+    ("no_prefix_cache", bool, typer.Option(False, "--no-prefix-cache", help="Prefill every trial in full instead "
+                                           "of reusing the shared prefix's KV cache.")),
+    ("batch_size", int, BATCH),
+    ("dtype", str, DTYPE),
+    ("device", Optional[str], DEVICE),
+)
+_retrieval_options = with_options(_RETRIEVAL_OPTIONS, before="output", into="shared")
+_AFTER_RETRIEVAL = (("overwrite", bool, OVERWRITE), ("no_progress", bool, NO_PROGRESS), ("no_figure", bool, NO_FIGURE))
+_output_options = with_options(_AFTER_RETRIEVAL, before="shared", into="after")
+
+
+def _run_retrieval(run, shared: dict, output: Path, after: dict, **task) -> None:
+    """Build the RetrievalConfig from the shared flags, check the output, run ``run`` and report."""
     from zebra_llm.eval.retrieval import RetrievalConfig
 
-    return RetrievalConfig(
-        model=model, methods=method or ["none"], lengths=parse_lengths(lengths), depths=parse_floats(depths, "depths"),
-        trials=trials, seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
-        reuse_prefix=not no_prefix_cache, dtype=dtype, device=device,
+    quiet_transformers()
+    config = RetrievalConfig(
+        model=shared["model"], methods=shared["method"] or ["none"], lengths=parse_lengths(shared["lengths"]),
+        depths=parse_floats(shared["depths"], "depths"), trials=shared["trials"], seed=shared["seed"],
+        batch_size=shared["batch_size"], max_new_tokens=shared["max_new_tokens"],
+        reuse_prefix=not shared["no_prefix_cache"], dtype=shared["dtype"], device=shared["device"],
     )
-
-
-DEPTHS = typer.Option("0,0.25,0.5,0.75,1", "--depths", help="Comma-separated depths in [0, 1] (fraction of the "
-                      "filler before the needle).")
-TRIALS = typer.Option(2, "--trials", help="Trials (different keys) per length and depth.")
-SEED = typer.Option(0, "--seed", help="Seed of the keys (the same for every method).")
-MAX_NEW = typer.Option(None, "--max-new-tokens", help="Tokens to decode (default: the answer's length + 4).")
-NO_PREFIX_CACHE = typer.Option(False, "--no-prefix-cache", help="Prefill every trial in full instead of "
-                               "reusing the shared prefix's KV cache.")
+    output = prepare_output(output, after["overwrite"], shared["device"])
+    data = run(config, output, progress=not after["no_progress"], **task)
+    finish(data, output, figure=not after["no_figure"])
 
 
 @app.command("passkey")
+@_retrieval_options
+@_output_options
 def passkey(
-    model: str = MODEL,
-    method: Optional[list[str]] = METHOD,
-    lengths: str = typer.Option("4k", "--lengths", help="Comma-separated prompt lengths, e.g. 4k,8k,16k."),
-    depths: str = DEPTHS,
-    trials: int = TRIALS,
     digits: int = typer.Option(5, "--digits", help="Digits of the pass key."),
-    seed: int = SEED,
-    max_new_tokens: Optional[int] = MAX_NEW,
-    no_prefix_cache: bool = NO_PREFIX_CACHE,
-    batch_size: int = BATCH,
-    dtype: str = DTYPE,
-    device: Optional[str] = DEVICE,
     output: Path = typer.Option(Path("results/passkey.json"), "--output", "-o"),
-    overwrite: bool = OVERWRITE,
-    no_progress: bool = NO_PROGRESS,
-    no_figure: bool = NO_FIGURE,
+    shared: dict = None,
+    after: dict = None,
 ) -> None:
     """Passkey retrieval accuracy (greedy, exact match), lengths x depths x trials, with a heatmap."""
     from zebra_llm.eval.passkey import run_passkey
 
-    quiet_transformers()
-    config = _retrieval_config(model, method, lengths, depths, trials, seed, batch_size, max_new_tokens,
-                               no_prefix_cache, dtype, device)
-    output = prepare_output(output, overwrite, device)
-    data = run_passkey(config, output, digits=digits, progress=not no_progress)
-    finish(data, output, figure=not no_figure)
+    _run_retrieval(run_passkey, shared, output, after, digits=digits)
 
 
 @app.command("needle")
+@_retrieval_options
+@_output_options
 def needle(
-    model: str = MODEL,
-    method: Optional[list[str]] = METHOD,
     data: Optional[str] = typer.Option(None, "--data", help="Haystack corpus: stdlib (default), a file, a "
                                        "directory or a datasets name."),
     field: str = typer.Option("text", "--field"),
     split: str = typer.Option("train", "--split"),
-    lengths: str = typer.Option("4k", "--lengths", help="Comma-separated prompt lengths."),
-    depths: str = DEPTHS,
-    trials: int = TRIALS,
     digits: int = typer.Option(7, "--digits", help="Digits of the magic number."),
-    seed: int = SEED,
-    max_new_tokens: Optional[int] = MAX_NEW,
-    no_prefix_cache: bool = NO_PREFIX_CACHE,
-    batch_size: int = BATCH,
-    dtype: str = DTYPE,
-    device: Optional[str] = DEVICE,
     output: Path = typer.Option(Path("results/needle.json"), "--output", "-o"),
-    overwrite: bool = OVERWRITE,
-    no_progress: bool = NO_PROGRESS,
-    no_figure: bool = NO_FIGURE,
+    shared: dict = None,
+    after: dict = None,
 ) -> None:
     """Needle in a haystack over a real corpus, lengths x depths x trials, with a heatmap."""
     from zebra_llm.eval.needle import run_needle
 
-    quiet_transformers()
-    config = _retrieval_config(model, method, lengths, depths, trials, seed, batch_size, max_new_tokens,
-                               no_prefix_cache, dtype, device)
-    output = prepare_output(output, overwrite, device)
-    result = run_needle(config, output, data=data, field=field, split=split, digits=digits,
-                        progress=not no_progress)
-    finish(result, output, figure=not no_figure)
+    _run_retrieval(run_needle, shared, output, after, data=data, field=field, split=split, digits=digits)
 
 
 @app.command("ruler")
