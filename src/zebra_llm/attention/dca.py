@@ -140,6 +140,10 @@ class Group:
     blocks: tuple[Block, ...]
 
 
+# Group and plan mirror the piecewise kernel's (attention/piecewise.py, DCASpec.plan in specs.py), which cut the
+# same groups into their own Block type
+# (region index, kind); this kernel's blocks carry the relation name and causal flag its SDPA calls take.
+# Both are tested against reference.dca_attention.
 def plan(n_keys: int, n_queries: int, chunk_size: int) -> list[Group]:
     """Cut the queries (the last ``n_queries`` of ``n_keys``) by chunk, and list each chunk's key blocks."""
     s = chunk_size

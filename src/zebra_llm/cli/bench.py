@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+# The shared options are imported by name (as in cli/eval.py): the list shows what this command uses.
 from ._common import (
     BATCH,
     DEVICE,

@@ -104,6 +104,8 @@ def _finish(result) -> None:
     typer.echo(f"trained to step {result.step} (final loss {last}{skipped}); model in {result.final_dir}")
 
 
+# Each command's own flags stay written out in its signature (same typer shape, different options): they
+# are what `--help` shows for that command, and a table would hide which command has which flag.
 @app.command()
 @_with_shared_flags
 def pretrain(

@@ -20,6 +20,7 @@ import random
 from dataclasses import dataclass, field
 
 from .corpus import TokenDocs, load_token_docs
+# imported by name as in passkey.py: the list shows which retrieval pieces this task uses
 from .retrieval import (
     RetrievalConfig,
     RetrievalPrompt,

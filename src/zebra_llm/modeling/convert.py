@@ -60,6 +60,8 @@ def _check_request(attention, layer_group_size, window, approx_chunk_size, layer
         raise ValueError(f"convert_to_zebra: {e.field} {e.problem}") from None
 
 
+# zebra_config_from, convert_to_zebra and convert_checkpoint spell out the same attention keywords: they are
+# public signatures, read in help() and IDEs; **kwargs would hide them. One check (_check_request) serves all.
 def zebra_config_from(
     source_config,
     *,
