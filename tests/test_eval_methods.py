@@ -44,7 +44,7 @@ def test_spec_typed_options():
         ("yarn", "factor is required"),
         ("yarn:factr=4", "unknown option 'factr'; allowed options are factor"),
         ("linear:factor=0.5", "factor must be >= 1"),
-        ("dynamic:factor=inf", "must be finite"),
+        ("dynamic:factor=inf", "factor must be a finite number"),  # the wording of the shared config engine
         ("dca:chunk_size=abc", "chunk_size must be an integer"),
         ("dca:chunk_size=1.5", "chunk_size must be an integer"),
         ("dca:chunk_size=0", "chunk_size must be >= 1"),
@@ -155,3 +155,14 @@ def test_check_plan_refuses_before_work(tiny_model_dir):
     with pytest.raises(ValueError, match="length 300 is above what method none supports"):
         check_plan(str(tiny_model_dir), ["yarn:factor=2", "none"], [300])
     check_plan(str(tiny_model_dir), ["none"], [300], exempt=("none",))
+
+
+def test_check_plan_rejects_a_setting_the_library_would_before_loading():
+    from zebra_llm.eval.methods import check_plan
+
+    model = tiny_llama(100)  # check_plan reads only the config of a (model, tokenizer) pair
+    with pytest.raises(ValueError, match="method dca: chunk_size must be smaller than pretraining_length"):
+        check_plan((model, None), ["dca:chunk_size=64"], [32])
+    with pytest.raises(ValueError, match="method self_extend"):
+        check_plan((model, None), ["self_extend:group_size=4,neighbor_window=64"], [32])
+    check_plan((model, None), ["dca:chunk_size=48", "self_extend:group_size=4,neighbor_window=16"], [32])

@@ -44,6 +44,7 @@ import torch
 from .attention import dca_attention
 from .attention.dca_positions import check_geometry, relative_positions
 from .hf import key_padding_mask, padding_mask_interface
+from .loading import trained_context
 
 ATTN_IMPLEMENTATION = "dca"
 ZEBRA_ATTN_IMPLEMENTATION = "zebra_dca"  # DCA on a Zebra model's global layers, Zebra attention on the others
@@ -91,14 +92,11 @@ class DCAConfig:
             raise ValueError(f"pretraining_length must be an integer, got {c!r}")
         if self.chunk_size is None:
             object.__setattr__(self, "chunk_size", max(1, 3 * c // 4))
-        check_geometry(self.chunk_size, c)
         if not isinstance(self.temperature, bool):
             raise ValueError(f"temperature must be True or False, got {self.temperature!r}")
         if self.temperature_length is None:
             object.__setattr__(self, "temperature_length", c)
-        t = self.temperature_length
-        if isinstance(t, bool) or not isinstance(t, int) or t < 1:
-            raise ValueError(f"temperature_length must be an integer >= 1, got {t!r}")
+        check_geometry(self.chunk_size, c, self.temperature_length)
 
     @property
     def local_window(self) -> int:
@@ -140,11 +138,8 @@ class DCAConfig:
         ``chunkllama``; ``trained_length``: the model's, for the defaults)."""
         if temperature is None:
             temperature = False
-        if preset not in (None, "paper", "chunkllama"):
-            raise ValueError(f"preset must be 'paper' or 'chunkllama', got {preset!r}")
+        cls.check_settings(pretraining_length, chunk_size, preset=preset)
         if preset == "chunkllama":
-            if pretraining_length is not None or chunk_size is not None:
-                raise ValueError("preset: 'chunkllama' sets pretraining_length and chunk_size; do not give them too")
             base = cls.chunkllama(trained_length, temperature=temperature)
             return cls(base.pretraining_length, base.chunk_size, temperature,
                        temperature_length or (trained_length if temperature else None))
@@ -153,6 +148,19 @@ class DCAConfig:
         if pretraining_length is None:
             raise ValueError("dca: give pretraining_length= (the model's trained context)")
         return cls(pretraining_length, chunk_size, temperature, temperature_length)
+
+    @classmethod
+    def check_settings(cls, pretraining_length=None, chunk_size=None, *, preset=None) -> None:
+        """Check what :meth:`from_settings` can check before the model is known (its trained context
+        is the default ``pretraining_length``), so a bad option fails before a model is loaded."""
+        if preset not in (None, "paper", "chunkllama"):
+            raise ValueError(f"preset must be 'paper' or 'chunkllama', got {preset!r}")
+        if preset == "chunkllama" and (pretraining_length is not None or chunk_size is not None):
+            raise ValueError("preset=chunkllama sets pretraining_length and chunk_size; do not give them too")
+        if chunk_size is not None:
+            check_geometry(chunk_size, pretraining_length)
+        elif pretraining_length is not None:
+            cls(pretraining_length)
 
     @classmethod
     def from_vllm(cls, data: dict, *, temperature: bool = True) -> "DCAConfig":
@@ -228,7 +236,7 @@ def resolve_config(model_config, *, pretraining_length=None, chunk_size=None, te
         raise ValueError(f"temperature must be True or False, got {temperature!r}")
     if preset is not None:
         return DCAConfig.from_settings(pretraining_length, chunk_size, temperature, preset=preset,
-                                       trained_length=_model_pretraining_length(model_config))
+                                       trained_length=trained_context(model_config))
     saved = getattr(model_config, CONFIG_KEY, None)
     vllm = getattr(model_config, "dual_chunk_attention_config", None)
     if saved is not None:
@@ -244,21 +252,8 @@ def resolve_config(model_config, *, pretraining_length=None, chunk_size=None, te
             return base
         return DCAConfig(base.pretraining_length, chunk_size, base.temperature, base.temperature_length)
     if pretraining_length is None:
-        pretraining_length = _model_pretraining_length(model_config)
+        pretraining_length = trained_context(model_config)
     return DCAConfig(pretraining_length, chunk_size, bool(temperature))
-
-
-def _model_pretraining_length(model_config) -> int:
-    rope = getattr(model_config, "rope_parameters", None) or {}
-    if isinstance(rope, dict) and isinstance(rope.get("full_attention"), dict):  # per-layer-type rope (Gemma 3, OLMo 3)
-        rope = rope["full_attention"]
-    original = rope.get("original_max_position_embeddings") if isinstance(rope, dict) else None
-    length = original or getattr(model_config, "max_position_embeddings", None)
-    if not isinstance(length, int) or length < 2:
-        raise ValueError(
-            "pretraining_length: the model config records no max_position_embeddings; pass pretraining_length="
-        )
-    return length
 
 
 def _rotary_embedding(model, who: str = "DCA"):

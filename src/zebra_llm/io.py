@@ -223,3 +223,19 @@ def read_text_file(path: str | os.PathLike, *, encoding: str = "utf-8", what: st
     path = check_regular_file(path, what)
     text = decode_text(path.read_bytes(), path=path, encoding=encoding, what=what)
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def jsonl_records(path: str | os.PathLike, *, encoding: str = "utf-8", what: str = "data"):
+    """``(line number, record)`` for each non-blank line of a JSONL file, decoded strictly; a line that is
+    not JSON is a ValueError naming ``what``, the file and the line."""
+    import json
+
+    text = decode_text(Path(path).read_bytes(), path=path, encoding=encoding, what=what)
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{what}: {path} line {lineno} is not valid JSON: {e.msg}") from None
+        yield lineno, record

@@ -90,12 +90,10 @@ def dca_attention(
     Returns the output with ``q``'s shape and dtype (zeros for padding queries).
     """
     check_qkv(q, k, v)
-    chunk_size, pretraining_length = check_geometry(chunk_size, pretraining_length)
+    # A public kernel: its arguments are checked here too (cheap, and a bad geometry would otherwise give a
+    # silently wrong answer), by the same function DCAConfig uses.
+    chunk_size, pretraining_length = check_geometry(chunk_size, pretraining_length, temperature_length)
     inv_freq = _check_inv_freq(inv_freq, q.shape[-1]).to(q.device)
-    if temperature_length is not None and (
-        isinstance(temperature_length, bool) or not isinstance(temperature_length, int) or temperature_length < 1
-    ):
-        raise ValueError(f"temperature_length must be None or an integer >= 1, got {temperature_length!r}")
     kpm = check_key_padding_mask(key_padding_mask, k)
     offsets = _check_offsets(position_offset, q.shape[0], q.device)
     impl = resolve("dca", backend, q, padded=kpm is not None)
@@ -142,6 +140,10 @@ class Group:
     blocks: tuple[Block, ...]
 
 
+# Group and plan mirror the piecewise kernel's (attention/piecewise.py, DCASpec.plan in specs.py), which cut the
+# same groups into their own Block type
+# (region index, kind); this kernel's blocks carry the relation name and causal flag its SDPA calls take.
+# Both are tested against reference.dca_attention.
 def plan(n_keys: int, n_queries: int, chunk_size: int) -> list[Group]:
     """Cut the queries (the last ``n_queries`` of ``n_keys``) by chunk, and list each chunk's key blocks."""
     s = chunk_size

@@ -26,20 +26,27 @@ import torch
 RELATIONS = ("intra", "succ", "inter")
 
 
-def check_geometry(chunk_size, pretraining_length) -> tuple[int, int]:
-    """Validate ``chunk_size`` (s) and ``pretraining_length`` (c): integers with ``1 <= s < c``."""
+def check_geometry(chunk_size, pretraining_length, temperature_length=None) -> tuple[int, int | None]:
+    """Validate DCA's geometry, the one definition of it (``DCAConfig``, the kernel and its spec call it):
+    ``chunk_size`` (s) and ``pretraining_length`` (c) integers with ``1 <= s < c``; ``temperature_length``
+    None or an integer >= 1. ``pretraining_length=None``: not known yet (it defaults to the model's trained
+    context), so ``chunk_size`` is checked alone."""
     for name, value in (("pretraining_length", pretraining_length), ("chunk_size", chunk_size)):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if (isinstance(value, bool) or not isinstance(value, int)) and not (name == "pretraining_length" and value is None):
             raise ValueError(f"{name} must be an integer, got {value!r}")
-    if pretraining_length < 2:
+    if pretraining_length is not None and pretraining_length < 2:
         raise ValueError(f"pretraining_length must be >= 2, got {pretraining_length}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if chunk_size >= pretraining_length:
+    if pretraining_length is not None and chunk_size >= pretraining_length:
         raise ValueError(
             f"chunk_size must be smaller than pretraining_length ({pretraining_length}) so that the local window "
             f"pretraining_length - chunk_size is at least 1, got chunk_size={chunk_size}"
         )
+    if temperature_length is not None and (
+        isinstance(temperature_length, bool) or not isinstance(temperature_length, int) or temperature_length < 1
+    ):
+        raise ValueError(f"temperature_length must be None or an integer >= 1, got {temperature_length!r}")
     return chunk_size, pretraining_length
 
 

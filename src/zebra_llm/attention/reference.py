@@ -147,6 +147,8 @@ def rope_rotate(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
 
 
+# The oracles repeat their few setup lines (shapes, padding, offsets) rather than share a helper: each reads
+# top to bottom as the definition it checks, which is what an oracle is for.
 def dca_attention(
     q,
     k,

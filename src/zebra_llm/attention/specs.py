@@ -47,9 +47,7 @@ class DCASpec(PiecewiseSpec):
     regions = ("intra", "succ", "inter")
 
     def __init__(self, chunk_size: int, pretraining_length: int, temperature_length: int | None = None):
-        self.chunk_size, self.pretraining_length = check_geometry(chunk_size, pretraining_length)
-        if temperature_length is not None:
-            _int("temperature_length", temperature_length, 1)
+        self.chunk_size, self.pretraining_length = check_geometry(chunk_size, pretraining_length, temperature_length)
         self.temperature_length = temperature_length
 
     def query_positions(self, region, ranks):

@@ -3,7 +3,11 @@ never a traceback (set ``ZEBRA_DEBUG=1`` to see the traceback)."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
+import re
+from pathlib import Path
 
 import typer
 
@@ -30,3 +34,103 @@ def fail(message: str) -> None:
     """Stop a command with a one-line error."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
+
+
+# ------------------------------------------------------------------ options shared by the eval-like commands
+
+MODEL = typer.Option("smollm2", "--model", help="smollm2 (embedded), a model directory, a .gguf file or a hub name.")
+METHOD = typer.Option(
+    None, "--method", "-m",
+    help="Method applied on load, repeatable: none, linear:factor=4, dynamic:factor=4, yarn:factor=4, dca, "
+         "dca:chunk_size=6144, dca:preset=chunkllama, self_extend:group_size=8,neighbor_window=1024, "
+         "rerope:window=4096, string, zebra:layer_group_size=4,window=512 (default: none).",
+)
+DTYPE = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16.")
+DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cpu).")
+BATCH = typer.Option(1, "--batch-size", help="Sequences per forward.")
+OVERWRITE = typer.Option(False, "--overwrite", help="Start the results file afresh instead of resuming it.")
+NO_PROGRESS = typer.Option(False, "--no-progress", help="No progress bars.")
+NO_FIGURE = typer.Option(False, "--no-figure", help="Do not draw the figure.")
+
+
+def parse_lengths(text: str, what: str = "lengths") -> list[int]:
+    """``"4k,8k,16384"`` -> ``[4096, 8192, 16384]``."""
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if not part:
+            continue
+        m = re.fullmatch(r"(\d+)(k?)", part)
+        if not m:
+            raise ValueError(f"{what}: expected numbers like 4096 or 4k separated by commas, got {part!r}")
+        out.append(int(m.group(1)) * (1024 if m.group(2) else 1))
+    if not out:
+        raise ValueError(f"{what}: give at least one value")
+    return out
+
+
+def parse_floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{what}: expected numbers separated by commas, got {text!r}") from None
+
+
+def quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
+def finish(data: dict, output: Path, *, figure: bool) -> None:
+    """Print where the results went and their table; draw the figure."""
+    from zebra_llm.eval.report import report
+
+    text, figures = report([output], figures=figure)
+    typer.echo(text)
+    typer.echo(f"results: {output}")
+    for f in figures:
+        typer.echo(f"figure: {f}")
+
+
+def prepare_output(output: Path, overwrite: bool, device: str | None = None) -> Path:
+    """Checks before any work: the results path, and a device this torch can use."""
+    from zebra_llm.loading import check_device
+
+    check_device(device)
+    if output.exists() and output.is_dir():
+        raise IsADirectoryError(f"--output {output} is a directory; give a .json file path")
+    if output.exists() and not output.is_file():
+        raise ValueError(f"--output {output} is not a regular file; give a .json file path")
+    if overwrite and output.exists():
+        output.unlink()
+    return output
+
+
+# ------------------------------------------------------------------ options shared by several commands
+
+
+def with_options(options, *, before: str, into: str):
+    """A decorator: add ``options`` (``(name, type, typer.Option)`` triples) to a command's parameters,
+    placed before its parameter ``before``; the command gets their values as a dict in its parameter
+    ``into`` (typer reads a command's flags from its signature, so a flag shared by several commands
+    is otherwise written out in each of them)."""
+
+    def decorate(command):
+        signature = inspect.signature(command)
+        own = [p for p in signature.parameters.values() if p.name != into]
+        at = [p.name for p in own].index(before)
+        added = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option, annotation=tp)
+                 for name, tp, option in options]
+
+        @functools.wraps(command)
+        def wrapper(**kwargs):
+            values = {name: kwargs.pop(name) for name, _, _ in options}
+            return command(**kwargs, **{into: values})
+
+        wrapper.__signature__ = signature.replace(parameters=own[:at] + added + own[at:])
+        wrapper.__annotations__ = {k: v for k, v in command.__annotations__.items() if k != into}
+        wrapper.__annotations__.update({name: tp for name, tp, _ in options})
+        return wrapper
+
+    return decorate

@@ -7,8 +7,21 @@ from typing import Optional
 
 import typer
 
-from .eval import BATCH, DEVICE, DTYPE, METHOD, MODEL, NO_FIGURE, NO_PROGRESS, OVERWRITE, finish, parse_lengths
-from .eval import _prepare_output, quiet_transformers
+# The shared options are imported by name (as in cli/eval.py): the list shows what this command uses.
+from ._common import (
+    BATCH,
+    DEVICE,
+    DTYPE,
+    METHOD,
+    MODEL,
+    NO_FIGURE,
+    NO_PROGRESS,
+    OVERWRITE,
+    finish,
+    parse_lengths,
+    prepare_output,
+    quiet_transformers,
+)
 
 
 def bench(
@@ -35,6 +48,6 @@ def bench(
     config = BenchConfig(model=model, methods=method or ["none"], lengths=parse_lengths(lengths),
                          decode_tokens=decode_tokens, repeats=repeats, batch_size=batch_size,
                          isolate=not in_process, dtype=dtype, device=device)
-    output = _prepare_output(output, overwrite, device)
+    output = prepare_output(output, overwrite, device)
     data = run_bench(config, output, progress=not no_progress)
     finish(data, output, figure=not no_figure)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .eval import NO_PROGRESS, quiet_transformers
+from ._common import NO_PROGRESS, quiet_transformers
 
 
 def demo(
@@ -23,7 +23,7 @@ def demo(
     from zebra_llm.eval.demo import DEMO_LENGTHS, DEMO_METHODS, run_demo
     from zebra_llm.io import write_text_atomic
 
-    from .eval import parse_lengths
+    from ._common import parse_lengths
 
     quiet_transformers()
     text, figures, output = run_demo(

@@ -7,7 +7,6 @@ prints the Markdown table.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Optional
 
@@ -15,76 +14,24 @@ import typer
 
 app = typer.Typer(help="Perplexity, passkey and needle-in-a-haystack evaluations.", no_args_is_help=True)
 
-# ------------------------------------------------------------------ shared options
-
-MODEL = typer.Option("smollm2", "--model", help="smollm2 (embedded), a model directory, a .gguf file or a hub name.")
-METHOD = typer.Option(
-    None, "--method", "-m",
-    help="Method applied on load, repeatable: none, linear:factor=4, dynamic:factor=4, yarn:factor=4, dca, "
-         "dca:chunk_size=6144, dca:preset=chunkllama, self_extend:group_size=8,neighbor_window=1024, "
-         "rerope:window=4096, string, zebra:layer_group_size=4,window=512 (default: none).",
+from ._common import (  # noqa: F401  (the options and helpers every eval-like command shares; kept importable here)
+    BATCH,
+    DEVICE,
+    DTYPE,
+    METHOD,
+    MODEL,
+    NO_FIGURE,
+    NO_PROGRESS,
+    OVERWRITE,
+    finish,
+    parse_floats,
+    parse_lengths,
+    prepare_output,
+    quiet_transformers,
+    with_options,
 )
-DTYPE = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16.")
-DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cpu).")
-BATCH = typer.Option(1, "--batch-size", help="Sequences per forward.")
-OVERWRITE = typer.Option(False, "--overwrite", help="Start the results file afresh instead of resuming it.")
-NO_PROGRESS = typer.Option(False, "--no-progress", help="No progress bars.")
-NO_FIGURE = typer.Option(False, "--no-figure", help="Do not draw the figure.")
 
-
-def parse_lengths(text: str, what: str = "lengths") -> list[int]:
-    """``"4k,8k,16384"`` -> ``[4096, 8192, 16384]``."""
-    out = []
-    for part in text.split(","):
-        part = part.strip().lower()
-        if not part:
-            continue
-        m = re.fullmatch(r"(\d+)(k?)", part)
-        if not m:
-            raise ValueError(f"{what}: expected numbers like 4096 or 4k separated by commas, got {part!r}")
-        out.append(int(m.group(1)) * (1024 if m.group(2) else 1))
-    if not out:
-        raise ValueError(f"{what}: give at least one value")
-    return out
-
-
-def parse_floats(text: str, what: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"{what}: expected numbers separated by commas, got {text!r}") from None
-
-
-def quiet_transformers() -> None:
-    from transformers.utils import logging
-
-    logging.disable_progress_bar()
-
-
-def finish(data: dict, output: Path, *, figure: bool) -> None:
-    """Print where the results went and their table; draw the figure."""
-    from zebra_llm.eval.report import report
-
-    text, figures = report([output], figures=figure)
-    typer.echo(text)
-    typer.echo(f"results: {output}")
-    for f in figures:
-        typer.echo(f"figure: {f}")
-
-
-def _prepare_output(output: Path, overwrite: bool, device: str | None = None) -> Path:
-    """Checks before any work: the results path, and a device this torch can use."""
-    from zebra_llm.loading import check_device
-
-    check_device(device)
-    if output.exists() and output.is_dir():
-        raise IsADirectoryError(f"--output {output} is a directory; give a .json file path")
-    if output.exists() and not output.is_file():
-        raise ValueError(f"--output {output} is not a regular file; give a .json file path")
-    if overwrite and output.exists():
-        output.unlink()
-    return output
-
+_prepare_output = prepare_output  # its old name
 
 # ------------------------------------------------------------------ commands
 
@@ -131,94 +78,81 @@ def ppl(
         same_docs=not all_docs,
         batch_size=batch_size, loss_chunk=loss_chunk, dtype=dtype, device=device, encoding=encoding,
     )
-    output = _prepare_output(output, overwrite, device)
+    output = prepare_output(output, overwrite, device)
     data_ = run_perplexity(config, output, progress=not no_progress)
     finish(data_, output, figure=not no_figure)
 
 
-def _retrieval_config(model, method, lengths, depths, trials, seed, batch_size, max_new_tokens, no_prefix_cache,
-                      dtype, device):
+# The flags passkey and needle share (a RetrievalConfig each), written once: (parameter, type, option).
+_RETRIEVAL_OPTIONS = (
+    ("model", str, MODEL),
+    ("method", Optional[list[str]], METHOD),
+    ("lengths", str, typer.Option("4k", "--lengths", help="Comma-separated prompt lengths, e.g. 4k,8k,16k.")),
+    ("depths", str, typer.Option("0,0.25,0.5,0.75,1", "--depths", help="Comma-separated depths in [0, 1] "
+                                 "(fraction of the filler before the needle).")),
+    ("trials", int, typer.Option(2, "--trials", help="Trials (different keys) per length and depth.")),
+    ("seed", int, typer.Option(0, "--seed", help="Seed of the keys (the same for every method).")),
+    ("max_new_tokens", Optional[int], typer.Option(None, "--max-new-tokens", help="Tokens to decode (default: the "
+                                                   "answer's length + 4).")),
+    ("no_prefix_cache", bool, typer.Option(False, "--no-prefix-cache", help="Prefill every trial in full instead "
+                                           "of reusing the shared prefix's KV cache.")),
+    ("batch_size", int, BATCH),
+    ("dtype", str, DTYPE),
+    ("device", Optional[str], DEVICE),
+)
+_retrieval_options = with_options(_RETRIEVAL_OPTIONS, before="output", into="shared")
+_AFTER_RETRIEVAL = (("overwrite", bool, OVERWRITE), ("no_progress", bool, NO_PROGRESS), ("no_figure", bool, NO_FIGURE))
+_output_options = with_options(_AFTER_RETRIEVAL, before="shared", into="after")
+
+
+def _run_retrieval(run, shared: dict, output: Path, after: dict, **task) -> None:
+    """Build the RetrievalConfig from the shared flags, check the output, run ``run`` and report."""
     from zebra_llm.eval.retrieval import RetrievalConfig
 
-    return RetrievalConfig(
-        model=model, methods=method or ["none"], lengths=parse_lengths(lengths), depths=parse_floats(depths, "depths"),
-        trials=trials, seed=seed, batch_size=batch_size, max_new_tokens=max_new_tokens,
-        reuse_prefix=not no_prefix_cache, dtype=dtype, device=device,
+    quiet_transformers()
+    config = RetrievalConfig(
+        model=shared["model"], methods=shared["method"] or ["none"], lengths=parse_lengths(shared["lengths"]),
+        depths=parse_floats(shared["depths"], "depths"), trials=shared["trials"], seed=shared["seed"],
+        batch_size=shared["batch_size"], max_new_tokens=shared["max_new_tokens"],
+        reuse_prefix=not shared["no_prefix_cache"], dtype=shared["dtype"], device=shared["device"],
     )
-
-
-DEPTHS = typer.Option("0,0.25,0.5,0.75,1", "--depths", help="Comma-separated depths in [0, 1] (fraction of the "
-                      "filler before the needle).")
-TRIALS = typer.Option(2, "--trials", help="Trials (different keys) per length and depth.")
-SEED = typer.Option(0, "--seed", help="Seed of the keys (the same for every method).")
-MAX_NEW = typer.Option(None, "--max-new-tokens", help="Tokens to decode (default: the answer's length + 4).")
-NO_PREFIX_CACHE = typer.Option(False, "--no-prefix-cache", help="Prefill every trial in full instead of "
-                               "reusing the shared prefix's KV cache.")
+    output = prepare_output(output, after["overwrite"], shared["device"])
+    data = run(config, output, progress=not after["no_progress"], **task)
+    finish(data, output, figure=not after["no_figure"])
 
 
 @app.command("passkey")
+@_retrieval_options
+@_output_options
 def passkey(
-    model: str = MODEL,
-    method: Optional[list[str]] = METHOD,
-    lengths: str = typer.Option("4k", "--lengths", help="Comma-separated prompt lengths, e.g. 4k,8k,16k."),
-    depths: str = DEPTHS,
-    trials: int = TRIALS,
     digits: int = typer.Option(5, "--digits", help="Digits of the pass key."),
-    seed: int = SEED,
-    max_new_tokens: Optional[int] = MAX_NEW,
-    no_prefix_cache: bool = NO_PREFIX_CACHE,
-    batch_size: int = BATCH,
-    dtype: str = DTYPE,
-    device: Optional[str] = DEVICE,
     output: Path = typer.Option(Path("results/passkey.json"), "--output", "-o"),
-    overwrite: bool = OVERWRITE,
-    no_progress: bool = NO_PROGRESS,
-    no_figure: bool = NO_FIGURE,
+    shared: dict = None,
+    after: dict = None,
 ) -> None:
     """Passkey retrieval accuracy (greedy, exact match), lengths x depths x trials, with a heatmap."""
     from zebra_llm.eval.passkey import run_passkey
 
-    quiet_transformers()
-    config = _retrieval_config(model, method, lengths, depths, trials, seed, batch_size, max_new_tokens,
-                               no_prefix_cache, dtype, device)
-    output = _prepare_output(output, overwrite, device)
-    data = run_passkey(config, output, digits=digits, progress=not no_progress)
-    finish(data, output, figure=not no_figure)
+    _run_retrieval(run_passkey, shared, output, after, digits=digits)
 
 
 @app.command("needle")
+@_retrieval_options
+@_output_options
 def needle(
-    model: str = MODEL,
-    method: Optional[list[str]] = METHOD,
     data: Optional[str] = typer.Option(None, "--data", help="Haystack corpus: stdlib (default), a file, a "
                                        "directory or a datasets name."),
     field: str = typer.Option("text", "--field"),
     split: str = typer.Option("train", "--split"),
-    lengths: str = typer.Option("4k", "--lengths", help="Comma-separated prompt lengths."),
-    depths: str = DEPTHS,
-    trials: int = TRIALS,
     digits: int = typer.Option(7, "--digits", help="Digits of the magic number."),
-    seed: int = SEED,
-    max_new_tokens: Optional[int] = MAX_NEW,
-    no_prefix_cache: bool = NO_PREFIX_CACHE,
-    batch_size: int = BATCH,
-    dtype: str = DTYPE,
-    device: Optional[str] = DEVICE,
     output: Path = typer.Option(Path("results/needle.json"), "--output", "-o"),
-    overwrite: bool = OVERWRITE,
-    no_progress: bool = NO_PROGRESS,
-    no_figure: bool = NO_FIGURE,
+    shared: dict = None,
+    after: dict = None,
 ) -> None:
     """Needle in a haystack over a real corpus, lengths x depths x trials, with a heatmap."""
     from zebra_llm.eval.needle import run_needle
 
-    quiet_transformers()
-    config = _retrieval_config(model, method, lengths, depths, trials, seed, batch_size, max_new_tokens,
-                               no_prefix_cache, dtype, device)
-    output = _prepare_output(output, overwrite, device)
-    result = run_needle(config, output, data=data, field=field, split=split, digits=digits,
-                        progress=not no_progress)
-    finish(result, output, figure=not no_figure)
+    _run_retrieval(run_needle, shared, output, after, data=data, field=field, split=split, digits=digits)
 
 
 @app.command("ruler")

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .eval import DEVICE, DTYPE, MODEL, quiet_transformers
+from ._common import DEVICE, DTYPE, MODEL, quiet_transformers
 
 
 def generate(
@@ -25,7 +25,7 @@ def generate(
 ) -> None:
     """Generate text from a prompt, streamed to stdout as it is produced."""
     from zebra_llm.eval.generate import GenerationSettings, stream_generate
-    from zebra_llm.eval.methods import load_with_method
+    from zebra_llm.loading import load_with_method
 
     if (prompt is None) == (file is None):
         raise ValueError("give a prompt or --file, not both and not neither")

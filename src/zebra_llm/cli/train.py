@@ -20,6 +20,8 @@ from pathlib import Path
 
 import typer
 
+from ._common import with_options
+
 app = typer.Typer(
     name="train",
     help="Train models: pretraining from scratch, long context adaptation (LCAT), long instruction tuning (LIT).",
@@ -29,55 +31,58 @@ app = typer.Typer(
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, what a killed process reports
 EXIT_CODES = {"SIGTERM": 143, "SIGINT": 130}  # 128 + the signal's number
 
-# Options shared by the three commands (typer needs them in each signature).
 _CONFIG = typer.Option(None, "--config", "-c", help="YAML/TOML/JSON config file; flags override it.")
-_STEPS = typer.Option(None, help="Optimizer steps (train.steps).")
-_BATCH = typer.Option(None, help="Global batch in sequences/examples over all processes (train.batch_size).")
-_MICRO = typer.Option(None, help="Per-process micro-batch; the rest is gradient accumulation (train.micro_batch_size).")
-_LR = typer.Option(None, help="Peak learning rate (optim.lr).")
-_WARMUP = typer.Option(None, help="Linear warmup steps before the cosine decay (optim.warmup_steps).")
-_SEED = typer.Option(None, help="Seed of the initialisation and the data order (train.seed).")
-_OUT = typer.Option(None, "--output-dir", "-o", help="Run directory: checkpoints, metrics.jsonl, final model.")
-_SAVE = typer.Option(None, help="Resumable checkpoint every N steps (train.save_every; 0 = only on SIGTERM).")
-_RESUME = typer.Option(False, "--resume", help="Continue from the newest checkpoint in the output directory.")
-_RESUME_FROM = typer.Option(None, "--resume-from", help="Continue from this checkpoint directory.")
-_DEVICE = typer.Option(None, help="auto, cpu, cuda or cuda:N (engine.device).")
-_STRATEGY = typer.Option(None, help="auto, single, ddp or fsdp (engine.strategy).")
-_PRECISION = typer.Option(None, help="auto (bf16 autocast on GPU), fp32 or bf16 (engine.precision).")
-_AC = typer.Option(None, "--activation-checkpointing/--no-activation-checkpointing", help="Recompute activations in backward.")
-_COMPILE = typer.Option(None, "--compile/--no-compile", help="torch.compile each decoder block.")
-_PROGRESS = typer.Option(None, "--progress/--no-progress", help="Progress bar.")
 _ENCODING = typer.Option(None, "--encoding", help="Encoding of local text files (data.encoding, default utf-8; strict).")
 _SET = typer.Option(None, "--set", help="KEY=VALUE for any config field, e.g. --set optim.min_lr_ratio=0.05 (repeatable).")
 
+# The flags every training command has, written once: (parameter, config field, type, option).
+_SHARED_FLAGS = (
+    ("steps", "train.steps", int, typer.Option(None, help="Optimizer steps (train.steps).")),
+    ("batch_size", "train.batch_size", int,
+     typer.Option(None, help="Global batch in sequences/examples over all processes (train.batch_size).")),
+    ("micro_batch_size", "train.micro_batch_size", int,
+     typer.Option(None, help="Per-process micro-batch; the rest is gradient accumulation (train.micro_batch_size).")),
+    ("lr", "optim.lr", float, typer.Option(None, help="Peak learning rate (optim.lr).")),
+    ("warmup_steps", "optim.warmup_steps", int,
+     typer.Option(None, help="Linear warmup steps before the cosine decay (optim.warmup_steps).")),
+    ("seed", "train.seed", int, typer.Option(None, help="Seed of the initialisation and the data order (train.seed).")),
+    ("output_dir", "train.output_dir", str,
+     typer.Option(None, "--output-dir", "-o", help="Run directory: checkpoints, metrics.jsonl, final model.")),
+    ("save_every", "train.save_every", int,
+     typer.Option(None, help="Resumable checkpoint every N steps (train.save_every; 0 = only on SIGTERM).")),
+    ("resume", None, bool,  # train.resume, with resume_from
+     typer.Option(False, "--resume", help="Continue from the newest checkpoint in the output directory.")),
+    ("resume_from", None, Path, typer.Option(None, "--resume-from", help="Continue from this checkpoint directory.")),
+    ("device", "engine.device", str, typer.Option(None, help="auto, cpu, cuda or cuda:N (engine.device).")),
+    ("strategy", "engine.strategy", str, typer.Option(None, help="auto, single, ddp or fsdp (engine.strategy).")),
+    ("precision", "engine.precision", str,
+     typer.Option(None, help="auto (bf16 autocast on GPU), fp32 or bf16 (engine.precision).")),
+    ("activation_checkpointing", "engine.activation_checkpointing", bool,
+     typer.Option(None, "--activation-checkpointing/--no-activation-checkpointing",
+                  help="Recompute activations in backward.")),
+    ("compile", "engine.compile", bool, typer.Option(None, "--compile/--no-compile", help="torch.compile each decoder block.")),
+    ("progress", "train.progress", bool, typer.Option(None, "--progress/--no-progress", help="Progress bar.")),
+)
 
-def _overrides(pairs: dict[str, object], *, steps, batch_size, micro_batch_size, lr, warmup_steps, seed, output_dir,
-               save_every, resume, resume_from, device, strategy, precision, activation_checkpointing, compile,
-               progress) -> dict[str, object]:
-    common = {
-        "train.steps": steps,
-        "train.batch_size": batch_size,
-        "train.micro_batch_size": micro_batch_size,
-        "optim.lr": lr,
-        "optim.warmup_steps": warmup_steps,
-        "train.seed": seed,
-        "train.output_dir": output_dir,
-        "train.save_every": save_every,
-        "train.resume": str(resume_from) if resume_from else (True if resume else None),
-        "engine.device": device,
-        "engine.strategy": strategy,
-        "engine.precision": precision,
-        "engine.activation_checkpointing": activation_checkpointing,
-        "engine.compile": compile,
-        "train.progress": progress,
-    }
-    return {k: v for k, v in {**pairs, **common}.items() if v is not None}
+
+# added to each command before its ``set_`` parameter; the command gets their values in ``shared``
+_with_shared_flags = with_options([(name, tp, option) for name, _, tp, option in _SHARED_FLAGS], before="set_",
+                                  into="shared")
+
+
+def _shared_overrides(values: dict) -> dict[str, object]:
+    """The shared flags' values as dotted config overrides (flags not given are left out)."""
+    out = {field: values[name] for name, field, *_ in _SHARED_FLAGS if field is not None}
+    resume_from = values["resume_from"]
+    out["train.resume"] = str(resume_from) if resume_from else (True if values["resume"] else None)
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _load(cls, config: Path | None, overrides: dict[str, object], sets: list[str] | None):
-    from zebra_llm.train.config import apply_overrides, read_config_file
+    from zebra_llm.config_io import apply_overrides, read_config_file
 
     data = read_config_file(config) if config is not None else {}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     data = apply_overrides(apply_overrides(data, overrides), list(sets or []))
     return cls.from_dict(data)
 
@@ -99,7 +104,10 @@ def _finish(result) -> None:
     typer.echo(f"trained to step {result.step} (final loss {last}{skipped}); model in {result.final_dir}")
 
 
+# Each command's own flags stay written out in its signature (same typer shape, different options): they
+# are what `--help` shows for that command, and a table would hide which command has which flag.
 @app.command()
+@_with_shared_flags
 def pretrain(
     config: Path = _CONFIG,
     preset: str = typer.Option(None, help="Zebra preset name (model.preset)."),
@@ -112,11 +120,8 @@ def pretrain(
     seq_len: int = typer.Option(None, help="Training sequence length (data.seq_len)."),
     packing: str = typer.Option(None, help="split, packed or concat (data.packing)."),
     encoding: str = _ENCODING,
-    steps: int = _STEPS, batch_size: int = _BATCH, micro_batch_size: int = _MICRO, lr: float = _LR,
-    warmup_steps: int = _WARMUP, seed: int = _SEED, output_dir: str = _OUT, save_every: int = _SAVE,
-    resume: bool = _RESUME, resume_from: Path = _RESUME_FROM, device: str = _DEVICE, strategy: str = _STRATEGY,
-    precision: str = _PRECISION, activation_checkpointing: bool = _AC, compile: bool = _COMPILE,
-    progress: bool = _PROGRESS, set_: list[str] = _SET,
+    set_: list[str] = _SET,
+    shared: dict = None,  # the _SHARED_FLAGS' values (see _with_shared_flags)
 ) -> None:
     """Pretrain a Zebra (or global / local / global_approx) model from scratch."""
     from zebra_llm.train import PretrainConfig
@@ -127,17 +132,11 @@ def pretrain(
         "model.layer_group_size": layer_group_size, "model.window": window, "model.tokenizer": tokenizer,
         "data.source": data, "data.seq_len": seq_len, "data.packing": packing, "data.encoding": encoding,
     }
-    overrides = _overrides(
-        pairs,
-        steps=steps, batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr, warmup_steps=warmup_steps,
-        seed=seed, output_dir=output_dir, save_every=save_every, resume=resume, resume_from=resume_from,
-        device=device, strategy=strategy, precision=precision, activation_checkpointing=activation_checkpointing,
-        compile=compile, progress=progress,
-    )
-    _finish(run(_load(PretrainConfig, config, overrides, set_)))
+    _finish(run(_load(PretrainConfig, config, {**pairs, **_shared_overrides(shared)}, set_)))
 
 
 @app.command()
+@_with_shared_flags
 def lcat(
     config: Path = _CONFIG,
     source: str = typer.Option(None, "--from", help="Llama-family model: smollm2, a directory, a .gguf file or a hub name."),
@@ -151,11 +150,8 @@ def lcat(
     seq_len: int = typer.Option(None, help="Training sequence length (data.seq_len, default 8192)."),
     packing: str = typer.Option(None, help="split, packed or concat (data.packing)."),
     encoding: str = _ENCODING,
-    steps: int = _STEPS, batch_size: int = _BATCH, micro_batch_size: int = _MICRO, lr: float = _LR,
-    warmup_steps: int = _WARMUP, seed: int = _SEED, output_dir: str = _OUT, save_every: int = _SAVE,
-    resume: bool = _RESUME, resume_from: Path = _RESUME_FROM, device: str = _DEVICE, strategy: str = _STRATEGY,
-    precision: str = _PRECISION, activation_checkpointing: bool = _AC, compile: bool = _COMPILE,
-    progress: bool = _PROGRESS, set_: list[str] = _SET,
+    set_: list[str] = _SET,
+    shared: dict = None,  # the _SHARED_FLAGS' values (see _with_shared_flags)
 ) -> None:
     """Long context adaptation: convert a Llama-family checkpoint to Zebra and train it on long sequences."""
     from zebra_llm.train import LCATConfig
@@ -171,16 +167,11 @@ def lcat(
         "model.window": window, "model.rope_theta": rope_theta, "model.rope_scaling": scaling,
         "data.source": data, "data.seq_len": seq_len, "data.packing": packing, "data.encoding": encoding,
     }
-    overrides = _overrides(
-        pairs, steps=steps, batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr, warmup_steps=warmup_steps,
-        seed=seed, output_dir=output_dir, save_every=save_every, resume=resume, resume_from=resume_from,
-        device=device, strategy=strategy, precision=precision, activation_checkpointing=activation_checkpointing,
-        compile=compile, progress=progress,
-    )
-    _finish(run(_load(LCATConfig, config, overrides, set_)))
+    _finish(run(_load(LCATConfig, config, {**pairs, **_shared_overrides(shared)}, set_)))
 
 
 @app.command()
+@_with_shared_flags
 def lit(
     config: Path = _CONFIG,
     source: str = typer.Option(None, "--from", help="Model to tune: a directory (e.g. an LCAT result), smollm2, a .gguf file or a hub name."),
@@ -192,11 +183,8 @@ def lit(
     lora_r: int = typer.Option(None, help="LoRA rank (model.lora.r)."),
     lora_alpha: float = typer.Option(None, help="LoRA alpha (model.lora.alpha)."),
     encoding: str = _ENCODING,
-    steps: int = _STEPS, batch_size: int = _BATCH, micro_batch_size: int = _MICRO, lr: float = _LR,
-    warmup_steps: int = _WARMUP, seed: int = _SEED, output_dir: str = _OUT, save_every: int = _SAVE,
-    resume: bool = _RESUME, resume_from: Path = _RESUME_FROM, device: str = _DEVICE, strategy: str = _STRATEGY,
-    precision: str = _PRECISION, activation_checkpointing: bool = _AC, compile: bool = _COMPILE,
-    progress: bool = _PROGRESS, set_: list[str] = _SET,
+    set_: list[str] = _SET,
+    shared: dict = None,  # the _SHARED_FLAGS' values (see _with_shared_flags)
 ) -> None:
     """Long instruction tuning: loss on response tokens only, optionally with LoRA."""
     from zebra_llm.train import LITConfig
@@ -207,10 +195,4 @@ def lit(
         "data.chat_template": chat_template, "model.lora.enabled": lora, "model.lora.r": lora_r,
         "model.lora.alpha": lora_alpha, "data.encoding": encoding,
     }
-    overrides = _overrides(
-        pairs, steps=steps, batch_size=batch_size, micro_batch_size=micro_batch_size, lr=lr, warmup_steps=warmup_steps,
-        seed=seed, output_dir=output_dir, save_every=save_every, resume=resume, resume_from=resume_from,
-        device=device, strategy=strategy, precision=precision, activation_checkpointing=activation_checkpointing,
-        compile=compile, progress=progress,
-    )
-    _finish(run(_load(LITConfig, config, overrides, set_)))
+    _finish(run(_load(LITConfig, config, {**pairs, **_shared_overrides(shared)}, set_)))

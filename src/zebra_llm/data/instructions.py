@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from ..io import check_regular_file, decode_text, write_bytes_atomic
+from ..io import check_regular_file, jsonl_records, write_bytes_atomic
 from ..loading import cache_dir
 from .packing import IGNORE
 from .tokens import tokenizer_fingerprint
@@ -50,14 +49,7 @@ def load_instruction_records(
     if path.suffix.lower() != ".jsonl":
         raise ValueError(f"data.path: {path} must be a .jsonl file of messages or prompt/response records")
     out = []
-    text = decode_text(path.read_bytes(), path=path, encoding=encoding, what="data.path")
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"data.path: {path} line {lineno} is not valid JSON: {e.msg}") from None
+    for lineno, record in jsonl_records(path, encoding=encoding, what="data.path"):
         out.append(record_to_messages(record, where=f"{path} line {lineno}"))
         if limit is not None and len(out) >= limit:
             break

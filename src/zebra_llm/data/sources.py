@@ -12,13 +12,12 @@ not a string is an error naming the record, never its ``str()``.
 
 from __future__ import annotations
 
-import json
 import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import decode_text, describe_file_kind, read_text_file
+from ..io import decode_text, describe_file_kind, jsonl_records, read_text_file
 
 DEFAULT = "stdlib"
 
@@ -140,18 +139,11 @@ def _load_file(path: Path, *, field: str, encoding: str = "utf-8") -> list[Docum
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         docs = []
-        text = decode_text(path.read_bytes(), path=path, encoding=encoding)
-        for i, line in enumerate(text.split("\n")):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"data: {path} line {i + 1} is not valid JSON: {e.msg}") from None
+        for lineno, record in jsonl_records(path, encoding=encoding):
             if not isinstance(record, dict) or field not in record:
-                raise ValueError(f"data: {path} line {i + 1} has no field {field!r} (use --field to pick one)")
-            docs.append(Document(f"{path.name}:{i + 1}", text_field(record[field], field=field,
-                                                                     where=f"{path} line {i + 1}")))
+                raise ValueError(f"data: {path} line {lineno} has no field {field!r} (use --field to pick one)")
+            docs.append(Document(f"{path.name}:{lineno}", text_field(record[field], field=field,
+                                                                     where=f"{path} line {lineno}")))
         return docs
     if suffix == ".parquet":
         import pyarrow.parquet as pq

@@ -8,7 +8,8 @@ applied on load; see :mod:`zebra_llm.eval.methods`. Guide: docs/evaluation.md.
 """
 
 from .loss import check_loss_path, token_nll
-from .methods import METHODS, LoadedModel, MethodSpec, load_with_method, parse_methods, trained_context
+from ..loading import LoadedModel, load_with_method, trained_context
+from .methods import METHODS, MethodSpec, parse_methods
 from .perplexity import (
     PerplexityConfig,
     bucket_segments,

@@ -36,7 +36,8 @@ from dataclasses import field as dc_field
 import torch
 
 from ..hf import CACHE_KWARG, output_cache
-from .methods import MethodSpec, check_plan, load_for_run, parse_methods
+from ..loading import load_for_run
+from .methods import MethodSpec, check_plan, parse_methods
 from .progress import progress_bar
 from .results import ResultsFile
 

@@ -33,7 +33,7 @@ except ImportError as e:  # pragma: no cover - depends on the optional extra
         "zebra_llm.eval.lm_eval needs lm-evaluation-harness: pip install 'zebra-llm[eval]' (lm-eval>=0.4.5,<0.5)"
     ) from e
 
-from .methods import load_with_method
+from ..loading import load_with_method
 
 # A method without a length limit (DCA) still needs a context size for the harness's truncation.
 UNLIMITED_CONTEXT_MULTIPLE = 16

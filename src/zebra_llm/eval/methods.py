@@ -36,12 +36,16 @@ nothing useful and the run would only burn time, so evaluations refuse it;
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
+from zebra_llm.config_io import ConfigError, build
+from zebra_llm.dca import DCAConfig, apply_dca, resolve_config
+from zebra_llm.extensions import apply_extension
+from zebra_llm.extensions.config import make_config
+from zebra_llm.loading import trained_context
+from zebra_llm.modeling import convert_to_zebra
+from zebra_llm.modeling.configuration_zebra import LayerSettingError, check_layer_settings
 
 # How far past its nominal context a method may be asked to go by default.
 DEFAULT_LIMIT_MULTIPLE = 4
@@ -105,7 +109,7 @@ class MethodSpec:
 
     def check_length(self, config, length: int) -> None:
         """Refuse ``length`` above the limit on a model with ``config`` (the unmodified model's)."""
-        _check_limit(self, length, self.max_length(config), self.method.limit_reason(config, self.options))
+        check_limit(self, length, self.max_length(config), self.method.limit_reason(config, self.options))
 
     @property
     def prefix_cache_exact(self) -> bool:
@@ -116,7 +120,7 @@ class MethodSpec:
         return self.method.prefix_cache_exact
 
 
-def _check_limit(spec: MethodSpec, length: int, limit: int | None, reason: str) -> None:
+def check_limit(spec: MethodSpec, length: int, limit: int | None, reason: str) -> None:
     if limit is not None and length > limit:
         raise ValueError(
             f"length {length} is above what method {spec} supports on this model ({limit} tokens: {reason}); "
@@ -148,54 +152,19 @@ def _format_value(v) -> str:
 # ---------------------------------------------------------------- option parsing
 
 
-def _to_int(key: str, raw: str | int) -> int:
-    try:
-        value = float(raw) if isinstance(raw, str) else raw
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        return int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"option {key} must be an integer, got {raw!r}") from None
-
-
-def _to_float(key: str, raw: str | float) -> float:
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"option {key} must be a number, got {raw!r}") from None
-    if not math.isfinite(value):
-        raise ValueError(f"option {key} must be finite, got {raw!r}")
-    return value
-
-
-def _to_bool_or_float(key: str, raw: str | bool | float) -> bool | float:
-    if isinstance(raw, (bool, int, float)):
-        return raw
-    low = raw.strip().lower()
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no", "off"):
-        return False
-    return _to_float(key, raw)
-
-
 def _build(options_type, method_name: str, values: dict[str, Any]):
-    fields = {f.name: f for f in dataclasses.fields(options_type)}
-    unknown = sorted(set(values) - set(fields))
+    """The options dataclass from ``key=value`` text, by the engine the training configs use."""
+    names = [f.name for f in dataclasses.fields(options_type)]
+    unknown = sorted(set(values) - set(names))
     if unknown:
         raise ValueError(
-            f"method {method_name}: unknown option {unknown[0]!r}; allowed options are {', '.join(fields) or 'none'}"
+            f"method {method_name}: unknown option {unknown[0]!r}; allowed options are {', '.join(names) or 'none'}"
         )
-    converted = {}
-    for key, raw in values.items():
-        conv = options_type.converters[key]
-        try:
-            converted[key] = conv(key, raw)
-        except ValueError as e:
-            raise ValueError(f"method {method_name}: {e}") from None
     try:
-        return options_type(**converted)
-    except ValueError as e:
+        return build(options_type, values)
+    except ConfigError as e:  # a value of the wrong type, named by its key
+        raise ValueError(f"method {method_name}: option {e}") from None
+    except ValueError as e:  # the options' own checks (which name the option)
         raise ValueError(f"method {method_name}: {e}") from None
 
 
@@ -205,18 +174,6 @@ def _check_max_length(value: int | None) -> None:
 
 
 # ---------------------------------------------------------------- methods
-
-
-def trained_context(config) -> int:
-    """The context the model was pretrained on: rope scaling's original length when it records one."""
-    rope = getattr(config, "rope_parameters", None) or {}
-    original = rope.get("original_max_position_embeddings") if isinstance(rope, dict) else None
-    if original:
-        return int(original)
-    value = getattr(config, "max_position_embeddings", None)
-    if not value:
-        raise ValueError(f"model type {getattr(config, 'model_type', '?')} has no max_position_embeddings")
-    return int(value)
 
 
 class Method:
@@ -235,8 +192,9 @@ class Method:
         raise NotImplementedError
 
     @classmethod
-    def check_available(cls) -> None:
-        """Raise ValueError when this installation cannot apply the method."""
+    def check_config(cls, config, options) -> None:
+        """Raise ValueError when the method's settings do not fit a model with ``config`` (run before
+        its weights are loaded; the checks are the library's own, not repeated here)."""
 
     @classmethod
     def nominal_context(cls, config, options) -> int | None:
@@ -265,7 +223,6 @@ def register_method(cls: type[Method]) -> type[Method]:
 @dataclass(frozen=True)
 class NoneOptions:
     max_length: int | None = None
-    converters: ClassVar[dict[str, Callable]] = {"max_length": _to_int}
 
     def __post_init__(self):
         _check_max_length(self.max_length)
@@ -291,11 +248,6 @@ class RopeScalingOptions:
     factor: float | None = None
     original_max_position_embeddings: int | None = None
     max_length: int | None = None
-    converters: ClassVar[dict[str, Callable]] = {
-        "factor": _to_float,
-        "original_max_position_embeddings": _to_int,
-        "max_length": _to_int,
-    }
 
     def __post_init__(self):
         if self.factor is None:
@@ -312,12 +264,6 @@ class YarnOptions(RopeScalingOptions):
     beta_fast: float | None = None
     beta_slow: float | None = None
     attention_factor: float | None = None
-    converters: ClassVar[dict[str, Callable]] = {
-        **RopeScalingOptions.converters,
-        "beta_fast": _to_float,
-        "beta_slow": _to_float,
-        "attention_factor": _to_float,
-    }
 
     def __post_init__(self):
         super().__post_init__()
@@ -436,51 +382,22 @@ def _rebuild_rotary_embeddings(model) -> int:
     return len(targets)
 
 
-# --- DCA and Zebra (built by other modules of the library; imported when applied)
-
-
-def _library_function(name: str, method: str):
-    import zebra_llm
-
-    fn = getattr(zebra_llm, name, None)
-    if fn is None:
-        raise ValueError(f"method {method}: this installation of zebra_llm has no {name}")
-    return fn
+# --- DCA and Zebra
 
 
 @dataclass(frozen=True)
 class DCAOptions:
     pretraining_length: int | None = None
     chunk_size: int | None = None
-    temperature: bool | float | None = None  # None: off, unless the model carries a vLLM DCA config
+    temperature: bool | None = None  # None: off, unless the model carries a vLLM DCA config
     preset: str | None = None
     max_length: int | None = None
-    converters: ClassVar[dict[str, Callable]] = {
-        "pretraining_length": _to_int,
-        "chunk_size": _to_int,
-        "temperature": _to_bool_or_float,
-        "preset": lambda key, raw: str(raw).strip().lower(),
-        "max_length": _to_int,
-    }
 
     def __post_init__(self):
-        if self.pretraining_length is not None and self.pretraining_length < 2:
-            raise ValueError(f"option pretraining_length must be >= 2, got {self.pretraining_length}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ValueError(f"option chunk_size must be >= 1, got {self.chunk_size}")
-        if (
-            self.chunk_size is not None
-            and self.pretraining_length is not None
-            and self.chunk_size >= self.pretraining_length
-        ):
-            raise ValueError(
-                f"option chunk_size ({self.chunk_size}) must be smaller than pretraining_length "
-                f"({self.pretraining_length}): the local window is pretraining_length - chunk_size"
-            )
-        if self.preset not in (None, "paper", "chunkllama"):
-            raise ValueError(f"option preset must be paper or chunkllama, got {self.preset!r}")
-        if self.preset == "chunkllama" and (self.chunk_size is not None or self.pretraining_length is not None):
-            raise ValueError("option preset=chunkllama sets chunk_size and pretraining_length; do not give them too")
+        if self.preset is not None:
+            object.__setattr__(self, "preset", self.preset.strip().lower())
+        # DCAConfig's own checks, as far as they go without the model (its trained context).
+        DCAConfig.check_settings(self.pretraining_length, self.chunk_size, preset=self.preset)
         _check_max_length(self.max_length)
 
 
@@ -492,28 +409,28 @@ class DualChunkAttention(Method):
     options_type = DCAOptions
 
     @classmethod
-    def check_available(cls) -> None:
-        _library_function("apply_dca", "dca")
+    def apply(cls, model, options):
+        try:
+            result = apply_dca(model, **cls._settings(options))
+        except ValueError as e:
+            raise ValueError(f"method dca: {e}") from None
+        return model if result is None else result
 
     @classmethod
-    def apply(cls, model, options):
-        apply_dca = _library_function("apply_dca", "dca")  # lazily: lives in zebra_llm.dca
-
-        if options.chunk_size is not None and options.pretraining_length is None:
-            c = trained_context(model.config)
-            if options.chunk_size >= c:
-                raise ValueError(
-                    f"method dca: option chunk_size ({options.chunk_size}) must be smaller than the model's "
-                    f"pretraining length ({c})"
-                )
-        result = apply_dca(
-            model,
+    def _settings(cls, options) -> dict:
+        return dict(
             pretraining_length=options.pretraining_length,
             chunk_size=options.chunk_size,
             temperature=options.temperature,
             preset=None if options.preset == "paper" else options.preset,
         )
-        return model if result is None else result
+
+    @classmethod
+    def check_config(cls, config, options) -> None:
+        try:
+            resolve_config(config, **cls._settings(options))
+        except ValueError as e:
+            raise ValueError(f"method dca: {e}") from None
 
     @classmethod
     def nominal_context(cls, config, options) -> int | None:
@@ -529,18 +446,16 @@ class DualChunkAttention(Method):
 
 def _extension_settings(options) -> dict:
     return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)
-            if f.name not in ("max_length", "converters") and getattr(options, f.name) is not None}
+            if f.name != "max_length" and getattr(options, f.name) is not None}
 
 
 class _Extension(Method):
     @classmethod
-    def check_available(cls) -> None:
-        _library_function("apply_extension", cls.name)
+    def check_config(cls, config, options) -> None:
+        cls.config(config, options)
 
     @classmethod
     def config(cls, model_config, options):
-        from zebra_llm.extensions.config import make_config
-
         try:
             return make_config(cls.name, trained_context(model_config), _extension_settings(options))
         except ValueError as e:
@@ -548,7 +463,6 @@ class _Extension(Method):
 
     @classmethod
     def apply(cls, model, options):
-        apply_extension = _library_function("apply_extension", cls.name)
         try:
             result = apply_extension(model, cls.name, **_extension_settings(options))
         except ValueError as e:
@@ -562,9 +476,6 @@ class SelfExtendOptions:
     neighbor_window: int | None = None
     scale_base: int | None = None
     max_length: int | None = None
-    converters: ClassVar[dict[str, Callable]] = {
-        "group_size": _to_int, "neighbor_window": _to_int, "scale_base": _to_int, "max_length": _to_int,
-    }
 
     def __post_init__(self):
         for key in ("group_size", "neighbor_window"):
@@ -593,17 +504,12 @@ class ReRoPEOptions:
     leak: float | None = None
     logn: bool | None = None
     max_length: int | None = None
-    converters: ClassVar[dict[str, Callable]] = {
-        "window": _to_int, "leak": _to_float, "logn": _to_bool_or_float, "max_length": _to_int,
-    }
 
     def __post_init__(self):
         if self.window is not None and self.window < 1:
             raise ValueError(f"option window must be >= 1, got {self.window}")
         if self.leak is not None and self.leak < 1:
             raise ValueError(f"option leak must be >= 1, got {self.leak}")
-        if self.logn is not None and not isinstance(self.logn, bool):
-            raise ValueError(f"option logn must be true or false, got {self.logn!r}")
         _check_max_length(self.max_length)
 
 
@@ -634,9 +540,6 @@ class StringOptions:
     local_value: int | None = None
     attention_factor: float | None = None
     max_length: int | None = None
-    converters: ClassVar[dict[str, Callable]] = {
-        "shifted_offset": _to_int, "local_value": _to_int, "attention_factor": _to_float, "max_length": _to_int,
-    }
 
     def __post_init__(self):
         if self.shifted_offset is not None and self.shifted_offset < 1:
@@ -668,24 +571,13 @@ class ZebraOptions:
     window: int | None = None
     approx_chunk_size: int | None = None
     max_length: int | None = None
-    converters: ClassVar[dict[str, Callable]] = {
-        "attention": lambda key, raw: str(raw),
-        "layer_group_size": _to_int,
-        "window": _to_int,
-        "approx_chunk_size": _to_int,
-        "max_length": _to_int,
-    }
-    attentions: ClassVar[tuple[str, ...]] = ("group", "global", "local", "global_approx")
 
     def __post_init__(self):
-        if self.attention not in self.attentions:
-            raise ValueError(f"option attention must be one of {', '.join(self.attentions)}, got {self.attention!r}")
-        if self.layer_group_size is not None and self.layer_group_size < 1:
-            raise ValueError(f"option layer_group_size must be >= 1, got {self.layer_group_size}")
-        if self.window is not None and self.window < 1:
-            raise ValueError(f"option window must be >= 1, got {self.window}")
-        if self.approx_chunk_size is not None and self.approx_chunk_size < 1:
-            raise ValueError(f"option approx_chunk_size must be >= 1, got {self.approx_chunk_size}")
+        try:  # ZebraConfig's own checks, so a bad setting fails before the model is loaded
+            check_layer_settings(attention=self.attention, layer_group_size=self.layer_group_size,
+                                 window=self.window, approx_chunk_size=self.approx_chunk_size)
+        except LayerSettingError as e:
+            raise ValueError(f"option {e.field} {e.problem}") from None
         _check_max_length(self.max_length)
 
 
@@ -697,13 +589,7 @@ class ZebraConversion(Method):
     options_type = ZebraOptions
 
     @classmethod
-    def check_available(cls) -> None:
-        _library_function("convert_to_zebra", "zebra")
-
-    @classmethod
     def apply(cls, model, options):
-        convert_to_zebra = _library_function("convert_to_zebra", "zebra")  # lazily: zebra_llm.modeling
-
         kwargs = {"attention": options.attention}
         for key in ("layer_group_size", "window", "approx_chunk_size"):
             if getattr(options, key) is not None:
@@ -712,96 +598,20 @@ class ZebraConversion(Method):
         return converted.eval()
 
 
-# ---------------------------------------------------------------- loading
-
-
-@dataclass
-class LoadedModel:
-    """A model with a method applied, its tokenizer, and where they came from."""
-
-    model: Any
-    tokenizer: Any
-    method: MethodSpec
-    source: str
-    info: dict = field(default_factory=dict)
-
-    @property
-    def max_length(self) -> int | None:
-        return self.info.get("max_length")
-
-    def check_length(self, length: int) -> None:
-        """Refuse a length above the method's limit on this model (computed before the method was applied)."""
-        _check_limit(self.method, length, self.max_length, self.info.get("limit_reason", ""))
-
-
-def load_with_method(
-    model_spec,
-    method: "str | MethodSpec" = "none",
-    *,
-    dtype: torch.dtype | str = torch.float32,
-    device: str | torch.device | None = None,
-    attn_implementation: str | None = None,
-) -> LoadedModel:
-    """Load ``model_spec`` (``smollm2``, a directory, a ``.gguf`` file or a hub name) and apply ``method``.
-
-    A model object may be passed instead of a spec as ``(model, tokenizer)``; the
-    method is then applied to that object in place.
-    """
-    from zebra_llm.loading import load_model
-
-    spec = MethodSpec.parse(method)
-    if isinstance(model_spec, tuple):
-        model, tokenizer = model_spec
-        source = getattr(model.config, "_name_or_path", "") or type(model).__name__
-    else:
-        model, tokenizer = load_model(
-            model_spec, dtype=dtype, device=device, attn_implementation=attn_implementation
-        )
-        source = str(model_spec)
-    # Limits are defined on the unmodified model (rope scaling rewrites max_position_embeddings).
-    trained = trained_context(model.config)
-    limit = spec.max_length(model.config)
-    reason = spec.method.limit_reason(model.config, spec.options)
-    model = spec.apply(model)
-    if device is not None:
-        model = model.to(device)
-    model.eval()
-    info = {
-        "model_type": model.config.model_type,
-        "trained_context": trained,
-        "max_length": limit,
-        "limit_reason": reason,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "device": str(next(model.parameters()).device),
-    }
-    return LoadedModel(model, tokenizer, spec, source, info)
-
-
-def load_for_run(config, spec: MethodSpec, model_objects: dict | None = None) -> LoadedModel:
-    """The model of an evaluation run (``config.model``, ``config.dtype``, ``config.device``) with
-    ``spec`` applied, or the ``(model, tokenizer)`` given for that spec in ``model_objects``."""
-    if model_objects and str(spec) in model_objects:
-        return load_with_method(model_objects[str(spec)], spec)
-    return load_with_method(config.model, spec, dtype=config.dtype, device=config.device)
-
-
-def model_config(model_spec):
-    """The unmodified config of a model spec (or of a ``(model, tokenizer)`` pair), without its weights."""
-    from zebra_llm.loading import load_config
-
-    if isinstance(model_spec, tuple):
-        return model_spec[0].config
-    return load_config(model_spec)
+# ---------------------------------------------------------------- before loading
 
 
 def check_plan(model_spec, methods, lengths, *, exempt=()) -> None:
     """Refuse, before any work, a length above a method's limit (``exempt``: specs not checked)."""
-    config = model_config(model_spec)
+    config = model_config(model_spec)  # the config only: no weights are read
     for m in methods:
         spec = MethodSpec.parse(m)
-        spec.method.check_available()
         if str(spec) in exempt:
             continue
+        spec.method.check_config(config, spec.options)
         for n in lengths:
             spec.check_length(config, n)
+
+
+# Loading a model with a method applied lives in zebra_llm.loading; these names are kept here too.
+from zebra_llm.loading import LoadedModel, load_for_run, load_with_method, model_config  # noqa: E402,F401

@@ -20,6 +20,7 @@ import random
 from dataclasses import dataclass, field
 
 from .corpus import TokenDocs, load_token_docs
+# imported by name as in passkey.py: the list shows which retrieval pieces this task uses
 from .retrieval import (
     RetrievalConfig,
     RetrievalPrompt,
@@ -109,15 +110,20 @@ def newline_token_ids(tokenizer) -> frozenset:
     return frozenset(ids)
 
 
-def needle_task(tokenizer, docs: TokenDocs, *, digits: int = 7) -> NeedleTask:
-    """A needle task whose haystack is ``docs`` concatenated (BOS tokens dropped)."""
+def haystack_tokens(tokenizer, docs: TokenDocs) -> list[int]:
+    """The token ids of ``docs`` concatenated, each document's leading BOS dropped (a haystack is one text)."""
     stream: list[int] = []
     for ids in docs.ids:
         body = ids.tolist()
         if body and tokenizer.bos_token_id is not None and body[0] == tokenizer.bos_token_id:
             body = body[1:]
         stream.extend(body)
-    return NeedleTask(stream, docs.source, digits=digits, newline_ids=newline_token_ids(tokenizer))
+    return stream
+
+
+def needle_task(tokenizer, docs: TokenDocs, *, digits: int = 7) -> NeedleTask:
+    """A needle task whose haystack is ``docs`` concatenated (BOS tokens dropped)."""
+    return NeedleTask(haystack_tokens(tokenizer, docs), docs.source, digits=digits, newline_ids=newline_token_ids(tokenizer))
 
 
 def run_needle(
@@ -131,7 +137,8 @@ def run_needle(
     **kwargs,
 ) -> dict:
     """Needle-in-a-haystack accuracy per method, length and depth over the corpus ``data``."""
-    from .methods import MethodSpec, load_for_run
+    from ..loading import load_for_run
+    from .methods import MethodSpec
 
     model_objects = kwargs.get("model_objects")
     first = MethodSpec.parse(config.methods[0])

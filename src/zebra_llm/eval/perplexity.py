@@ -36,7 +36,8 @@ import torch
 
 from .corpus import TokenDocs, load_token_docs
 from .loss import DEFAULT_LOSS_CHUNK, check_loss_path, token_nll
-from .methods import MethodSpec, check_plan, load_for_run, parse_methods
+from ..loading import load_for_run
+from .methods import MethodSpec, check_plan, parse_methods
 from .progress import progress_bar
 from .results import ResultsFile, group_rows
 

@@ -30,7 +30,8 @@ from typing import Protocol
 import torch
 
 from ..hf import CACHE_KWARG
-from .methods import LoadedModel, MethodSpec, check_plan, load_for_run, parse_methods
+from ..loading import LoadedModel, load_for_run
+from .methods import MethodSpec, check_plan, parse_methods
 from .progress import progress_bar
 from .results import ResultsFile, group_rows
 

@@ -39,7 +39,8 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .methods import MethodSpec, check_plan, load_for_run, parse_methods
+from ..loading import load_for_run
+from .methods import MethodSpec, check_plan, parse_methods
 from .progress import progress_bar
 from .results import ResultsFile, group_rows
 from .retrieval import bos, encode, greedy_continuations
@@ -107,15 +108,10 @@ class Haystacks:
     @classmethod
     def from_corpus(cls, tokenizer, data: str | None = None, *, field: str = "text", split: str = "train"):
         from .corpus import load_token_docs
-        from .needle import newline_token_ids
+        from .needle import haystack_tokens, newline_token_ids
 
         docs = load_token_docs(tokenizer, data, field=field, split=split)
-        stream: list[int] = []
-        for ids in docs.ids:
-            body = ids.tolist()
-            if body and tokenizer.bos_token_id is not None and body[0] == tokenizer.bos_token_id:
-                body = body[1:]
-            stream.extend(body)
+        stream = haystack_tokens(tokenizer, docs)
         text = tokenizer.decode(stream[:400_000])
         words = sorted({w.lower() for w in re.findall(r"\b[A-Za-z]{4,10}\b", text)})
         return cls(stream, newline_token_ids(tokenizer), words, docs.source)

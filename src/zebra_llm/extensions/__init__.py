@@ -27,11 +27,11 @@ from ..dca import (
     _check_family,
     _install,
     _LayerState,
-    _model_pretraining_length,
     _rotary_embedding,
     _uninstall,
     apply_dca,
 )
+from ..loading import trained_context
 from .config import (
     METHODS,
     ReRoPEConfig,
@@ -79,7 +79,7 @@ def apply_extension(model, method: str, **settings):
     rotary, inv_freq_name = _rotary_embedding(model, who)
     trained = settings.pop("trained_length", None)
     if trained is None:
-        trained = _model_pretraining_length(config)
+        trained = trained_context(config)
     cfg = make_config(method, trained, settings)
     state = _LayerState(cfg, (rotary,), inv_freq_name, cfg.spec(), config.model_type in NOPE_FULL_ATTENTION_TYPES)
     _install(model, EXTENSION_CONFIG_KEY, EXTENSION_IMPLEMENTATION, ZEBRA_EXTENSION_IMPLEMENTATION, state,

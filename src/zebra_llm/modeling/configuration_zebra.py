@@ -59,7 +59,51 @@ ATTENTION_PATTERNS = {
     "global_approx": lambda n, _: [GLOBAL_APPROX] * n,
 }
 
+# The ``attention=`` names, in the order error messages and docs list them (defined here only).
+ATTENTIONS: tuple[str, ...] = tuple(ATTENTION_PATTERNS)
+
+# The layer settings a caller may give without a whole config (conversion, training, eval methods).
+LAYER_SETTINGS = ("attention", "layer_group_size", "window", "approx_chunk_size")
+
 _UNSET = object()
+
+
+class LayerSettingError(ValueError):
+    """A Zebra layer setting is invalid: ``field`` names it, ``problem`` says what is allowed.
+
+    Callers that take these settings under another name (``model.window`` in a training config,
+    ``zebra:window=`` in an eval method) re-word the message with their own prefix.
+    """
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"ZebraConfig.{field} {problem}")
+        self.field, self.problem = field, problem
+
+
+def check_layer_settings(
+    *, attention=None, layer_group_size=None, window=None, approx_chunk_size=None, required=()
+) -> None:
+    """Validate Zebra's layer settings exactly as :class:`ZebraConfig` does, before any config or
+    model exists (None: not given, allowed unless the name is in ``required``). Raises
+    :class:`LayerSettingError` for the first bad one."""
+    given = {"attention": attention, "layer_group_size": layer_group_size, "window": window,
+             "approx_chunk_size": approx_chunk_size}
+    for name in required:
+        if given[name] is None:
+            raise LayerSettingError(name, "must be given, got None")
+    if attention is not None and attention not in ATTENTION_PATTERNS:
+        raise LayerSettingError("attention", f"must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+    for name, value in (("layer_group_size", layer_group_size), ("window", window),
+                        ("approx_chunk_size", approx_chunk_size)):
+        if value is not None:
+            _check_positive_int(name, value)
+
+
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LayerSettingError(name, f"must be an integer, got {value!r}")
+    if value < 1:
+        raise LayerSettingError(name, f"must be >= 1, got {value}")
 
 
 @strict
@@ -173,9 +217,7 @@ class ZebraConfig(PreTrainedConfig):
             "window",
             "approx_chunk_size",
         ):
-            value = getattr(self, name)
-            if not _is_positive_int(value):
-                raise ValueError(f"ZebraConfig.{name} must be an integer >= 1, got {value!r}")
+            _check_positive_int(name, getattr(self, name))
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"ZebraConfig.num_attention_heads ({self.num_attention_heads}) must be a multiple of "
@@ -257,13 +299,9 @@ def _resolve_layer_types(layer_types, attention, group_size, n_layers) -> list[s
             )
         return [LAYER_TYPE_ALIASES[t] for t in layer_types]
     attention = "group" if attention is None else attention
-    if attention not in ATTENTION_PATTERNS:
-        raise ValueError(f"ZebraConfig.attention must be one of {sorted(ATTENTION_PATTERNS)}, got {attention!r}")
     group_size = 4 if group_size is None else group_size
-    if not _is_positive_int(group_size):
-        raise ValueError(f"ZebraConfig.layer_group_size must be an integer >= 1, got {group_size!r}")
-    if not _is_positive_int(n_layers):
-        raise ValueError(f"ZebraConfig.num_hidden_layers must be an integer >= 1, got {n_layers!r}")
+    check_layer_settings(attention=attention, layer_group_size=group_size)
+    _check_positive_int("num_hidden_layers", n_layers)
     return ATTENTION_PATTERNS[attention](n_layers, group_size)
 
 
@@ -295,4 +333,13 @@ def _check_rope(rope_parameters) -> None:
         )
 
 
-__all__ = ["ZebraConfig", "ATTENTION_OF_LAYER_TYPE", "ATTENTION_PATTERNS", "LAYER_TYPE_ALIASES"]
+__all__ = [
+    "ZebraConfig",
+    "ATTENTION_OF_LAYER_TYPE",
+    "ATTENTION_PATTERNS",
+    "ATTENTIONS",
+    "LAYER_SETTINGS",
+    "LAYER_TYPE_ALIASES",
+    "LayerSettingError",
+    "check_layer_settings",
+]

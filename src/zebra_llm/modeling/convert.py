@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ..io import atomic_directory
-from .configuration_zebra import ATTENTION_PATTERNS, SLIDING, ZebraConfig
+from .configuration_zebra import SLIDING, LayerSettingError, ZebraConfig, check_layer_settings
 from .modeling_zebra import ZebraForCausalLM, ZebraRotaryEmbedding
 
 log = logging.getLogger(__name__)
@@ -47,18 +47,21 @@ FAMILIES = {
 
 
 def _check_request(attention, layer_group_size, window, approx_chunk_size, layer_types) -> None:
-    """Fail on a bad attention request before any weights are loaded."""
-    if layer_types is None and attention not in ATTENTION_PATTERNS:
-        raise ValueError(f"convert_to_zebra: attention must be one of {sorted(ATTENTION_PATTERNS)}, got {attention!r}")
-    for name, value in (("layer_group_size", layer_group_size), ("window", window)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"convert_to_zebra: {name} must be an integer >= 1, got {value!r}")
-    if approx_chunk_size is not None and (
-        isinstance(approx_chunk_size, bool) or not isinstance(approx_chunk_size, int) or approx_chunk_size < 1
-    ):
-        raise ValueError(f"convert_to_zebra: approx_chunk_size must be an integer >= 1, got {approx_chunk_size!r}")
+    """Fail on a bad attention request before any weights are loaded (ZebraConfig's own checks)."""
+    try:
+        check_layer_settings(
+            attention=None if layer_types is not None else attention,
+            layer_group_size=layer_group_size,
+            window=window,
+            approx_chunk_size=approx_chunk_size,
+            required=("layer_group_size", "window"),
+        )
+    except LayerSettingError as e:
+        raise ValueError(f"convert_to_zebra: {e.field} {e.problem}") from None
 
 
+# zebra_config_from, convert_to_zebra and convert_checkpoint spell out the same attention keywords: they are
+# public signatures, read in help() and IDEs; **kwargs would hide them. One check (_check_request) serves all.
 def zebra_config_from(
     source_config,
     *,

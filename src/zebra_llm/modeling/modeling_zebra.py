@@ -324,6 +324,8 @@ class ZebraModel(ZebraPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
+    # ZebraModel.forward and ZebraForCausalLM.forward share transformers' argument list by its convention
+    # (every causal LM in transformers writes it out), so generation and the Trainer see the usual names.
     @merge_with_config_defaults
     @capture_outputs
     def forward(

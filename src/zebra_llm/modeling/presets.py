@@ -30,6 +30,8 @@ class Preset:
     kwargs: dict = field(default_factory=dict)
 
 
+# Each preset spells out every field although many repeat: a preset is read as one complete shape,
+# and a shared base dict would make a reader assemble it (`duplicates` lists these on purpose).
 PRESETS: dict[str, Preset] = {
     "debug": Preset(
         "tiny model for tests: 4 layers, hidden 64, 4 query / 2 key-value heads, SmolLM2 vocabulary (49152), "

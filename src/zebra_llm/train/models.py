@@ -108,8 +108,11 @@ def resolve_pretrain_config(opts):
 
 def attention_window(config) -> int | None:
     """The sliding window of a config whose layers include local ones, else None."""
+    from ..modeling.configuration_zebra import ATTENTION_OF_LAYER_TYPE
+
     types = list(getattr(config, "layer_types", None) or [])
-    local = {"local", "global_approx", "sliding_attention"}
+    # layer types with a window (Zebra's, which include transformers' sliding_attention)
+    local = {t for t, kind in ATTENTION_OF_LAYER_TYPE.items() if kind != "global"}
     if types and not any(t in local for t in types):
         return None
     for name in ("window", "sliding_window"):
