@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,9 @@ def main(argv=None) -> int:
         build_tokenizer()
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
         subprocess.run(train_command(args.steps), cwd=ROOT, env=env, check=True)
+        # the trainer saves a config-only tokenizer directory's weights but not its tokenizer files
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copyfile(TOKENIZER_DIR / name, RUN_DIR / "final" / name)
     from zebra_llm.io import write_json_atomic
 
     DESCRIPTION.parent.mkdir(parents=True, exist_ok=True)
