@@ -170,8 +170,12 @@ def ppl_row(items: list[dict]) -> dict:
         sd = math.sqrt(sum((x - mean) ** 2 for x in per_doc) / (n - 1))
         half = t975(n - 1) * sd / math.sqrt(n)
         lo, hi = math.exp(mean - half), math.exp(mean + half)
-    return {"value": math.exp(nll / tokens), "metric": "ppl", "n": n, "tokens": tokens, "ci_low": lo,
-            "ci_high": hi}
+    row = {"value": math.exp(nll / tokens), "metric": "ppl", "n": n, "tokens": tokens, "ci_low": lo,
+           "ci_high": hi}
+    # the last quarter of the positions, where a failure to extrapolate shows first
+    if all("tail_nll" in i for i in items):
+        row["ppl_last_quarter"] = math.exp(sum(i["tail_nll"] for i in items) / sum(i["tail_tokens"] for i in items))
+    return row
 
 
 def accuracy_row(scores: list[float], metric: str) -> dict:
@@ -270,11 +274,39 @@ def run_grid(args) -> int:
 def load_rows(out_dir: Path) -> list[dict]:
     rows = []
     for path in sorted((out_dir / "cells").glob("*/*/*.json")):
-        rows.append(json.loads(path.read_text(encoding="utf-8"))["row"])
+        cell = json.loads(path.read_text(encoding="utf-8"))
+        row = cell["row"]
+        if row["metric"] == "ppl":  # statistics recomputed from the items: one definition for every cell
+            row.update(ppl_row(cell["items"]))
+        rows.append(row)
+        row["_items"] = cell["items"]
+    _paired_ratios(rows)
+    for row in rows:
+        del row["_items"]
     order = {m: i for i, m in enumerate(METHODS)}
     task_order = {t: i for i, t in enumerate(TASKS)}
     rows.sort(key=lambda r: (r["model"], task_order.get(r["task"], 99), order.get(r["method"], 99), r["length"]))
     return rows
+
+
+def _paired_ratios(rows: list[dict]) -> None:
+    """Perplexity relative to ``none`` on the same documents: exp of the mean per-document NLL difference,
+    with a paired t-interval (the documents' own difficulty cancels, unlike the per-method intervals)."""
+    ref = {(r["model"], r["length"]): r for r in rows if r["metric"] == "ppl" and r["method"] == "none"}
+    for r in rows:
+        base = ref.get((r["model"], r["length"]))
+        if r["metric"] != "ppl" or base is None:
+            continue
+        mine = {(i["doc"], i["start"]): i["nll_sum"] / i["tokens"] for i in r["_items"]}
+        theirs = {(i["doc"], i["start"]): i["nll_sum"] / i["tokens"] for i in base["_items"]}
+        diffs = [mine[k] - theirs[k] for k in mine if k in theirs]
+        if len(diffs) < 2:
+            continue
+        mean = sum(diffs) / len(diffs)
+        sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1))
+        half = t975(len(diffs) - 1) * sd / math.sqrt(len(diffs))
+        r["ratio_vs_none"] = math.exp(mean)
+        r["ratio_ci"] = [math.exp(mean - half), math.exp(mean + half)]
 
 
 def _fmt(row: dict) -> str:
@@ -304,6 +336,26 @@ def tables(rows: list[dict]) -> str:
                 cells = [_fmt(by[(m, n)]) if (m, n) in by else "" for n in lengths]
                 out.append(f"| `{m}` | " + " | ".join(cells) + " |")
             out.append("")
+            if task == "ppl":
+                out.append(f"**{model}, perplexity relative to `none` on the same documents** (paired 95% interval)\n")
+                out.append("| method | " + " | ".join(str(n) for n in lengths) + " |")
+                out.append("|---|" + "---:|" * len(lengths))
+                for m in [m for m in METHODS if any(r["method"] == m for r in trows) and m != "none"]:
+                    cells = []
+                    for n in lengths:
+                        r = by.get((m, n), {})
+                        cells.append(f"{r['ratio_vs_none']:.3f} [{r['ratio_ci'][0]:.3f}, {r['ratio_ci'][1]:.3f}]"
+                                     if "ratio_vs_none" in r else "")
+                    out.append(f"| `{m}` | " + " | ".join(cells) + " |")
+                out.append("")
+                out.append(f"**{model}, perplexity of the last quarter of the positions** (same documents)\n")
+                out.append("| method | " + " | ".join(str(n) for n in lengths) + " |")
+                out.append("|---|" + "---:|" * len(lengths))
+                for m in [m for m in METHODS if any(r["method"] == m for r in trows)]:
+                    cells = [f"{by[(m, n)]['ppl_last_quarter']:.2f}" if "ppl_last_quarter" in by.get((m, n), {})
+                             else "" for n in lengths]
+                    out.append(f"| `{m}` | " + " | ".join(cells) + " |")
+                out.append("")
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -318,21 +370,29 @@ def heatmap(rows: list[dict], path: Path, title: str) -> Path:
     lengths = sorted({r["length"] for r in rows})
     ppl = rows[0]["metric"] == "ppl"
     grid = np.full((len(methods), len(lengths)), np.nan)
+    label = np.full((len(methods), len(lengths)), "", dtype=object)
     for r in rows:
-        v = r["value"]
-        grid[methods.index(r["method"]), lengths.index(r["length"])] = math.log10(v) if ppl else 100 * v
-    fig, ax = plt.subplots(figsize=(1.4 + 1.1 * len(lengths), 0.9 + 0.38 * len(methods)))
-    cmap = "viridis_r" if ppl else "viridis"
-    im = ax.imshow(grid, aspect="auto", cmap=cmap, vmin=None if ppl else 0, vmax=None if ppl else 100)
-    for (i, j), v in np.ndenumerate(grid):
-        if not np.isnan(v):
-            ax.text(j, i, f"{10 ** v:.1f}" if ppl else f"{v:.0f}", ha="center", va="center", fontsize=7,
-                    color="white" if (v > np.nanmean(grid)) == ppl else "black")
+        i, j = methods.index(r["method"]), lengths.index(r["length"])
+        if ppl:  # colour: perplexity relative to `none` at that length (lengths differ in difficulty)
+            grid[i, j] = 100 * (r.get("ratio_vs_none", float("nan")) - 1)
+            label[i, j] = f"{r['value']:.1f}"
+        else:
+            grid[i, j] = 100 * r["value"]
+            label[i, j] = f"{100 * r['value']:.0f}"
+    fig, ax = plt.subplots(figsize=(2.6 + 1.1 * len(lengths), 0.9 + 0.38 * len(methods)))
+    if ppl:
+        span = max(1.0, float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 1.0)
+        im = ax.imshow(grid, aspect="auto", cmap="RdBu_r", vmin=-span, vmax=span)
+    else:
+        im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=100)
+    for (i, j), text in np.ndenumerate(label):
+        if text:
+            ax.text(j, i, text, ha="center", va="center", fontsize=7)
     ax.set_xticks(range(len(lengths)), [str(n) for n in lengths])
     ax.set_yticks(range(len(methods)), methods)
     ax.set_xlabel("sequence length (tokens)")
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, label="log10 perplexity" if ppl else "%")
+    ax.set_title(title + (" (numbers: perplexity)" if ppl else " (%)"), fontsize=9)
+    fig.colorbar(im, ax=ax, label="perplexity vs none (%)" if ppl else "score (%)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -358,6 +418,66 @@ def report(out_dir: Path, *, figures: bool = True) -> dict:
     return data
 
 
+# ------------------------------------------------------------------ README block
+
+README = ROOT / "README.md"
+BEGIN = "<!-- BEGIN GENERATED by benchmarks/extensions_contest.py --write-docs: contest -->"
+END = "<!-- END GENERATED by benchmarks/extensions_contest.py: contest -->"
+
+
+def readme_block(rows: list[dict], model: str = "contest-llama-256") -> str:
+    """The README's two sentences, every number from ``rows`` (the small model's cells)."""
+    mine = [r for r in rows if r["model"] == model]
+    ppl = [r for r in mine if r["metric"] == "ppl" and "ratio_vs_none" in r]
+    retrieval = [r for r in mine if r["metric"] != "ppl"]
+    if not ppl:
+        return "The extension contest has no finished perplexity cells yet."
+    longest = max(r["length"] for r in ppl)
+    at = [r for r in ppl if r["length"] == longest and r["method"] != "none"]
+    lo = min(at, key=lambda r: r["ratio_vs_none"])
+    hi = max(at, key=lambda r: r["ratio_vs_none"])
+    differ = [r for r in at if r["ratio_ci"][1] < 1 or r["ratio_ci"][0] > 1]
+    trained = ppl[0]["trained_context"]
+    first = (
+        f"In the [extension contest](docs/results/extensions/contest/contest.md) on a 4-layer Llama trained "
+        f"here at {trained} tokens, at {longest} tokens ({longest // trained}x) every method's perplexity is "
+        f"between {100 * (lo.get('ratio_vs_none') - 1):+.1f}% (`{lo['method']}`) and "
+        f"{100 * (hi.get('ratio_vs_none') - 1):+.1f}% (`{hi['method']}`) off `none`'s "
+        f"({len(differ)} of {len(at)} methods outside `none`'s paired 95% interval, n = {lo['n']} documents)"
+    )
+    if retrieval:
+        found = sum(r["value"] * r["n"] for r in retrieval)
+        total = sum(r["n"] for r in retrieval)
+        if found == 0:
+            first += (f", and no method retrieves a single passkey or RULER answer (0 of {total} prompts at "
+                      f"{min(r['length'] for r in retrieval)}-{max(r['length'] for r in retrieval)} tokens).")
+        else:
+            first += f"; retrieval scores {100 * found / total:.0f}% over {total} prompts (tables on the page)."
+    else:
+        first += "."
+    flat = len(differ) == 0 or max(abs(r["ratio_vs_none"] - 1) for r in at) < 0.05
+    if flat:
+        second = (
+            "A model this small barely uses distant positions, so it cannot rank the methods: choose by the "
+            "SmolLM2 measurements above, `dca` (the paper's, no temperature) when answers must be retrieved "
+            "past the trained context, and `dca` or `yarn:factor=N/c` when only perplexity matters."
+        )
+    else:
+        second = (
+            f"On perplexity `{lo['method']}` is the one to use at {longest // trained}x on this model; for "
+            "retrieval past the trained context the SmolLM2 measurements above favour `dca` (the paper's)."
+        )
+    return first + " " + second
+
+
+def fill_readme(text: str, block: str) -> str:
+    start = text.find(BEGIN)
+    end = text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"README.md: no {BEGIN!r} ... {END!r} block")
+    return text[: start + len(BEGIN)] + "\n" + block + "\n" + text[end:]
+
+
 # ------------------------------------------------------------------ command line
 
 
@@ -378,6 +498,7 @@ def parse_args(argv=None):
     p.add_argument("--out-dir", type=Path, default=OUT_DIR)
     p.add_argument("--report-only", action="store_true", help="only regenerate tables and figures from the JSON")
     p.add_argument("--no-figures", action="store_true")
+    p.add_argument("--write-docs", action="store_true", help="also fill the README's generated block")
     p.add_argument("--no-report", action="store_true", help="do not regenerate the report after every cell")
     return p.parse_args(argv)
 
@@ -388,6 +509,10 @@ def main(argv=None) -> int:
         n = run_grid(args)
         print(f"[contest] computed {n} cells", file=sys.stderr)
     data = report(args.out_dir, figures=not args.no_figures)
+    if args.write_docs:
+        from zebra_llm.io import write_text_atomic
+
+        write_text_atomic(README, fill_readme(README.read_text(encoding="utf-8"), readme_block(data["rows"])))
     print(f"[contest] {len(data['rows'])} rows -> {args.out_dir / 'contest.json'}", file=sys.stderr)
     return 0
 

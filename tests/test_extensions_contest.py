@@ -65,3 +65,22 @@ def test_wilson_interval():
     assert lo == 0 and 0.27 < hi < 0.28  # the textbook 0/10 Wilson upper bound, 0.2775
     lo, hi = contest.wilson(5, 10)
     assert abs(lo - 0.2366) < 1e-3 and abs(hi - 0.7634) < 1e-3
+
+
+def test_readme_block_is_generated_from_the_committed_results():
+    contest = _contest()
+    rows = contest.load_rows(contest.OUT_DIR)
+    text = contest.README.read_text(encoding="utf-8")
+    assert contest.fill_readme(text, contest.readme_block(rows)) == text, (
+        "README's contest block differs from docs/results/extensions/contest; run "
+        "python benchmarks/extensions_contest.py --report-only --write-docs")
+
+
+def test_readme_block_reports_no_retrieval_honestly():
+    contest = _contest()
+    base = {"model": "m", "trained_context": 256, "length": 2048, "n": 8}
+    rows = [{**base, "method": "none", "metric": "ppl", "ratio_vs_none": 1.0, "ratio_ci": [1.0, 1.0]},
+            {**base, "method": "dca", "metric": "ppl", "ratio_vs_none": 0.99, "ratio_ci": [0.98, 1.01]},
+            {**base, "method": "dca", "metric": "accuracy", "value": 0.0, "n": 10}]
+    text = contest.readme_block(rows, model="m")
+    assert "0 of 1 methods" in text and "no method retrieves" in text and "0 of 10 prompts" in text
