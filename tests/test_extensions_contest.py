@@ -83,4 +83,4 @@ def test_readme_block_reports_no_retrieval_honestly():
             {**base, "method": "dca", "metric": "ppl", "ratio_vs_none": 0.99, "ratio_ci": [0.98, 1.01]},
             {**base, "method": "dca", "metric": "accuracy", "value": 0.0, "n": 10}]
     text = contest.readme_block(rows, model="m")
-    assert "0 of 1 methods" in text and "no method retrieves" in text and "0 of 10 prompts" in text
+    assert "0 of 1 paired" in text and "no method retrieves" in text and "0 of 10 prompts" in text
