@@ -1,0 +1,86 @@
+"""The extension contest command end to end at toy size: cells, the flat JSON, figures, and resuming."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _contest():
+    spec = importlib.util.spec_from_file_location("extensions_contest", ROOT / "benchmarks" / "extensions_contest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _argv(model_dir: Path, out: Path) -> list[str]:
+    return ["--no-report", "--model", str(model_dir), "--out-dir", str(out), "--heldout-dir", str(out / "heldout"),
+            "--multiples", "2", "--methods", "none", "yarn", "yarn+dca", "string",
+            "--tasks", "ppl", "passkey", "niah_single_1", "--ppl-docs", "2", "--passkey-trials", "1",
+            "--passkey-depths", "0.5", "--ruler-trials", "2"]
+
+
+def test_contest_runs_reports_and_resumes(tiny_model_dir, tmp_path):
+    contest = _contest()
+    out = tmp_path / "contest"
+    assert contest.main(_argv(tiny_model_dir, out)) == 0
+    data = json.loads((out / "contest.json").read_text())
+    rows = data["rows"]
+    assert len(rows) == 4 * 3  # methods x tasks at one length
+    for row in rows:
+        assert {"model", "task", "method", "spec", "length", "value", "n", "ci_low", "ci_high", "metric",
+                "past_nominal"} <= set(row)
+        assert row["length"] == 128 and row["multiple"] == 2
+        if row["metric"] == "ppl":
+            assert row["n"] == 2 and row["ci_low"] < row["value"] < row["ci_high"]
+        else:
+            assert 0 <= row["ci_low"] <= row["value"] <= row["ci_high"] <= 1
+    by = {(r["task"], r["method"]): r for r in rows}
+    assert by[("passkey", "none")]["n"] == 1 and by[("niah_single_1", "string")]["n"] == 2
+    assert by[("ppl", "yarn+dca")]["base"] == "yarn:factor=2"
+    assert by[("ppl", "yarn")]["spec"].startswith("yarn:factor=2")
+    # DCA on the yarn model is not the yarn model alone
+    assert by[("ppl", "yarn+dca")]["value"] != by[("ppl", "yarn")]["value"]
+    for task in ("ppl", "passkey", "niah_single_1"):
+        [figure] = out.glob(f"heatmap_*_{task}.png")
+        assert figure.stat().st_size > 1000
+    assert "`yarn+dca`" in (out / "contest.md").read_text()
+
+    cells = sorted((out / "cells").rglob("*.json"))
+    stamps = {p: p.stat().st_mtime_ns for p in cells}
+    assert contest.run_grid(contest.parse_args(_argv(tiny_model_dir, out))) == 0  # nothing recomputed
+    assert {p: p.stat().st_mtime_ns for p in cells} == stamps
+
+    (out / "contest.json").unlink()
+    contest.main(["--report-only", "--no-figures", "--out-dir", str(out)])
+    assert json.loads((out / "contest.json").read_text())["rows"] == rows
+
+
+def test_wilson_interval():
+    contest = _contest()
+    lo, hi = contest.wilson(0, 10)
+    assert lo == 0 and 0.27 < hi < 0.28  # the textbook 0/10 Wilson upper bound, 0.2775
+    lo, hi = contest.wilson(5, 10)
+    assert abs(lo - 0.2366) < 1e-3 and abs(hi - 0.7634) < 1e-3
+
+
+def test_readme_block_is_generated_from_the_committed_results():
+    contest = _contest()
+    rows = contest.load_rows(contest.OUT_DIR)
+    text = contest.README.read_text(encoding="utf-8")
+    assert contest.fill_readme(text, contest.readme_block(rows)) == text, (
+        "README's contest block differs from docs/results/extensions/contest; run "
+        "python benchmarks/extensions_contest.py --report-only --write-docs")
+
+
+def test_readme_block_reports_no_retrieval_honestly():
+    contest = _contest()
+    base = {"model": "m", "trained_context": 256, "length": 2048, "n": 8}
+    rows = [{**base, "method": "none", "metric": "ppl", "ratio_vs_none": 1.0, "ratio_ci": [1.0, 1.0]},
+            {**base, "method": "dca", "metric": "ppl", "ratio_vs_none": 0.99, "ratio_ci": [0.98, 1.01]},
+            {**base, "method": "dca", "metric": "accuracy", "value": 0.0, "n": 10}]
+    text = contest.readme_block(rows, model="m")
+    assert "0 of 1 paired" in text and "no method retrieves" in text and "0 of 10 prompts" in text
