@@ -11,6 +11,7 @@ resumed run tokenizes exactly as the first one did.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -54,8 +55,13 @@ class SplitCorpus:
 def split_corpus(root: str | os.PathLike | None = None, *, max_files: int | None = None,
                  min_chars: int = 200) -> SplitCorpus:
     """The stdlib's ``.py`` files as documents, split by file. ``max_files`` keeps
-    the first N of each split (toy runs)."""
-    root = Path(root or stdlib_dir())
+    the first N of each split (toy runs). Read once per process (the lists are shared: do not modify)."""
+    return _split_corpus(str(Path(root or stdlib_dir())), max_files, min_chars)
+
+
+@functools.lru_cache(maxsize=4)
+def _split_corpus(root: str, max_files: int | None, min_chars: int) -> SplitCorpus:
+    root = Path(root)
     out = {s: [] for s in SPLITS}
     for path in stdlib_files(root):
         rel = str(path.relative_to(root))
