@@ -175,3 +175,17 @@ def test_results_page_blocks_are_generated(tmp_path):
     assert "pending: eval_converted" in out
     assert "Pending: no cell of `lcat_smollm2`" in out
     assert fill(out, results) == out  # idempotent
+
+
+def test_zebra_report_reads_experiment_results(tmp_path):
+    from zebra_llm.eval.report import report
+
+    data = {"experiment": "lit", "config": {"distances": [64], "source": "m", "window": 16},
+            "cells": {"eval_original": "done"},
+            "rows": [{"experiment": "lit", "model": "original", "split": "test", "distance": 64,
+                      "metric": "accuracy", "value": 1.0, "correct": 2, "records": 2}]}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(data))
+    text, figures = report([path], figures=True)
+    assert "## lit" in text and "100% (2/2)" in text
+    assert [p.name for p in figures] == ["lit_accuracy.png"] and figures[0].is_file()
