@@ -226,7 +226,7 @@ def run_lit(cfg: LITExperimentConfig, out, *, runs_dir="runs/lit", only=None) ->
 
 
 def lit_tables(data: dict) -> dict[str, str]:
-    from .tables import PENDING, _fmt, _table
+    from .tables import PENDING, _table
 
     cfg, rows, cells = data["config"], data["rows"], data.get("cells", {})
     labels = {"original": f"`{cfg['source']}` (original)", "converted": "converted to Zebra, before LIT",

@@ -23,6 +23,7 @@ models that have global layers.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
@@ -199,10 +200,10 @@ def _train_cfg(cfg: StrategyGridConfig, n: int, run_dir: Path):
 def train_run(cfg: StrategyGridConfig, strategy: str, n: int, data: Data, run_dir: Path) -> dict:
     """Train one strategy at length ``n`` with the project's engine (resumable from
     ``run_dir``'s checkpoints), then evaluate it; returns the cell's rows."""
-    import json
-
     from ..data.packing import pack_documents
     from ..flops import training_flops
+    from ..io import write_text_atomic
+    from ..train import checkpoint as ckpt
     from ..train.batches import Stage
     from ..train.metrics import read_metrics
     from ..train.models import build_from_config
@@ -232,15 +233,13 @@ def train_run(cfg: StrategyGridConfig, strategy: str, n: int, data: Data, run_di
             log(f"  {run_name(strategy, n)} step {step}/{cfg.steps} loss {record['loss']:.3f} valid ppl {ppl:.2f} "
                 f"{record['tokens_per_s']:.0f} tok/s, ETA {eta / 60:.1f} min")
 
-    # A resumed run repeats nothing before its checkpoint: drop validation records after it.
-    from ..train import checkpoint as ckpt
-
+    # A resumed run restarts at its checkpoint: validation records written after it are redone, so drop them.
     latest = ckpt.latest_checkpoint(run_dir)
     start = int(json.loads((latest / ckpt.STATE_FILE).read_text())["step"]) if latest is not None else 0
     holder["start"] = start
     if valid_file.is_file():
         kept = [line for line in valid_file.read_text().splitlines() if line and json.loads(line)["step"] <= start]
-        valid_file.write_text("".join(k + "\n" for k in kept))
+        write_text_atomic(valid_file, "".join(k + "\n" for k in kept))
     pad = data.tokenizer.pad_token_id
     result = run_training(
         tcfg,
