@@ -138,7 +138,7 @@ def strategy_figures(data: dict, out_dir: str | os.PathLike) -> list[Path]:
     for name, gap in (("fig2_gap_to_global.png", True), ("fig4_test_ppl.png", False)):
         fig, axes = _figure(4.2 * len(lengths), 3.4, ncols=len(lengths))
         for ax, n in zip(axes[0], lengths):
-            for s in strategies:
+            for k, s in enumerate(strategies):
                 for method in ("none", "dca"):
                     pts = sorted((r["length_split"], r["value"]) for r in
                                  _find(rows, strategy=s, train_len=n, split="test", method=method))
@@ -149,7 +149,7 @@ def strategy_figures(data: dict, out_dir: str | os.PathLike) -> list[Path]:
                     if not pts or (gap and s == "global" and method == "none"):
                         continue
                     xs, ys = zip(*pts)
-                    ax.plot(xs, ys, marker="o", linestyle="--" if method == "dca" else "-",
+                    ax.plot(xs, ys, marker="o", linestyle="--" if method == "dca" else "-", color=f"C{k}",
                             label=s + (" + DCA" if method == "dca" else ""))
             ax.axvline(n, color="grey", linewidth=0.8, linestyle=":")
             if gap:
@@ -167,11 +167,11 @@ def strategy_figures(data: dict, out_dir: str | os.PathLike) -> list[Path]:
     # Figure 3: validation perplexity against cumulative training TFLOPs.
     fig, axes = _figure(4.2 * len(lengths), 3.4, ncols=len(lengths))
     for ax, n in zip(axes[0], lengths):
-        for s in strategies:
+        for k, s in enumerate(strategies):
             pts = sorted((r["tflops"], r["value"]) for r in _find(rows, strategy=s, train_len=n, split="valid"))
             if pts:
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, marker=".", label=s)
+                ax.plot(xs, ys, marker=".", color=f"C{k}", label=s)
         ax.set_title(f"trained at {n} tokens")
         ax.set_xlabel("training TFLOPs")
         ax.set_ylabel("validation perplexity")
