@@ -152,10 +152,10 @@ def report(paths: Sequence[str | os.PathLike], *, out_dir: str | os.PathLike | N
             from ..experiments.cells import load_results as load_experiment
             from ..experiments.tables import experiment_report
 
-            text, figs = experiment_report(load_experiment(p), out_dir=(Path(out_dir) if out_dir is not None
-                                                                         else Path(p).parent) if figures else None)
+            target = (Path(out_dir) if out_dir is not None else Path(p).parent) if figures else None
+            text, figs = experiment_report(load_experiment(p), out_dir=target)
             sections.append(text.rstrip("\n"))
-            drawn += [*figs]
+            drawn += figs
             continue
         data = load_results(p)
         if data["kind"] not in KINDS:
