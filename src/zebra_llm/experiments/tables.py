@@ -174,6 +174,7 @@ def strategy_figures(data: dict, out_dir: str | os.PathLike) -> list[Path]:
                 ax.plot(xs, ys, marker=".", color=f"C{k}", label=s)
         ax.set_title(f"trained at {n} tokens")
         ax.set_xlabel("training TFLOPs")
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
         ax.set_ylabel("validation perplexity")
         ax.set_yscale("log")
         ax.legend(fontsize=7)
