@@ -322,6 +322,8 @@ def test_rows(cfg, model, data: Data, strategy: str, n: int, base: dict) -> list
     rows = []
 
     def score(segments, method):
+        log(f"  {run_name(strategy, n)} test ppl ({method}): {len(segments)} documents, "
+            f"{sum(s.length for s in segments)} tokens")
         sums: dict[int, list] = {}
         for seg, item in score_segments(model, data.test, segments):
             acc = sums.setdefault(seg.group, [0.0, 0, 0])
