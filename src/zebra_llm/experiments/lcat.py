@@ -332,7 +332,8 @@ def lcat_figures(data: dict, out_dir) -> list[Path]:
     ax.set_yscale("log")
     ax.set_xlabel("tokens")
     ax.set_ylabel("perplexity (held-out stdlib files)")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     ax = axes[0][1]
     losses = sorted((r["step"], r["value"]) for r in rows if r.get("split") == "train")
     if losses:

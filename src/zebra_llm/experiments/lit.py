@@ -263,7 +263,8 @@ def lit_figures(data: dict, out_dir) -> list[Path]:
     ax.set_xlabel("distance of the fact from the question (tokens)")
     ax.set_ylabel("accuracy")
     ax.set_ylim(-0.05, 1.05)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     ax = axes[0][1]
     for m in ("lora", "full"):
         pts = sorted((r["step"], r["value"]) for r in rows if r.get("model") == m and r.get("split") == "train")
@@ -272,5 +273,6 @@ def lit_figures(data: dict, out_dir) -> list[Path]:
             ax.plot(xs, ys, label=m)
     ax.set_xlabel("LIT step")
     ax.set_ylabel("training loss (response tokens)")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
     return [_save(fig, Path(out_dir) / "lit_accuracy.png")]

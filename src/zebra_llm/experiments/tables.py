@@ -162,7 +162,8 @@ def strategy_figures(data: dict, out_dir: str | os.PathLike) -> list[Path]:
             ax.set_ylabel("ppl - ppl(global)" if gap else "test perplexity")
             if not gap:
                 ax.set_yscale("log")
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
         drawn.append(_save(fig, out_dir / name))
     # Figure 3: validation perplexity against cumulative training TFLOPs.
     fig, axes = _figure(4.2 * len(lengths), 3.4, ncols=len(lengths))
@@ -177,7 +178,8 @@ def strategy_figures(data: dict, out_dir: str | os.PathLike) -> list[Path]:
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 3))
         ax.set_ylabel("validation perplexity")
         ax.set_yscale("log")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     drawn.append(_save(fig, out_dir / "fig3_valid_ppl_vs_tflops.png"))
     return drawn
 
