@@ -9,7 +9,8 @@ import typer
 
 
 def report(
-    results: list[Path] = typer.Argument(..., help="Results JSON files (from zebra eval / bench / demo)."),
+    results: list[Path] = typer.Argument(..., help="Results JSON files (from zebra eval / bench / demo / "
+                                         "experiment)."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Where to draw figures (default: next to "
                                            "the results)."),
     no_figure: bool = typer.Option(False, "--no-figure", help="Only print the tables."),

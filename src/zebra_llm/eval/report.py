@@ -146,12 +146,21 @@ def report(paths: Sequence[str | os.PathLike], *, out_dir: str | os.PathLike | N
     if not paths:
         raise ValueError("report: give at least one results file")
     by_kind: dict[str, list[tuple[Path, dict]]] = {}
+    sections, drawn = [], []
     for p in paths:
+        if _is_experiment(p):  # zebra experiment NAME's results.json: its own tables and figures
+            from ..experiments.cells import load_results as load_experiment
+            from ..experiments.tables import experiment_report
+
+            target = (Path(out_dir) if out_dir is not None else Path(p).parent) if figures else None
+            text, figs = experiment_report(load_experiment(p), out_dir=target)
+            sections.append(text.rstrip("\n"))
+            drawn += figs
+            continue
         data = load_results(p)
         if data["kind"] not in KINDS:
             raise ValueError(f"results: {p} has unknown kind {data['kind']!r}")
         by_kind.setdefault(data["kind"], []).append((Path(p), data))
-    sections, drawn = [], []
     for kind in KINDS:
         if kind not in by_kind:
             continue
@@ -169,6 +178,17 @@ def report(paths: Sequence[str | os.PathLike], *, out_dir: str | os.PathLike | N
             text += ["", f"Figure: `{path}`"]
         sections.append("\n".join(text))
     return "\n\n".join(sections) + "\n", drawn
+
+
+def _is_experiment(path) -> bool:
+    """A results file of ``zebra experiment`` (a top-level ``experiment`` and ``rows``), not of ``zebra eval``."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False  # load_results reports it
+    return isinstance(data, dict) and "experiment" in data and isinstance(data.get("rows"), list)
 
 
 def _table_note(kind: str, files) -> str:

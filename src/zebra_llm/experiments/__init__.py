@@ -1,0 +1,18 @@
+"""The Zebra paper's experiments at small scale (issue 9), one resumable command each.
+
+* :mod:`.strategies`: the four attention strategies pretrained from scratch at three
+  training lengths (the paper's Figures 2, 3 and 4);
+* :mod:`.lcat`: long context adaptation training of SmolLM2-135M converted to Zebra;
+* :mod:`.lit`: long instruction tuning on synthetic long-document QA records.
+
+Every experiment is a grid of *cells* (one training run, one evaluation, one
+timing); each finished cell is written atomically as its own JSON file and never
+recomputed (:mod:`.cells`), and ``results.json`` (a flat ``rows`` list) is
+rebuilt from the cells after each one.
+"""
+
+from .cells import CellStore
+
+EXPERIMENTS = ("zebra_strategies", "lcat_smollm2", "lit")
+
+__all__ = ["CellStore", "EXPERIMENTS"]
