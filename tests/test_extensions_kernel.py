@@ -144,3 +144,25 @@ def test_flex_log_sum_exp_request_follows_the_torch_version(monkeypatch):
     monkeypatch.setattr(fa, "flex_attention", older_flex)
     with pytest.raises(ValueError, match="backend 'flex' for DCA needs FlexAttention's log-sum-exp"):
         _flex_lse_kwargs()
+
+
+def test_public_relative_positions_with_explicit_geometry_needs_no_trained_length():
+    from zebra_llm.extensions import relative_positions
+
+    n = 40
+    cases = [
+        ("self_extend", dict(group_size=4, neighbor_window=8), SelfExtendSpec(4, 8)),
+        ("rerope", dict(window=6, leak=4.0), ReRoPESpec(6, leak=4.0)),
+        ("string", dict(shifted_offset=9, local_value=3), StringSpec(9, 3)),
+    ]
+    for method, settings, spec in cases:
+        expected = spec.relative_positions(n)
+        assert torch.equal(relative_positions(method, n, **settings), expected), method
+        # the trained length only adds defaults and range checks: same matrix
+        assert torch.equal(relative_positions(method, n, trained_length=32, **settings), expected), method
+    with pytest.raises(ValueError, match="neighbor_window="):
+        relative_positions("self_extend", n, group_size=4)
+    with pytest.raises(ValueError, match="shifted_offset=, local_value="):
+        relative_positions("string", n)
+    with pytest.raises(ValueError, match="unknown rerope setting"):
+        relative_positions("rerope", n, window=6, windw=3)

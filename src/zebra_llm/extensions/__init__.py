@@ -113,7 +113,8 @@ def relative_positions(method: str, seq_len: int, **settings) -> torch.Tensor:
     diagonal are ``-1`` and unused).
 
     Settings as for :func:`apply_extension`, plus ``trained_length`` (or, for ``dca``,
-    ``pretraining_length``) for the defaults. Long for integer rules, float64 for leaky ReRoPE.
+    ``pretraining_length``) for the defaults; without it give the geometry in full
+    (``neighbor_window``; ``window``; ``shifted_offset`` and ``local_value``). Long for integer rules, float64 for leaky ReRoPE.
     """
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 0:
         raise ValueError(f"seq_len must be an integer >= 0, got {seq_len!r}")

@@ -160,7 +160,8 @@ def config_to_dict(config) -> dict:
 
 def spec_for(method: str, **settings):
     """The :class:`PiecewiseSpec` of ``method`` from explicit settings (``trained_length`` or
-    ``pretraining_length`` gives the defaults)."""
+    ``pretraining_length`` gives the defaults; without it the method's geometry must be given in
+    full, and ReRoPE's log-n scaling, which needs the trained length, is left out)."""
     check_method(method)
     if method == "dca":
         from ..dca import DCAConfig
@@ -172,9 +173,26 @@ def spec_for(method: str, **settings):
         return DCASpec(cfg.chunk_size, cfg.pretraining_length, cfg.temperature_length if cfg.temperature else None)
     settings = dict(settings)
     trained = settings.pop("trained_length", None)
-    if trained is None:
-        raise ValueError(f"{method}: give trained_length= (the model's trained context) for the default settings")
-    return make_config(method, trained, settings).spec()
+    if trained is not None:
+        return make_config(method, trained, settings).spec()
+    # Without the trained length the geometry must be given in full; the rule itself does not
+    # depend on the trained length (only the defaults, the range checks against it and ReRoPE's
+    # log-n scaling do).
+    cls = NON_DCA_CONFIGS[method]
+    _check_known(method, cls, settings)
+    needed = {"self_extend": ("neighbor_window",), "rerope": ("window",), "string": ("shifted_offset", "local_value")}[method]
+    missing = [name for name in needed if settings.get(name) is None]
+    if missing:
+        raise ValueError(f"{method}: give {', '.join(f'{m}=' for m in missing)} or trained_length= "
+                         f"(the model's trained context, from which the defaults follow)")
+    if method == "self_extend":
+        return SelfExtendSpec(settings.get("group_size", 8), settings["neighbor_window"], settings.get("scale_base"))
+    if method == "rerope":
+        _bool("logn", settings.get("logn", True))
+        # the log-n query scaling needs the trained length but leaves the positions unchanged
+        return ReRoPESpec(settings["window"], settings.get("leak"), None)
+    return StringSpec(settings["shifted_offset"], settings["local_value"],
+                      settings.get("attention_factor", STRING_ATTENTION_FACTOR))
 
 
 __all__ = [
