@@ -70,7 +70,9 @@ RULE_MAX_LEN = 512  # the matrix is printed: beyond this it is unreadable (and s
 def rule(
     method: str = typer.Argument(..., help="dca, self_extend, rerope or string"),
     seq_len: int = typer.Argument(..., help=f"sequence length (1..{RULE_MAX_LEN})"),
-    trained_length: int = typer.Option(..., help="the model's trained context (gives the default settings)"),
+    trained_length: int | None = typer.Option(
+        None, help="the model's trained context (gives the default settings; not needed when the settings "
+        "give the geometry in full)"),
     setting: list[str] = typer.Option([], "--set", "-s", help="a method setting as key=value (repeatable)"),
 ) -> None:
     """Print any extension method's relative positions (zebra_llm.extensions.relative_positions)."""
@@ -84,8 +86,9 @@ def rule(
         if not eq or not key.strip():
             raise ValueError(f"--set takes key=value, got {item!r}")
         settings[key.strip()] = _setting_value(raw.strip())
-    key = "pretraining_length" if method == "dca" and "preset" not in settings else "trained_length"
-    settings.setdefault(key, trained_length)
+    if trained_length is not None:
+        key = "pretraining_length" if method == "dca" and "preset" not in settings else "trained_length"
+        settings.setdefault(key, trained_length)
     matrix = relative_positions(method, seq_len, **settings)
     cells = [[("." if v < 0 else (f"{v:g}" if isinstance(v, float) else str(v))) for v in row]
              for row in matrix.tolist()]
