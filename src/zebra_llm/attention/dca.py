@@ -53,7 +53,7 @@ from ._checks import check_key_padding_mask, check_qkv, resolve_scale
 from .backends import register, resolve
 from .dca_positions import check_geometry, query_positions, query_shift, temperature_factor
 from .piecewise import _cpu_flash_ops, check_inv_freq as _check_inv_freq, check_offsets as _check_offsets
-from .piecewise import merge as _merge, per_row as _per_row, rotate
+from .piecewise import Group, merge as _merge, per_row as _per_row, rotate
 
 
 def dca_attention(
@@ -130,19 +130,9 @@ class Block:
     causal: bool
 
 
-@dataclass(frozen=True)
-class Group:
-    """Query rows ``[q0, q1)`` (ranks ``r0 .. r0 + q1 - q0 - 1``), all in one chunk."""
-
-    q0: int
-    q1: int
-    r0: int
-    blocks: tuple[Block, ...]
-
-
-# Group and plan mirror the piecewise kernel's (attention/piecewise.py, DCASpec.plan in specs.py), which cut the
-# same groups into their own Block type
-# (region index, kind); this kernel's blocks carry the relation name and causal flag its SDPA calls take.
+# ``plan`` mirrors the piecewise kernel's (DCASpec.plan in specs.py), which cuts the same groups into its own
+# Block type (region index, kind); this kernel's blocks carry the relation name and causal flag its SDPA calls
+# take. The query groups themselves are piecewise.Group (rows of one chunk here), holding these Blocks.
 # Both are tested against reference.dca_attention.
 def plan(n_keys: int, n_queries: int, chunk_size: int) -> list[Group]:
     """Cut the queries (the last ``n_queries`` of ``n_keys``) by chunk, and list each chunk's key blocks."""
