@@ -13,7 +13,7 @@ import torch
 
 from zebra_llm.attention import dca_attention
 from zebra_llm.attention import reference as R
-from zebra_llm.attention.dca import plan
+from zebra_llm.attention.dual_chunk import plan
 
 from dca_tiny import one_thread  # noqa: F401 (fixture)
 from helpers import LargestTensor, max_abs_err, rel_err

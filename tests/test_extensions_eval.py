@@ -31,10 +31,10 @@ def test_specs_parse_to_canonical_text(text, canonical):
     "text,message",
     [
         ("self_extend:group=8", "unknown option 'group'"),
-        ("self_extend:group_size=0", "group_size must be >= 1"),
+        ("self_extend:group_size=0", "group_size must be an integer >= 1"),
         ("rerope:window=abc", "window must be an integer"),
         ("rerope:logn=2", "logn must be true or false"),
-        ("string:local_value=-1", "local_value must be >= 0"),
+        ("string:local_value=-1", "local_value must be an integer >= 0"),
         ("dca:preset=chunkllama,chunk_size=5", "preset=chunkllama"),
     ],
 )

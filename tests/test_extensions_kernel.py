@@ -126,7 +126,7 @@ def test_flex_log_sum_exp_request_follows_the_torch_version(monkeypatch):
     """AuxRequest/return_aux exist from torch 2.9; older torch (pyproject admits 2.6) has return_lse."""
     from torch.nn.attention import flex_attention as fa
 
-    from zebra_llm.attention.dca import _flex_lse_kwargs
+    from zebra_llm.attention.dual_chunk import _flex_lse_kwargs
 
     assert "return_aux" in _flex_lse_kwargs()
 

@@ -211,7 +211,7 @@ def test_layer_types_identity_when_the_rule_is(family):
 @pytest.mark.parametrize("name", ["self_extend", "rerope", "string"])
 def test_zebra_global_layers(name):
     model = apply(tiny_zebra(), name)
-    assert model.config._attn_implementation == "zebra_extension_zebra"
+    assert model.config._attn_implementation == "zebra" and extension_config(model)[0] == name
     x = ids(seq=40)
     fast = logits(model, x)
     with use_backend("reference"):
@@ -263,3 +263,33 @@ def test_gpt_oss_refused_clearly_and_exports():
     assert zebra_llm.apply_extension is apply_extension and zebra_llm.remove_extension is remove_extension
     with pytest.raises(ValueError, match="no context-extension method"):
         remove_extension(tiny_model("llama"))
+
+
+@pytest.mark.parametrize("name", ["self_extend", "leaky_rerope", "string"])
+def test_settings_survive_save_pretrained(name, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = apply(tiny_model("qwen2"), name)
+    x = ids(seq=33)
+    expected = logits(model, x)
+    method, cfg = extension_config(model)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    # the settings are on the reloaded config, not in effect until applied; applying with no settings
+    # takes them back, an explicit one starts from the saved trained length's defaults
+    assert reloaded.config._attn_implementation != "zebra_extension"
+    apply_extension(reloaded, method)
+    assert extension_config(reloaded) == (method, cfg)
+    assert max_abs_err(logits(reloaded, x), expected) <= 1e-5
+    first = next(iter(SETTINGS[name]))
+    apply_extension(reloaded, method, **{first: SETTINGS[name][first]})
+    assert extension_config(reloaded)[1].trained_length == cfg.trained_length
+    remove_extension(reloaded)
+    assert extension_config(reloaded) is None
+
+
+def test_a_malformed_saved_setting_is_refused():
+    model = tiny_model("llama")
+    model.config.zebra_extension = {"method": "warp", "trained_length": 16}
+    with pytest.raises(ValueError, match="config.zebra_extension must be a dict with method"):
+        apply_extension(model, "string")

@@ -27,3 +27,18 @@ def test_dca_geometry_is_refused_by_dca_config_before_a_model_is_loaded():
         MethodSpec.parse("dca:pretraining_length=64,chunk_size=64")
     with pytest.raises(ValueError, match="preset must be 'paper' or 'chunkllama'"):
         MethodSpec.parse("dca:preset=other")
+
+
+@pytest.mark.parametrize("method, settings", [
+    ("self_extend", dict(group_size=0)), ("self_extend", dict(scale_base=1)), ("rerope", dict(leak=0.5)),
+    ("string", dict(local_value=9, shifted_offset=4)), ("string", dict(attention_factor=0.0)),
+])
+def test_extension_settings_are_refused_by_the_extension_config_before_a_model_is_loaded(method, settings):
+    from zebra_llm.extensions.config import make_config
+
+    with pytest.raises(ValueError) as own:
+        make_config(method, 4096, settings)
+    text = ",".join(f"{k}={v}" for k, v in settings.items())
+    with pytest.raises(ValueError) as parsed:
+        MethodSpec.parse(f"{method}:{text}")  # no model here: the check needs none
+    assert str(parsed.value) == f"method {method}: {own.value}"

@@ -5,26 +5,19 @@
 ``heads_q > heads_kv``); the output has ``q``'s shape and dtype. Every function
 is differentiable and works in float32, bfloat16 and float16.
 
-``VARIANTS`` maps a layer's attention type to its function; the model code
-looks attention up by name rather than branching on flags. Guide: docs/attention.md.
+Guide: docs/attention.md. (A Zebra layer's attention type selects its function in
+``zebra_llm.hf.zebra_attention.LAYER_KERNELS``.)
 """
 
 from . import reference
 from .backends import BACKENDS, default_backend, set_backend, use_backend
-from .dca import dca_attention
+from .dual_chunk import dca_attention
 from .full import global_attention
 from .global_approx import global_approx_attention
 from .local import local_attention
 
-VARIANTS = {
-    "global": global_attention,
-    "local": local_attention,
-    "global_approx": global_approx_attention,
-}
-
 __all__ = [
     "BACKENDS",
-    "VARIANTS",
     "dca_attention",
     "default_backend",
     "global_approx_attention",

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from zebra_llm.eval.methods import methods_help
+
 # Errors that mean "the user asked for something wrong or missing".
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
@@ -41,9 +43,8 @@ def fail(message: str) -> None:
 MODEL = typer.Option("smollm2", "--model", help="smollm2 (embedded), a model directory, a .gguf file or a hub name.")
 METHOD = typer.Option(
     None, "--method", "-m",
-    help="Method applied on load, repeatable: none, linear:factor=4, dynamic:factor=4, yarn:factor=4, dca, "
-         "dca:chunk_size=6144, dca:preset=chunkllama, self_extend:group_size=8,neighbor_window=1024, "
-         "rerope:window=4096, string, zebra:layer_group_size=4,window=512 (default: none).",
+    help="Method applied on load, repeatable, as name or name:key=value,... (e.g. yarn:factor=4, "
+         "dca:preset=chunkllama); every method and its options: " + methods_help() + " (default: none).",
 )
 DTYPE = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16.")
 DEVICE = typer.Option(None, "--device", help="cpu, cuda, cuda:1 ... (default: cpu).")

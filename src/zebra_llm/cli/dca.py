@@ -10,6 +10,8 @@ import json
 
 import typer
 
+from zebra_llm.extensions.config import METHODS
+
 # The matrix is printed: seq_len^2 cells (and allocated as int64). Beyond this it is neither
 # readable nor cheap (100000 would need 80 GB).
 MAX_PRINTED_SEQ_LEN = 1024
@@ -68,7 +70,7 @@ RULE_MAX_LEN = 512  # the matrix is printed: beyond this it is unreadable (and s
 
 @app.command()
 def rule(
-    method: str = typer.Argument(..., help="dca, self_extend, rerope or string"),
+    method: str = typer.Argument(..., help=", ".join(METHODS)),
     seq_len: int = typer.Argument(..., help=f"sequence length (1..{RULE_MAX_LEN})"),
     trained_length: int | None = typer.Option(
         None, help="the model's trained context (gives the default settings; not needed when the settings "

@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 from zebra_llm.config_io import ConfigError, build
 from zebra_llm.dca import DCAConfig, apply_dca, resolve_config
 from zebra_llm.extensions import apply_extension
-from zebra_llm.extensions.config import make_config
+from zebra_llm.extensions.config import check_settings, make_config
 from zebra_llm.loading import trained_context
 from zebra_llm.modeling import convert_to_zebra
 from zebra_llm.modeling.configuration_zebra import LayerSettingError, check_layer_settings
@@ -218,6 +218,15 @@ METHODS: dict[str, type[Method]] = {}
 def register_method(cls: type[Method]) -> type[Method]:
     METHODS[cls.name] = cls
     return cls
+
+
+def methods_help() -> str:
+    """Every registered method with its options, for ``--help``: ``name (option, option, ...)``."""
+    parts = []
+    for name, cls in METHODS.items():
+        options = [f.name for f in dataclasses.fields(cls.options_type)]
+        parts.append(f"{name} ({', '.join(options)})" if options else name)
+    return "; ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -449,6 +458,13 @@ def _extension_settings(options) -> dict:
             if f.name != "max_length" and getattr(options, f.name) is not None}
 
 
+def _check_extension_options(method: str, options) -> None:
+    """The extension's own checks (``extensions.config.check_settings``), so a bad option fails before
+    the model is loaded; the checks against the model's trained length follow in :meth:`_Extension.config`."""
+    check_settings(method, _extension_settings(options))  # the caller names the method in the error
+    _check_max_length(options.max_length)
+
+
 class _Extension(Method):
     @classmethod
     def check_config(cls, config, options) -> None:
@@ -470,6 +486,8 @@ class _Extension(Method):
         return model if result is None else result
 
 
+# The option records of SelfExtend, ReRoPE and STRING share a shape: each is its method's own list of
+# `-m name:key=value` options (what --help and errors name), checked by the extension's own check_settings.
 @dataclass(frozen=True)
 class SelfExtendOptions:
     group_size: int | None = None
@@ -478,12 +496,7 @@ class SelfExtendOptions:
     max_length: int | None = None
 
     def __post_init__(self):
-        for key in ("group_size", "neighbor_window"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise ValueError(f"option {key} must be >= 1, got {getattr(self, key)}")
-        if self.scale_base is not None and self.scale_base < 2:
-            raise ValueError(f"option scale_base must be >= 2, got {self.scale_base}")
-        _check_max_length(self.max_length)
+        _check_extension_options("self_extend", self)
 
 
 @register_method
@@ -506,11 +519,7 @@ class ReRoPEOptions:
     max_length: int | None = None
 
     def __post_init__(self):
-        if self.window is not None and self.window < 1:
-            raise ValueError(f"option window must be >= 1, got {self.window}")
-        if self.leak is not None and self.leak < 1:
-            raise ValueError(f"option leak must be >= 1, got {self.leak}")
-        _check_max_length(self.max_length)
+        _check_extension_options("rerope", self)
 
 
 @register_method
@@ -542,13 +551,7 @@ class StringOptions:
     max_length: int | None = None
 
     def __post_init__(self):
-        if self.shifted_offset is not None and self.shifted_offset < 1:
-            raise ValueError(f"option shifted_offset must be >= 1, got {self.shifted_offset}")
-        if self.local_value is not None and self.local_value < 0:
-            raise ValueError(f"option local_value must be >= 0, got {self.local_value}")
-        if self.attention_factor is not None and self.attention_factor <= 0:
-            raise ValueError(f"option attention_factor must be > 0, got {self.attention_factor}")
-        _check_max_length(self.max_length)
+        _check_extension_options("string", self)
 
 
 @register_method

@@ -38,6 +38,19 @@ from .results import ResultsFile, group_rows
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
+def check_run_sizes(lengths, trials: int, max_new_tokens: int | None) -> None:
+    """The checks every generation task's config makes (passkey, needle, RULER)."""
+    if not lengths:
+        raise ValueError("lengths: give at least one length")
+    for n in lengths:
+        if n < 2:
+            raise ValueError(f"lengths must be >= 2, got {n}")
+    if trials < 1:
+        raise ValueError(f"trials must be >= 1, got {trials}")
+    if max_new_tokens is not None and max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+
+
 @dataclass
 class RetrievalPrompt:
     """Prompt ids (``prefix + rest``): ``prefix`` is shared by all trials of one (length, depth)."""
@@ -191,18 +204,10 @@ class RetrievalConfig:
 
     def __post_init__(self):
         self.methods = [str(m) for m in parse_methods(self.methods)]
-        if not self.lengths:
-            raise ValueError("lengths: give at least one length")
-        for n in self.lengths:
-            if n < 2:
-                raise ValueError(f"lengths must be >= 2, got {n}")
+        check_run_sizes(self.lengths, self.trials, self.max_new_tokens)
         self.depths = check_depths(self.depths)
-        if self.trials < 1:
-            raise ValueError(f"trials must be >= 1, got {self.trials}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
     def identity(self) -> dict:
         return {k: v for k, v in asdict(self).items()

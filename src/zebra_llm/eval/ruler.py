@@ -43,7 +43,7 @@ from ..loading import load_for_run
 from .methods import MethodSpec, check_plan, parse_methods
 from .progress import progress_bar
 from .results import ResultsFile, group_rows
-from .retrieval import bos, encode, greedy_continuations
+from .retrieval import bos, check_run_sizes, encode, greedy_continuations
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NIAH_TEMPLATE = (
@@ -312,15 +312,7 @@ class RulerConfig:
     def __post_init__(self):
         self.methods = [str(m) for m in parse_methods(self.methods)]
         self.tasks = check_tasks(self.tasks)
-        if not self.lengths:
-            raise ValueError("lengths: give at least one length")
-        for n in self.lengths:
-            if n < 2:
-                raise ValueError(f"lengths must be >= 2, got {n}")
-        if self.trials < 1:
-            raise ValueError(f"trials must be >= 1, got {self.trials}")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        check_run_sizes(self.lengths, self.trials, self.max_new_tokens)
 
     def identity(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in ("methods", "tasks", "lengths", "trials", "device")}

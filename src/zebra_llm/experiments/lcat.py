@@ -34,6 +34,8 @@ from .cells import CellStore, log
 VARIANTS = ("original", "original_dca", "converted", "lcat", "lcat_dca")
 
 
+# Each experiment's config lists its own fields (they mirror its YAML under experiments/configs/); the
+# ones the three share (source, steps, lr, seed, ...) have different defaults and meanings per experiment.
 @dataclass
 class LCATExperimentConfig:
     source: str = "smollm2"

@@ -36,6 +36,7 @@ QUESTION = "What is the access code of project {name}? Answer with the number on
 FACT = "# The access code of project {name} is {code}."
 
 
+# (Fields listed per experiment, as in lcat.py and strategies.py: shared names, different defaults.)
 @dataclass
 class LITExperimentConfig:
     source: str = "smollm2"

@@ -45,6 +45,7 @@ STRATEGIES = {
 HAS_GLOBAL = ("global", "group2", "group4")
 
 
+# (Fields listed per experiment, as in lcat.py and lit.py: shared names, different defaults.)
 @dataclass
 class StrategyGridConfig:
     """One grid; see ``experiments/configs/zebra_strategies_*.yaml`` for the sizes and why."""

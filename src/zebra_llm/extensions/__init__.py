@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import torch
 
-from ..dca import (
-    CONFIG_KEY as DCA_CONFIG_KEY,
+from ..dca import DCAConfig, apply_dca
+from ..hf.extension import (
+    DCA_CONFIG_KEY,
     EXTENSION_CONFIG_KEY,
     EXTENSION_IMPLEMENTATION,
     NOPE_FULL_ATTENTION_TYPES,
-    ZEBRA_EXTENSION_IMPLEMENTATION,
-    DCAConfig,
-    _check_family,
-    _install,
-    _LayerState,
-    _rotary_embedding,
-    _uninstall,
-    apply_dca,
+    ExtensionState,
+    check_family,
+    install,
+    rotary_embedding,
+    uninstall,
 )
 from ..loading import trained_context
 from .config import (
@@ -55,7 +53,9 @@ def apply_extension(model, method: str, **settings):
         **settings: the method's settings (``extensions.config``; ``dca``: those of
             :func:`zebra_llm.apply_dca`). Omitted ones default from the model's trained
             length (``original_max_position_embeddings`` or ``max_position_embeddings``);
-            ``trained_length=`` overrides that length.
+            ``trained_length=`` overrides that length. A model whose config carries the
+            same method's settings (saved by ``save_pretrained`` after ``apply_extension``)
+            gets them back when no setting is given.
 
     Returns the same model. Raises ``ValueError`` naming the setting or the model's
     problem (family, rope type, sliding-window Mistral, attention sinks).
@@ -75,32 +75,53 @@ def apply_extension(model, method: str, **settings):
         return apply_dca(model, **settings)
     who = NAMES[method]
     config = model.config
-    _check_family(config, who)
-    rotary, inv_freq_name = _rotary_embedding(model, who)
-    trained = settings.pop("trained_length", None)
-    if trained is None:
-        trained = trained_context(config)
-    cfg = make_config(method, trained, settings)
-    state = _LayerState(cfg, (rotary,), inv_freq_name, cfg.spec(), config.model_type in NOPE_FULL_ATTENTION_TYPES)
-    _install(model, EXTENSION_CONFIG_KEY, EXTENSION_IMPLEMENTATION, ZEBRA_EXTENSION_IMPLEMENTATION, state,
-             {"method": method, **config_to_dict(cfg)})
+    check_family(config, who)
+    rotary, inv_freq_name = rotary_embedding(model, who)
+    cfg = _resolve(config, method, settings)
+    state = ExtensionState(who, cfg, (rotary,), inv_freq_name, cfg.spec(), config.model_type in NOPE_FULL_ATTENTION_TYPES)
+    install(model, EXTENSION_CONFIG_KEY, EXTENSION_IMPLEMENTATION, state, {"method": method, **config_to_dict(cfg)})
     return model
+
+
+def _resolve(model_config, method: str, settings: dict):
+    """The config of ``method`` (not ``dca``). When the model config carries settings of the same
+    method from an earlier ``apply_extension`` (kept by ``save_pretrained``): no settings given reuses
+    them as they are; settings given are taken with the saved trained length for the others'
+    defaults (a saved default derived from another setting is not carried over). Otherwise the
+    defaults follow from ``trained_length`` or the model's trained context."""
+    trained = settings.pop("trained_length", None)
+    saved = _saved_settings(model_config)
+    if trained is None and saved is not None and saved[0] == method:
+        saved_settings = dict(saved[1])
+        trained = saved_settings.pop("trained_length")
+        return make_config(method, trained, settings or saved_settings)
+    return make_config(method, trained_context(model_config) if trained is None else trained, settings)
+
+
+def _saved_settings(model_config):
+    """``(method, settings)`` recorded on a model config by :func:`apply_extension` (not DCA), or ``None``."""
+    saved = getattr(model_config, EXTENSION_CONFIG_KEY, None)
+    if saved is None:
+        return None
+    if not isinstance(saved, dict) or saved.get("method") not in NAMES or "trained_length" not in saved:
+        raise ValueError(f"config.{EXTENSION_CONFIG_KEY} must be a dict with method and trained_length, got {saved!r}")
+    return saved["method"], {k: v for k, v in saved.items() if k not in ("method", "previous_attn_implementation")}
 
 
 def remove_extension(model):
     """Undo :func:`apply_extension` (any method, DCA included): the previous attention comes back."""
     for key in (EXTENSION_CONFIG_KEY, DCA_CONFIG_KEY):
         if getattr(model.config, key, None) is not None:
-            return _uninstall(model, key)
+            return uninstall(model, key)
     raise ValueError("model: no context-extension method is applied")
 
 
 def extension_config(model):
     """``(method, config)`` in effect on ``model``, or ``None``."""
-    saved = getattr(model.config, EXTENSION_CONFIG_KEY, None)
+    saved = _saved_settings(model.config)
     if saved is not None:
-        data = {k: v for k, v in saved.items() if k not in ("method", "previous_attn_implementation")}
-        method = saved["method"]
+        method, data = saved
+        data = dict(data)
         return method, make_config(method, data.pop("trained_length"), data)
     saved = getattr(model.config, DCA_CONFIG_KEY, None)
     if saved is not None:

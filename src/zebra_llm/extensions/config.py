@@ -50,6 +50,8 @@ def _check_known(method: str, cls, settings: dict, extra: tuple[str, ...] = ()) 
         raise ValueError(f"unknown {method} setting(s) {unknown}; allowed: {sorted(known)}")
 
 
+# The three configs below share a shape (trained length, defaults derived from it, the spec's checks):
+# each lists its method's own settings and the source of each default, which a base class would hide.
 @dataclass(frozen=True)
 class SelfExtendConfig:
     """SelfExtend (Jin et al., ICML 2024, arXiv 2401.01325).
@@ -147,6 +149,27 @@ def check_method(method) -> str:
     return method
 
 
+def check_settings(method: str, settings: dict) -> None:
+    """Check what can be checked of ``method``'s settings (not ``dca``: ``DCAConfig.check_settings``)
+    before the model, and so its trained length, is known: the names and each value's own range. The
+    checks against the trained length follow in :func:`make_config`. So a bad option fails before a
+    model is loaded, with the same message."""
+    cls = NON_DCA_CONFIGS[check_method(method)]
+    _check_known(method, cls, settings)
+    if method == "self_extend":
+        # the spec checks each value; a missing neighbor_window gets its smallest valid value
+        SelfExtendSpec(settings.get("group_size", 8), settings.get("neighbor_window", 1), settings.get("scale_base"))
+    elif method == "rerope":
+        _bool("logn", settings.get("logn", True))
+        ReRoPESpec(settings.get("window", 1), settings.get("leak"))
+    else:
+        local = settings.get("local_value", 0)
+        offset = settings.get("shifted_offset")
+        if offset is None:  # the smallest offset a valid local_value allows
+            offset = local if isinstance(local, int) and not isinstance(local, bool) and local >= 1 else 1
+        StringSpec(offset, local, settings.get("attention_factor", STRING_ATTENTION_FACTOR))
+
+
 def make_config(method: str, trained_length: int, settings: dict):
     """The validated config of ``method`` (not ``dca``) for a model trained on ``trained_length`` tokens."""
     cls = NON_DCA_CONFIGS[check_method(method)]
@@ -202,6 +225,7 @@ __all__ = [
     "SelfExtendConfig",
     "StringConfig",
     "check_method",
+    "check_settings",
     "make_config",
     "spec_for",
 ]

@@ -3,7 +3,8 @@
 Importing this package registers, through transformers' public extension points:
 
 * the model type ``zebra`` with ``AutoConfig``, ``AutoModel`` and ``AutoModelForCausalLM``;
-* the attention implementation ``"zebra"`` (``AttentionInterface`` and ``AttentionMaskInterface``);
+* the attention implementation ``"zebra"`` (``AttentionInterface`` and ``AttentionMaskInterface``,
+  through ``zebra_llm.hf``);
 * the ``global_approx`` cache layer (a ``CacheLayerMixin`` subclass with ``_layer_type``).
 
 Guide: docs/zebra.md.
@@ -11,7 +12,7 @@ Guide: docs/zebra.md.
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
-from .attention import eager_attention_forward, is_structural, zebra_attention_forward
+from ..hf.zebra_attention import eager_attention_forward, is_structural, zebra_attention_forward
 from .cache import GlobalApproxLayer
 from .configuration_zebra import ZebraConfig
 from .convert import convert_checkpoint, convert_to_zebra, zebra_config_from

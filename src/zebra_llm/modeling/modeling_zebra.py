@@ -5,7 +5,7 @@ Song et al. (2023, arXiv 2312.08618): every block is Llama's
 only the keys a layer's queries see differ. Each ``ZebraAttention`` carries its
 ``attention_type`` (``global`` / ``local`` / ``global_approx``), ``window`` and
 ``approx_chunk_size`` and calls the attention function registered under
-``config._attn_implementation`` (``"zebra"`` by default, see ``attention.py``).
+``config._attn_implementation`` (``"zebra"`` by default, see ``zebra_llm.hf.zebra_attention``).
 The weights are named as Llama's (and Qwen3's ``q_norm``/``k_norm``), so
 Llama-family state dicts load unchanged.
 """
@@ -29,8 +29,8 @@ from transformers.utils.generic import merge_with_config_defaults
 from transformers.utils.output_capturing import capture_outputs
 
 from ..hf import CACHE_FIELD, CACHE_KWARG, merge_cache_kwargs
+from ..hf.zebra_attention import IMPLEMENTATION, check_implementation, eager_attention_forward, is_structural
 from . import cache as _cache  # noqa: F401  (registers the global_approx cache layer)
-from .attention import IMPLEMENTATION, check_implementation, eager_attention_forward, is_structural
 from .configuration_zebra import ATTENTION_OF_LAYER_TYPE, FULL, GLOBAL_APPROX, SLIDING, ZebraConfig
 
 

@@ -32,6 +32,8 @@ class Preset:
 
 # Each preset spells out every field although many repeat: a preset is read as one complete shape,
 # and a shared base dict would make a reader assemble it (`duplicates` lists these on purpose).
+# Each preset is written out in full rather than derived from a base: a preset is read as one model's
+# complete settings, and the shared values (RoPE, tying, group attention) are the model's, not a default.
 PRESETS: dict[str, Preset] = {
     "debug": Preset(
         "tiny model for tests: 4 layers, hidden 64, 4 query / 2 key-value heads, SmolLM2 vocabulary (49152), "

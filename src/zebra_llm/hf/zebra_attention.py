@@ -1,44 +1,56 @@
-"""The ``"zebra"`` attention implementation, registered with transformers.
+"""The ``"zebra"`` attention implementation of Zebra models.
 
-``AttentionInterface.register("zebra", zebra_attention_forward)`` and
-``AttentionMaskInterface.register("zebra", zebra_llm.hf.padding_mask_interface)``:
-transformers builds one ``[batch, kv_len]`` key padding mask per forward (no
-``seq x seq`` mask) and every ``ZebraAttention`` calls
-:func:`zebra_attention_forward`, which runs the module's variant from
-``zebra_llm.attention.VARIANTS``. Causality, windows and chunk summaries are
-structural there, so local layers cost O(seq * window).
+Registered (``zebra_llm.hf.register``) with ``AttentionInterface`` as :func:`zebra_attention_forward` and
+with ``AttentionMaskInterface`` as ``padding_mask_interface``: transformers builds one ``[batch, kv_len]``
+key padding mask per forward (no ``seq x seq`` mask) and every ``ZebraAttention`` calls
+:func:`zebra_attention_forward`, which runs the kernel of the module's ``attention_type``
+(:data:`LAYER_KERNELS`). Causality, windows and chunk summaries are structural there, so local layers
+cost O(seq * window). A global layer carrying a context-extension method (``apply_extension`` puts it on
+the global layers only) runs that method instead.
 
 Other implementations on a Zebra model:
 
-* ``eager``, ``sdpa``, ``flash_attention_*``, ``flex_attention``: correct for
-  ``global`` and ``local`` layers, through transformers' own causal and
-  sliding-window masks (the way Ministral runs); they build the masks those
-  kernels need (``eager``/``sdpa``: ``seq x seq``). ``global_approx`` cannot
-  be expressed as a mask: a model with such layers refuses them with a
-  ``ValueError``.
-* Any implementation registered with ``padding_mask_interface`` as its mask
-  function (``"zebra"``, the DCA helper's ``"zebra_dca"``) is *structural*: it
-  receives only padding masks and must dispatch on ``module.attention_type``,
-  as :func:`zebra_attention_forward` does.
+* ``eager``, ``sdpa``, ``flash_attention_*``, ``flex_attention``: correct for ``global`` and ``local``
+  layers, through transformers' own causal and sliding-window masks (the way Ministral runs); they build
+  the masks those kernels need (``eager``/``sdpa``: ``seq x seq``). ``global_approx`` cannot be expressed
+  as a mask: a model with such layers refuses them with a ``ValueError``.
+* Any implementation registered with ``padding_mask_interface`` as its mask function is *structural*: it
+  receives only padding masks and must dispatch on ``module.attention_type``, as
+  :func:`zebra_attention_forward` does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
-from transformers import AttentionInterface
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
-from .. import hf
-from ..attention import VARIANTS
+from ..attention import global_approx_attention, global_attention, local_attention
+from .extension import extension_attention_forward, extension_state
+from .masks import key_padding_mask, padding_mask_interface
 
 IMPLEMENTATION = "zebra"
 
-# attention_type -> the keyword arguments its variant takes from the module.
-_VARIANT_ARGS = {
-    "global": lambda module: {},
-    "local": lambda module: {"window": module.window},
-    "global_approx": lambda module: {"window": module.window, "chunk_size": module.approx_chunk_size},
+
+@dataclass(frozen=True)
+class LayerKernel:
+    """The attention of one Zebra layer type: its kernel and the settings it reads from the module."""
+
+    function: Callable
+    settings: tuple[tuple[str, str], ...] = ()  # (kernel keyword, ZebraAttention attribute)
+
+    def __call__(self, module, query, key, value, scale, key_padding_mask):
+        settings = {keyword: getattr(module, attribute) for keyword, attribute in self.settings}
+        return self.function(query, key, value, scale=scale, key_padding_mask=key_padding_mask, **settings)
+
+
+LAYER_KERNELS = {
+    "global": LayerKernel(global_attention),
+    "local": LayerKernel(local_attention, (("window", "window"),)),
+    "global_approx": LayerKernel(global_approx_attention, (("window", "window"), ("chunk_size", "approx_chunk_size"))),
 }
 
 
@@ -59,23 +71,25 @@ def zebra_attention_forward(
             ``approx_chunk_size``.
         query: ``[batch, heads_q, q_len, head_dim]``; the queries are the last ``q_len`` positions of the keys.
         key, value: ``[batch, heads_kv, kv_len, head_dim]``, what the layer's cache returned.
-        attention_mask: ``None`` or the ``[batch, kv_len]`` padding mask of ``zebra_llm.hf.padding_mask_interface``.
+        attention_mask: ``None`` or the ``[batch, kv_len]`` padding mask of ``padding_mask_interface``.
         scaling: score scale (``head_dim ** -0.5`` by default).
         dropout: must be 0; the structural kernels have no attention dropout.
 
     Returns ``(output [batch, q_len, heads_q, head_dim], None)`` as transformers expects.
     """
     kind = getattr(module, "attention_type", None)
-    if kind not in _VARIANT_ARGS:
+    if kind not in LAYER_KERNELS:
         raise ValueError(
-            f"zebra attention: module.attention_type must be one of {sorted(_VARIANT_ARGS)}, got {kind!r}"
+            f"zebra attention: module.attention_type must be one of {sorted(LAYER_KERNELS)}, got {kind!r}"
         )
+    if extension_state(module) is not None:  # a global layer under DCA or another extension method
+        return extension_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     if dropout:
         raise ValueError(
             f"zebra attention has no attention dropout (got dropout={dropout}); set config.attention_dropout=0"
         )
-    kpm = hf.key_padding_mask(attention_mask, key, who="zebra attention")
-    out = VARIANTS[kind](query, key, value, scale=scaling, key_padding_mask=kpm, **_VARIANT_ARGS[kind](module))
+    kpm = key_padding_mask(attention_mask, key, who="zebra attention")
+    out = LAYER_KERNELS[kind](module, query, key, value, scaling, kpm)
     return out.transpose(1, 2).contiguous(), None  # (B, Hq, q, D) -> (B, q, Hq, D)
 
 
@@ -108,14 +122,14 @@ def is_structural(implementation: str | None) -> bool:
     if implementation is None:
         return False
     try:
-        return ALL_MASK_ATTENTION_FUNCTIONS[implementation] is hf.padding_mask_interface
+        return ALL_MASK_ATTENTION_FUNCTIONS[implementation] is padding_mask_interface
     except KeyError:
         return False
 
 
 def check_implementation(layer_types: list[str], implementation: str | None) -> None:
     """Refuse an implementation that would compute some layer wrongly."""
-    from .configuration_zebra import GLOBAL_APPROX
+    from ..modeling.configuration_zebra import GLOBAL_APPROX
 
     if GLOBAL_APPROX in layer_types and not is_structural(implementation):
         layers = [i for i, t in enumerate(layer_types) if t == GLOBAL_APPROX]
@@ -125,19 +139,12 @@ def check_implementation(layer_types: list[str], implementation: str | None) -> 
         )
 
 
-def register() -> None:
-    """Register ``"zebra"`` with transformers (done on ``import zebra_llm``)."""
-    AttentionInterface.register(IMPLEMENTATION, zebra_attention_forward)
-    AttentionMaskInterface.register(IMPLEMENTATION, hf.padding_mask_interface)
-
-
-register()
-
 __all__ = [
     "IMPLEMENTATION",
+    "LAYER_KERNELS",
+    "LayerKernel",
     "check_implementation",
     "eager_attention_forward",
     "is_structural",
-    "register",
     "zebra_attention_forward",
 ]
