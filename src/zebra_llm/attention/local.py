@@ -265,22 +265,64 @@ def _fold_into(dst, grad, krange, block):
                 dst[:, :, a : a + width] += part[:, i]
 
 
+def repeat_kv(x, groups: int):
+    """Grouped-query keys or values ``[B, Hkv, S, D]`` repeated to the query heads."""
+    return x if groups == 1 else x.repeat_interleave(groups, 1)
+
+
+def sum_kv_groups(grad, groups: int):
+    """The gradient of :func:`repeat_kv`: ``[B, Hq, S, D]`` summed back to ``[B, Hkv, S, D]``."""
+    if groups == 1:
+        return grad
+    return grad.view(grad.shape[0], grad.shape[1] // groups, groups, *grad.shape[2:]).sum(2)
+
+
+def band_forward(q, kr, vr, window, scale, block):
+    """Sliding-window attention of ``q`` over ``kr``, ``vr`` (already repeated to the query heads) with
+    the CPU flash kernel, piece by piece: ``(out, lse)``, ``lse`` the log-sum-exp of each query's scores."""
+    out = torch.empty_like(q)
+    lse = q.new_empty(q.shape[:3], dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    for kind, q0, q1 in _band_pieces(q.shape[2], kr.shape[2], window, block):
+        qp, krange, mask = _piece_views(kind, q0, q1, q, kr, window, block, q.dtype)
+        o, l = flash(qp, _key_windows(kr, krange, block), _key_windows(vr, krange, block), 0.0, False,
+                     attn_mask=mask, scale=scale)
+        _put_rows(out, o, q0, q1, kind)
+        _put_rows(lse.unsqueeze(-1), l.unsqueeze(-1), q0, q1, kind)
+    return out, lse
+
+
+def band_backward(grad_out, q, kr, vr, out, lse, window, scale, block):
+    """Gradients ``(dq, dkr, dvr)`` of the band part (``dkr``, ``dvr`` per query head).
+
+    ``out`` and ``lse`` are those of the whole attention the band is part of: with another key set merged
+    in by log-sum-exp (``global_approx``'s summaries) they are the merged ones, and the result is then
+    exactly the band keys' share of the merged attention's gradients."""
+    grad_out = grad_out.contiguous()
+    dq = torch.empty_like(q)
+    dk = torch.zeros_like(kr)
+    dv = torch.zeros_like(vr)
+    back = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+    for kind, q0, q1 in _band_pieces(q.shape[2], kr.shape[2], window, block):
+        qp, krange, mask = _piece_views(kind, q0, q1, q, kr, window, block, q.dtype)
+        op, _, _ = _piece_views(kind, q0, q1, out, kr, window, block, q.dtype)
+        gp, _, _ = _piece_views(kind, q0, q1, grad_out, kr, window, block, q.dtype)
+        lp, _, _ = _piece_views(kind, q0, q1, lse.unsqueeze(-1), kr, window, block, q.dtype)
+        gq, gk, gv = back(gp, qp, _key_windows(kr, krange, block), _key_windows(vr, krange, block), op,
+                          lp.squeeze(-1), 0.0, False, attn_mask=mask, scale=scale)
+        _put_rows(dq, gq, q0, q1, kind)
+        _fold_into(dk, gk, krange, block)
+        _fold_into(dv, gv, krange, block)
+    return dq, dk, dv
+
+
 class _FlashBand(torch.autograd.Function):
     """Sliding-window attention on CPU that saves only q, k, v, out and the log-sum-exp."""
 
     @staticmethod
     def forward(ctx, q, k, v, window, scale, block):
         groups = q.shape[1] // k.shape[1]
-        kr, vr = (k, v) if groups == 1 else (k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1))
-        out = torch.empty_like(q)
-        lse = q.new_empty(q.shape[:3], dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
-        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-        for kind, q0, q1 in _band_pieces(q.shape[2], k.shape[2], window, block):
-            qp, krange, mask = _piece_views(kind, q0, q1, q, kr, window, block, q.dtype)
-            o, l = flash(qp, _key_windows(kr, krange, block), _key_windows(vr, krange, block), 0.0, False,
-                         attn_mask=mask, scale=scale)
-            _put_rows(out, o, q0, q1, kind)
-            _put_rows(lse.unsqueeze(-1), l.unsqueeze(-1), q0, q1, kind)
+        out, lse = band_forward(q, repeat_kv(k, groups), repeat_kv(v, groups), window, scale, block)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.window, ctx.scale, ctx.block = window, scale, block
         return out
@@ -288,28 +330,10 @@ class _FlashBand(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
-        window, scale, block = ctx.window, ctx.scale, ctx.block
         groups = q.shape[1] // k.shape[1]
-        kr, vr = (k, v) if groups == 1 else (k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1))
-        grad_out = grad_out.contiguous()
-        dq = torch.empty_like(q)
-        dk = torch.zeros_like(kr)
-        dv = torch.zeros_like(vr)
-        back = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
-        for kind, q0, q1 in _band_pieces(q.shape[2], k.shape[2], window, block):
-            qp, krange, mask = _piece_views(kind, q0, q1, q, kr, window, block, q.dtype)
-            op, _, _ = _piece_views(kind, q0, q1, out, kr, window, block, q.dtype)
-            gp, _, _ = _piece_views(kind, q0, q1, grad_out, kr, window, block, q.dtype)
-            lp, _, _ = _piece_views(kind, q0, q1, lse.unsqueeze(-1), kr, window, block, q.dtype)
-            gq, gk, gv = back(gp, qp, _key_windows(kr, krange, block), _key_windows(vr, krange, block), op,
-                              lp.squeeze(-1), 0.0, False, attn_mask=mask, scale=scale)
-            _put_rows(dq, gq, q0, q1, kind)
-            _fold_into(dk, gk, krange, block)
-            _fold_into(dv, gv, krange, block)
-        if groups > 1:
-            dk = dk.view(k.shape[0], k.shape[1], groups, *k.shape[2:]).sum(2)
-            dv = dv.view(v.shape[0], v.shape[1], groups, *v.shape[2:]).sum(2)
-        return dq, dk, dv, None, None, None
+        dq, dk, dv = band_backward(grad_out, q, repeat_kv(k, groups), repeat_kv(v, groups), out, lse,
+                                   ctx.window, ctx.scale, ctx.block)
+        return dq, sum_kv_groups(dk, groups), sum_kv_groups(dv, groups), None, None, None
 
 
 def _put_rows(dst, piece, q0, q1, kind):
