@@ -16,7 +16,8 @@ labels, go to ``--out-dir`` too.
 The tables in ``docs/benchmarks.md`` and the summary in ``README.md`` are generated, never typed:
 ``--write-docs`` replaces the text between each ``<!-- BEGIN GENERATED ...: NAME -->`` and
 ``<!-- END GENERATED: NAME -->`` marker pair with block NAME of this report, and
-``tests/test_docs.py`` checks that the pages hold what the JSON gives.
+``tests/test_docs.py`` checks that the pages hold what the JSON gives. Block ``demo`` is the
+table of ``zebra demo --out-dir docs/results/demo`` (the README's main job), read from its JSON.
 
 Methods, at each length N (factor f = N / trained context, only where f > 1):
 
@@ -189,6 +190,7 @@ def passkey_table(rows, lengths) -> str:
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT_DIR = REPO / "docs" / "results" / "dca_quality"
 DOC_PAGES = (REPO / "docs" / "benchmarks.md", REPO / "README.md")
+DEMO_RESULTS = REPO / "docs" / "results" / "demo" / "ppl.json"  # the README's main job, `zebra demo`
 EMULATED = "passkey_emulated_c2048.json"
 # the README summary: a few rows and columns of the full tables
 SUMMARY_TEXT = "_pydecimal.py"
@@ -295,6 +297,10 @@ def build_report(args) -> dict[str, str]:
             blocks["passkey_emulated"] = _emulated_table(args.out_dir / EMULATED)
     if SUMMARY_TEXT in ppl_by_text and passkey_rows:
         blocks["summary"] = _summary_table(ppl_by_text[SUMMARY_TEXT], passkey_rows)
+    if DEMO_RESULTS.is_file():  # written by `zebra demo --out-dir docs/results/demo`, not computed here
+        from zebra_llm.eval.report import report
+
+        blocks["demo"] = report([DEMO_RESULTS], figures=False)[0].strip()
     return blocks
 
 
