@@ -61,3 +61,32 @@ def test_run_needle_tiny_model(tiny_model_dir, tiny_corpus, tmp_path):
     unbatched = run_needle(RetrievalConfig(**{**config.__dict__, "batch_size": 1, "reuse_prefix": False}),
                            data=str(tiny_corpus), progress=False)
     assert [i["output"] for i in unbatched["items"]] == [i["output"] for i in data["items"]]
+
+
+def test_needle_and_ruler_haystacks_take_an_encoding(tiny_model_dir, tiny_corpus, tmp_path):
+    """A latin-1 haystack file: strict UTF-8 by default (an error naming file and offset), read with
+    ``encoding=`` (``--encoding`` of ``zebra eval needle`` and ``zebra eval ruler``)."""
+    from zebra_llm.cli import app
+    from zebra_llm.cli._common import run_guarded
+    from zebra_llm.eval.ruler import Haystacks
+
+    corpus = tmp_path / "latin1"
+    corpus.mkdir()
+    for f in sorted(tiny_corpus.iterdir()):
+        (corpus / f.name).write_bytes(f.read_text().replace("the", "th\u00e9").encode("latin-1"))
+    config = RetrievalConfig(model=str(tiny_model_dir), lengths=[120], depths=[0.5], trials=1, max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"is not valid utf-8 text: byte 0xe9 at offset"):
+        run_needle(config, data=str(corpus), progress=False)
+    data = run_needle(config, data=str(corpus), encoding="latin-1", progress=False)
+    assert data["config"]["encoding"] == "latin-1" and len(data["items"]) == 1
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    with pytest.raises(ValueError, match="byte 0xe9"):
+        Haystacks.from_corpus(tok, str(corpus))
+    assert "th\u00e9" in tok.decode(Haystacks.from_corpus(tok, str(corpus), encoding="latin-1").stream[:2000])
+    out = tmp_path / "needle.json"
+    assert run_guarded(app, ["eval", "needle", "--model", str(tiny_model_dir), "--data", str(corpus), "--encoding", "latin-1",
+                 "--lengths", "120", "--depths", "0.5", "--trials", "1", "--max-new-tokens", "2", "--no-figure",
+                 "--no-progress", "-o", str(out)]) == 0
+    assert out.is_file()

@@ -52,6 +52,8 @@ BATCH = typer.Option(1, "--batch-size", help="Sequences per forward.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Start the results file afresh instead of resuming it.")
 NO_PROGRESS = typer.Option(False, "--no-progress", help="No progress bars.")
 NO_FIGURE = typer.Option(False, "--no-figure", help="Do not draw the figure.")
+ENCODING = typer.Option("utf-8", "--encoding", help="Encoding of local text files (strict: a byte that does not "
+                        "decode is an error naming the file and offset), e.g. latin-1.")
 
 
 def parse_lengths(text: str, what: str = "lengths") -> list[int]:

@@ -18,6 +18,7 @@ from ._common import (  # noqa: F401  (the options and helpers every eval-like c
     BATCH,
     DEVICE,
     DTYPE,
+    ENCODING,
     METHOD,
     MODEL,
     NO_FIGURE,
@@ -57,8 +58,7 @@ def ppl(
     all_docs: bool = typer.Option(False, "--all-docs", help="Fixed mode: at each length use every document "
                                   "long enough for it (default: only those long enough for the longest length)."),
     loss_chunk: int = typer.Option(1024, "--loss-chunk", help="Positions per LM-head chunk."),
-    encoding: str = typer.Option("utf-8", "--encoding", help="Encoding of local text files (strict: a byte that "
-                                 "does not decode is an error naming the file and offset), e.g. latin-1."),
+    encoding: str = ENCODING,
     batch_size: int = BATCH,
     dtype: str = DTYPE,
     device: Optional[str] = DEVICE,
@@ -144,6 +144,7 @@ def needle(
                                        "directory or a datasets name."),
     field: str = typer.Option("text", "--field"),
     split: str = typer.Option("train", "--split"),
+    encoding: str = ENCODING,
     digits: int = typer.Option(7, "--digits", help="Digits of the magic number."),
     output: Path = typer.Option(Path("results/needle.json"), "--output", "-o"),
     shared: dict = None,
@@ -152,7 +153,8 @@ def needle(
     """Needle in a haystack over a real corpus, lengths x depths x trials, with a heatmap."""
     from zebra_llm.eval.needle import run_needle
 
-    _run_retrieval(run_needle, shared, output, after, data=data, field=field, split=split, digits=digits)
+    _run_retrieval(run_needle, shared, output, after, data=data, field=field, split=split, encoding=encoding,
+                   digits=digits)
 
 
 @app.command("ruler")
@@ -164,6 +166,7 @@ def ruler(
                               "vt, cwe)."),
     data: Optional[str] = typer.Option(None, "--data", help="Corpus of the real-text haystacks and cwe words: "
                                        "stdlib (default), a file, a directory or a datasets name."),
+    encoding: str = ENCODING,
     lengths: str = typer.Option("4k", "--lengths", help="Comma-separated prompt lengths."),
     trials: int = typer.Option(2, "--trials", help="Prompts per task and length."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated prompts."),
@@ -182,8 +185,8 @@ def ruler(
     quiet_transformers()
     names = list(TASKS) if tasks.strip() == "all" else [t.strip() for t in tasks.split(",") if t.strip()]
     config = RulerConfig(model=model, methods=method or ["none"], tasks=names, lengths=parse_lengths(lengths),
-                         trials=trials, seed=seed, max_new_tokens=max_new_tokens, data=data, dtype=dtype,
-                         device=device)
+                         trials=trials, seed=seed, max_new_tokens=max_new_tokens, data=data, encoding=encoding,
+                         dtype=dtype, device=device)
     output = _prepare_output(output, overwrite)
     result = run_ruler(config, output, progress=not no_progress)
     typer.echo(ruler_table(result["summary"]))

@@ -133,6 +133,7 @@ def run_needle(
     data: str | None = None,
     field: str = "text",
     split: str = "train",
+    encoding: str = "utf-8",
     digits: int = 7,
     **kwargs,
 ) -> dict:
@@ -146,10 +147,12 @@ def run_needle(
         tokenizer = model_objects[str(first)][1]
     else:
         tokenizer = _tokenizer_only(config.model) or load_for_run(config, MethodSpec.parse("none")).tokenizer
-    docs = load_token_docs(tokenizer, data, field=field, split=split)
+    docs = load_token_docs(tokenizer, data, field=field, split=split, encoding=encoding)
     task = needle_task(tokenizer, docs, digits=digits)
-    return run_retrieval(task, config, output, task_config={"data": data, "field": field, "split": split},
-                         **kwargs)
+    task_config = {"data": data, "field": field, "split": split}
+    if encoding != "utf-8":  # kept out of the record otherwise, so results files from before still resume
+        task_config["encoding"] = encoding
+    return run_retrieval(task, config, output, task_config=task_config, **kwargs)
 
 
 def _tokenizer_only(model_spec):

@@ -106,11 +106,12 @@ class Haystacks:
     source: str
 
     @classmethod
-    def from_corpus(cls, tokenizer, data: str | None = None, *, field: str = "text", split: str = "train"):
+    def from_corpus(cls, tokenizer, data: str | None = None, *, field: str = "text", split: str = "train",
+                    encoding: str = "utf-8"):
         from .corpus import load_token_docs
         from .needle import haystack_tokens, newline_token_ids
 
-        docs = load_token_docs(tokenizer, data, field=field, split=split)
+        docs = load_token_docs(tokenizer, data, field=field, split=split, encoding=encoding)
         stream = haystack_tokens(tokenizer, docs)
         text = tokenizer.decode(stream[:400_000])
         words = sorted({w.lower() for w in re.findall(r"\b[A-Za-z]{4,10}\b", text)})
@@ -306,6 +307,7 @@ class RulerConfig:
     seed: int = 0
     max_new_tokens: int | None = None
     data: str | None = None
+    encoding: str = "utf-8"
     dtype: str = "float32"
     device: str | None = None
 
@@ -315,7 +317,10 @@ class RulerConfig:
         check_run_sizes(self.lengths, self.trials, self.max_new_tokens)
 
     def identity(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in ("methods", "tasks", "lengths", "trials", "device")}
+        out = {k: v for k, v in asdict(self).items() if k not in ("methods", "tasks", "lengths", "trials", "device")}
+        if out["encoding"] == "utf-8":  # the default stays out, so results files from before still resume
+            del out["encoding"]
+        return out
 
 
 def summarize_ruler(items: list[dict]) -> list[dict]:
@@ -349,7 +354,7 @@ def run_ruler(config: RulerConfig, output=None, *, resume: bool = True, progress
             loaded.check_length(n)
         results.set_model(str(spec), {"source": loaded.source, "method": spec.to_dict(), **loaded.info})
         if hay is None:
-            hay = Haystacks.from_corpus(loaded.tokenizer, config.data)
+            hay = Haystacks.from_corpus(loaded.tokenizer, config.data, encoding=config.encoding)
         todo = [(n, t, k) for n in config.lengths for t in config.tasks for k in range(config.trials)
                 if results.get(method=str(spec), task=t, length=n, trial=k) is None]
         bar = progress_bar(total=len(todo), desc=f"ruler {spec}", enable=progress)
