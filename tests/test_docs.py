@@ -165,3 +165,13 @@ def test_documented_commands_and_options_exist():
             if word.startswith("-") and word.split("=", 1)[0] not in known:
                 wrong.append(f"{page}: {' '.join(path)} has no option {word}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_extension_speed_tables_match_their_json():
+    spec = importlib.util.spec_from_file_location("extensions_speed", ROOT / "benchmarks" / "extensions_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    text = module.PAGE.read_text(encoding="utf-8")
+    assert module.fill_page(text, module.docs_block()) == text, (
+        "docs/extensions.md: the speed tables differ from docs/results/extensions/speed_*.json; run "
+        "python benchmarks/extensions_speed.py --write-docs")

@@ -32,8 +32,6 @@ from ._common import (  # noqa: F401  (the options and helpers every eval-like c
     with_options,
 )
 
-_prepare_output = prepare_output  # its old name
-
 # ------------------------------------------------------------------ commands
 
 
@@ -187,7 +185,7 @@ def ruler(
     config = RulerConfig(model=model, methods=method or ["none"], tasks=names, lengths=parse_lengths(lengths),
                          trials=trials, seed=seed, max_new_tokens=max_new_tokens, data=data, encoding=encoding,
                          dtype=dtype, device=device)
-    output = _prepare_output(output, overwrite)
+    output = prepare_output(output, overwrite)
     result = run_ruler(config, output, progress=not no_progress)
     typer.echo(ruler_table(result["summary"]))
     typer.echo(f"results: {output}")
