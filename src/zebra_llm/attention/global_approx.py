@@ -142,10 +142,11 @@ class _FlashBandSummaries(torch.autograd.Function):
             top = torch.maximum(l_b, l_s)
             w_b, w_s = torch.exp(l_b - top), torch.exp(l_s - top)
             total = w_b + w_s
-            merged = (out[:, :, r0:] * (w_b / total).unsqueeze(-1).to(out.dtype)
-                      + o_s * (w_s / total).unsqueeze(-1).to(out.dtype))
-            out[:, :, r0:] = merged
-            lse[:, :, r0:] = top + torch.log(total)
+            # in place: one [B, H, rows, D] temporary (the summaries' output) besides the result
+            rows = out[:, :, r0:]
+            rows.mul_((w_b / total).unsqueeze(-1).to(out.dtype))
+            rows.add_(o_s.mul_((w_s / total).unsqueeze(-1).to(out.dtype)))
+            l_b.copy_(top + torch.log(total))
         ctx.save_for_backward(q, k, v, k_sum, v_sum, out, lse, mask)
         ctx.window, ctx.scale, ctx.block, ctx.r0 = window, scale, block, r0
         return out
