@@ -27,7 +27,7 @@ import torch
 from .io import atomic_directory, check_regular_file, describe_file_kind
 
 if TYPE_CHECKING:
-    from .eval.methods import MethodSpec
+    from .eval.method_spec import MethodSpec
 
 EMBEDDED = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -325,7 +325,7 @@ class LoadedModel:
 
     def check_length(self, length: int) -> None:
         """Refuse a length above the method's limit on this model (computed before the method was applied)."""
-        from .eval.methods import check_limit
+        from .eval.method_spec import check_limit
 
         check_limit(self.method, length, self.max_length, self.info.get("limit_reason", ""))
 
@@ -343,7 +343,7 @@ def load_with_method(
     A model object may be passed instead of a spec as ``(model, tokenizer)``; the
     method is then applied to that object in place.
     """
-    from .eval.methods import MethodSpec  # the methods build on this module: imported when used
+    from .eval.method_spec import MethodSpec  # the methods build on this module: imported when used
 
     spec = MethodSpec.parse(method)
     if isinstance(model_spec, tuple):

@@ -37,7 +37,7 @@ import torch
 
 from ..hf import CACHE_KWARG, output_cache
 from ..loading import load_for_run
-from .methods import MethodSpec, check_plan, parse_methods
+from .method_spec import MethodSpec, check_plan, parse_methods
 from .progress import progress_bar
 from .results import ResultsFile
 

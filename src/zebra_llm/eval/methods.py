@@ -16,9 +16,9 @@ A spec is ``name`` or ``name:key=value,key=value``:
     zebra:layer_group_size=4,window=512
                                       conversion to Zebra layerwise grouped local-global attention
 
-Each method is registered under its name with a typed options class that is
-validated when the spec is parsed, so a typo in a key or a bad value fails
-before any model is loaded. The rope-scaling baselines set transformers' own
+This module is the registry: each method is registered under its name (``METHODS``) with a typed
+options class that is validated when the spec is parsed (``method_spec.MethodSpec``), so a typo in a
+key or a bad value fails before any model is loaded. The rope-scaling baselines set transformers' own
 ``rope_parameters`` on the config and rebuild the model's rotary-embedding
 module from it through its public constructor, so the frequencies are exactly
 the ones transformers computes for a checkpoint saved with that scaling.
@@ -51,94 +51,7 @@ from zebra_llm.modeling.configuration_zebra import LayerSettingError, check_laye
 DEFAULT_LIMIT_MULTIPLE = 4
 
 
-@dataclass(frozen=True)
-class MethodSpec:
-    """A method name and its options, parsed and validated (``MethodSpec.parse``)."""
-
-    name: str
-    options: Any = None  # the method's options dataclass
-    given: tuple[str, ...] = ()  # option names set explicitly, in canonical order
-
-    @classmethod
-    def parse(cls, text: "str | MethodSpec") -> "MethodSpec":
-        if isinstance(text, MethodSpec):
-            return text
-        text = str(text).strip()
-        name, _, rest = text.partition(":")
-        name = name.strip().lower()
-        if name not in METHODS:
-            raise ValueError(f"method: unknown method {name!r}; known methods are {', '.join(METHODS)}")
-        method = METHODS[name]
-        values: dict[str, Any] = {}
-        if rest.strip():
-            # "," separates options; ";" too, for places where "," is taken (lm-eval's model_args)
-            for part in rest.replace(";", ",").split(","):
-                key, eq, raw = part.partition("=")
-                key = key.strip()
-                if not eq or not key:
-                    raise ValueError(f"method {name}: expected key=value, got {part.strip()!r} in {text!r}")
-                if key in values:
-                    raise ValueError(f"method {name}: option {key!r} given twice")
-                values[key] = raw.strip()
-        return cls(name, method.make_options(values), tuple(sorted(values)))
-
-    @property
-    def method(self) -> "Method":
-        return METHODS[self.name]
-
-    def __str__(self) -> str:
-        """Canonical text: parses back to an equal spec."""
-        if not self.given:
-            return self.name
-        parts = [f"{k}={_format_value(getattr(self.options, k))}" for k in self.given]
-        return f"{self.name}:{','.join(parts)}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "spec": str(self), "options": dataclasses.asdict(self.options)}
-
-    def apply(self, model):
-        """Apply the method to a loaded model (in place where possible); returns the model to use."""
-        return self.method.apply(model, self.options)
-
-    def max_length(self, config) -> int | None:
-        """The longest sequence this method may be evaluated at on a model with ``config`` (the
-        unmodified model's config; None: no limit)."""
-        if getattr(self.options, "max_length", None) is not None:
-            return self.options.max_length
-        return self.method.default_max_length(config, self.options)
-
-    def check_length(self, config, length: int) -> None:
-        """Refuse ``length`` above the limit on a model with ``config`` (the unmodified model's)."""
-        check_limit(self, length, self.max_length(config), self.method.limit_reason(config, self.options))
-
-    @property
-    def prefix_cache_exact(self) -> bool:
-        """Whether a KV cache computed for a prompt's prefix gives exactly the logits of a full forward.
-
-        False for dynamic NTK: its frequencies depend on the length of each forward call.
-        """
-        return self.method.prefix_cache_exact
-
-
-def check_limit(spec: MethodSpec, length: int, limit: int | None, reason: str) -> None:
-    if limit is not None and length > limit:
-        raise ValueError(
-            f"length {length} is above what method {spec} supports on this model ({limit} tokens: {reason}); "
-            f"add max_length={length} to the method spec to run it anyway"
-        )
-
-
-def parse_methods(specs) -> list[MethodSpec]:
-    """Parse a list of specs; duplicates (after canonicalisation) are an error."""
-    out = [MethodSpec.parse(s) for s in specs]
-    if not out:
-        raise ValueError("method: give at least one method")
-    seen = set()
-    for m in out:
-        if str(m) in seen:
-            raise ValueError(f"method: {m} given twice")
-        seen.add(str(m))
-    return out
+# ---------------------------------------------------------------- option parsing
 
 
 def _format_value(v) -> str:
@@ -147,9 +60,6 @@ def _format_value(v) -> str:
     if isinstance(v, float) and v.is_integer():
         return str(int(v))
     return str(v)
-
-
-# ---------------------------------------------------------------- option parsing
 
 
 def _build(options_type, method_name: str, values: dict[str, Any]):
@@ -601,20 +511,8 @@ class ZebraConversion(Method):
         return converted.eval()
 
 
-# ---------------------------------------------------------------- before loading
-
-
-def check_plan(model_spec, methods, lengths, *, exempt=()) -> None:
-    """Refuse, before any work, a length above a method's limit (``exempt``: specs not checked)."""
-    config = model_config(model_spec)  # the config only: no weights are read
-    for m in methods:
-        spec = MethodSpec.parse(m)
-        if str(spec) in exempt:
-            continue
-        spec.method.check_config(config, spec.options)
-        for n in lengths:
-            spec.check_length(config, n)
-
-
-# Loading a model with a method applied lives in zebra_llm.loading; these names are kept here too.
+# The spec language (zebra_llm.eval.method_spec) and loading a model with a method applied
+# (zebra_llm.loading) build on this registry; their names are importable from here too.
 from zebra_llm.loading import LoadedModel, load_for_run, load_with_method, model_config  # noqa: E402,F401
+
+from .method_spec import MethodSpec, check_limit, check_plan, parse_methods  # noqa: E402,F401

@@ -139,7 +139,7 @@ def run_needle(
 ) -> dict:
     """Needle-in-a-haystack accuracy per method, length and depth over the corpus ``data``."""
     from ..loading import load_for_run
-    from .methods import MethodSpec
+    from .method_spec import MethodSpec
 
     model_objects = kwargs.get("model_objects")
     first = MethodSpec.parse(config.methods[0])

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..loading import load_for_run
-from .methods import MethodSpec, check_plan, parse_methods
+from .method_spec import MethodSpec, check_plan, parse_methods
 from .progress import progress_bar
 from .results import ResultsFile, group_rows
 from .retrieval import bos, check_run_sizes, encode, greedy_continuations

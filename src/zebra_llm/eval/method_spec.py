@@ -1,0 +1,118 @@
+"""The method spec language: ``name`` or ``name:key=value,...`` (the methods and their options:
+``zebra_llm.eval.methods``), parsed into a validated :class:`MethodSpec`, and the checks an evaluation
+makes with it before any model is loaded (:func:`check_plan`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .methods import METHODS, Method, _format_value
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A method name and its options, parsed and validated (``MethodSpec.parse``)."""
+
+    name: str
+    options: Any = None  # the method's options dataclass
+    given: tuple[str, ...] = ()  # option names set explicitly, in canonical order
+
+    @classmethod
+    def parse(cls, text: "str | MethodSpec") -> "MethodSpec":
+        if isinstance(text, MethodSpec):
+            return text
+        text = str(text).strip()
+        name, _, rest = text.partition(":")
+        name = name.strip().lower()
+        if name not in METHODS:
+            raise ValueError(f"method: unknown method {name!r}; known methods are {', '.join(METHODS)}")
+        method = METHODS[name]
+        values: dict[str, Any] = {}
+        if rest.strip():
+            # "," separates options; ";" too, for places where "," is taken (lm-eval's model_args)
+            for part in rest.replace(";", ",").split(","):
+                key, eq, raw = part.partition("=")
+                key = key.strip()
+                if not eq or not key:
+                    raise ValueError(f"method {name}: expected key=value, got {part.strip()!r} in {text!r}")
+                if key in values:
+                    raise ValueError(f"method {name}: option {key!r} given twice")
+                values[key] = raw.strip()
+        return cls(name, method.make_options(values), tuple(sorted(values)))
+
+    @property
+    def method(self) -> "Method":
+        return METHODS[self.name]
+
+    def __str__(self) -> str:
+        """Canonical text: parses back to an equal spec."""
+        if not self.given:
+            return self.name
+        parts = [f"{k}={_format_value(getattr(self.options, k))}" for k in self.given]
+        return f"{self.name}:{','.join(parts)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "spec": str(self), "options": dataclasses.asdict(self.options)}
+
+    def apply(self, model):
+        """Apply the method to a loaded model (in place where possible); returns the model to use."""
+        return self.method.apply(model, self.options)
+
+    def max_length(self, config) -> int | None:
+        """The longest sequence this method may be evaluated at on a model with ``config`` (the
+        unmodified model's config; None: no limit)."""
+        if getattr(self.options, "max_length", None) is not None:
+            return self.options.max_length
+        return self.method.default_max_length(config, self.options)
+
+    def check_length(self, config, length: int) -> None:
+        """Refuse ``length`` above the limit on a model with ``config`` (the unmodified model's)."""
+        check_limit(self, length, self.max_length(config), self.method.limit_reason(config, self.options))
+
+    @property
+    def prefix_cache_exact(self) -> bool:
+        """Whether a KV cache computed for a prompt's prefix gives exactly the logits of a full forward.
+
+        False for dynamic NTK: its frequencies depend on the length of each forward call.
+        """
+        return self.method.prefix_cache_exact
+
+
+def check_limit(spec: MethodSpec, length: int, limit: int | None, reason: str) -> None:
+    if limit is not None and length > limit:
+        raise ValueError(
+            f"length {length} is above what method {spec} supports on this model ({limit} tokens: {reason}); "
+            f"add max_length={length} to the method spec to run it anyway"
+        )
+
+
+def parse_methods(specs) -> list[MethodSpec]:
+    """Parse a list of specs; duplicates (after canonicalisation) are an error."""
+    out = [MethodSpec.parse(s) for s in specs]
+    if not out:
+        raise ValueError("method: give at least one method")
+    seen = set()
+    for m in out:
+        if str(m) in seen:
+            raise ValueError(f"method: {m} given twice")
+        seen.add(str(m))
+    return out
+
+
+def check_plan(model_spec, methods, lengths, *, exempt=()) -> None:
+    """Refuse, before any work, a length above a method's limit (``exempt``: specs not checked)."""
+    from zebra_llm.loading import model_config
+
+    config = model_config(model_spec)  # the config only: no weights are read
+    for m in methods:
+        spec = MethodSpec.parse(m)
+        if str(spec) in exempt:
+            continue
+        spec.method.check_config(config, spec.options)
+        for n in lengths:
+            spec.check_length(config, n)
+
+
+__all__ = ["MethodSpec", "check_limit", "check_plan", "parse_methods"]
