@@ -88,7 +88,7 @@ def method_specs(label: str, length: int, trained: int) -> tuple[str | None, str
 
 def past_nominal(label: str, length: int, config) -> bool:
     """Whether ``length`` is beyond what the method is meant to reach (its guard without max_length)."""
-    from zebra_llm.eval.methods import MethodSpec
+    from zebra_llm.eval.method_spec import MethodSpec
 
     base, spec = method_specs(label, length, _trained(config))
     plain = MethodSpec.parse(re.sub(r",?max_length=\d+", "", spec).rstrip(":"))

@@ -149,7 +149,7 @@ def test_loaded_model_checks_length():
 
 
 def test_check_plan_refuses_before_work(tiny_model_dir):
-    from zebra_llm.eval.methods import check_plan
+    from zebra_llm.eval.method_spec import check_plan
 
     check_plan(str(tiny_model_dir), ["none", "yarn:factor=2"], [200, 256])
     with pytest.raises(ValueError, match="length 300 is above what method none supports"):
@@ -158,7 +158,7 @@ def test_check_plan_refuses_before_work(tiny_model_dir):
 
 
 def test_check_plan_rejects_a_setting_the_library_would_before_loading():
-    from zebra_llm.eval.methods import check_plan
+    from zebra_llm.eval.method_spec import check_plan
 
     model = tiny_llama(100)  # check_plan reads only the config of a (model, tokenizer) pair
     with pytest.raises(ValueError, match="method dca: chunk_size must be smaller than pretraining_length"):

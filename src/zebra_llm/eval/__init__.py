@@ -8,9 +8,10 @@ applied on load; see :mod:`zebra_llm.eval.methods`. Guide: docs/evaluation.md.
 """
 
 from .loss import check_loss_path, token_nll
-from ..loading import LoadedModel, load_with_method, trained_context
+from ..loading import trained_context
 from .methods import METHODS  # first: the spec language builds on the registry
 from .method_spec import MethodSpec, parse_methods
+from .loaded import LoadedModel, load_with_method
 from .perplexity import (
     PerplexityConfig,
     bucket_segments,

@@ -36,7 +36,7 @@ from dataclasses import field as dc_field
 import torch
 
 from ..hf import CACHE_KWARG, output_cache
-from ..loading import load_for_run
+from .loaded import load_for_run
 from .method_spec import MethodSpec, check_plan, parse_methods
 from .progress import progress_bar
 from .results import ResultsFile

@@ -2,7 +2,7 @@
 
 lm-evaluation-harness (0.4.x, ``pip install -e ".[eval]"``) finds models in its
 registry; importing this module registers ``zebra``, an ``HFLM`` around the
-model that :func:`~zebra_llm.eval.methods.load_with_method` loads. The harness
+model that :func:`~zebra_llm.eval.loaded.load_with_method` loads. The harness
 has no plugin discovery, so run it through this module (or ``zebra lm-eval``),
 which registers the model and then hands every argument to lm-eval's own CLI::
 
@@ -33,7 +33,7 @@ except ImportError as e:  # pragma: no cover - depends on the optional extra
         "zebra_llm.eval.lm_eval needs lm-evaluation-harness: pip install 'zebra-llm[eval]' (lm-eval>=0.4.5,<0.5)"
     ) from e
 
-from ..loading import load_with_method
+from .loaded import load_with_method
 
 # A method without a length limit (DCA) still needs a context size for the harness's truncation.
 UNLIMITED_CONTEXT_MULTIPLE = 16

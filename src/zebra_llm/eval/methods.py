@@ -510,9 +510,3 @@ class ZebraConversion(Method):
         converted = convert_to_zebra(model, **kwargs)
         return converted.eval()
 
-
-# The spec language (zebra_llm.eval.method_spec) and loading a model with a method applied
-# (zebra_llm.loading) build on this registry; their names are importable from here too.
-from zebra_llm.loading import LoadedModel, load_for_run, load_with_method, model_config  # noqa: E402,F401
-
-from .method_spec import MethodSpec, check_limit, check_plan, parse_methods  # noqa: E402,F401

@@ -138,7 +138,7 @@ def run_needle(
     **kwargs,
 ) -> dict:
     """Needle-in-a-haystack accuracy per method, length and depth over the corpus ``data``."""
-    from ..loading import load_for_run
+    from .loaded import load_for_run
     from .method_spec import MethodSpec
 
     model_objects = kwargs.get("model_objects")

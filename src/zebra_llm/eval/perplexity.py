@@ -36,7 +36,7 @@ import torch
 
 from .corpus import TokenDocs, load_token_docs
 from .loss import DEFAULT_LOSS_CHUNK, check_loss_path, token_nll
-from ..loading import load_for_run
+from .loaded import load_for_run
 from .method_spec import MethodSpec, check_plan, parse_methods
 from .progress import progress_bar
 from .results import ResultsFile, group_rows

@@ -30,7 +30,7 @@ from typing import Protocol
 import torch
 
 from ..hf import CACHE_KWARG
-from ..loading import LoadedModel, load_for_run
+from .loaded import LoadedModel, load_for_run
 from .method_spec import MethodSpec, check_plan, parse_methods
 from .progress import progress_bar
 from .results import ResultsFile, group_rows

@@ -39,7 +39,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..loading import load_for_run
+from .loaded import load_for_run
 from .method_spec import MethodSpec, check_plan, parse_methods
 from .progress import progress_bar
 from .results import ResultsFile, group_rows

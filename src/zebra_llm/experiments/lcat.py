@@ -285,7 +285,7 @@ def run_lcat(cfg: LCATExperimentConfig, out, *, runs_dir="runs/lcat_smollm2", on
 
 def lcat_tables(data: dict) -> dict[str, str]:
     from ..eval.plots import _length_label
-    from .tables import PENDING, _fmt, _one, _table
+    from .markdown import PENDING, fmt, markdown_table, value_where
 
     cfg, rows, cells = data["config"], data["rows"], data.get("cells", {})
     lengths = sorted(cfg["eval_lengths"])
@@ -296,23 +296,23 @@ def lcat_tables(data: dict) -> dict[str, str]:
     for v in VARIANTS:
         row = [labels[v]]
         for n in lengths:
-            value = _one(rows, variant=v, length=n, metric="ppl")
-            row.append(_fmt(value, ".2f", PENDING if cells.get(f"ppl_{v}_{n}") != "done" else "n/a"))
+            value = value_where(rows, variant=v, length=n, metric="ppl")
+            row.append(fmt(value, ".2f", PENDING if cells.get(f"ppl_{v}_{n}") != "done" else "n/a"))
         body.append(row)
-    out = {"ppl": _table(["model"] + [_length_label(n) for n in lengths], body)}
+    out = {"ppl": markdown_table(["model"] + [_length_label(n) for n in lengths], body)}
     speed = [r for r in rows if r.get("split") == "speed"]
-    sbody = [[f"`{r['attention']}`", _fmt(r["value"], ".0f"), _fmt(r["step_s"], ".1f"),
-              _fmt(r["speedup_vs_global"], ".2f")] for r in speed]
+    sbody = [[f"`{r['attention']}`", fmt(r["value"], ".0f"), fmt(r["step_s"], ".1f"),
+              fmt(r["speedup_vs_global"], ".2f")] for r in speed]
     if not sbody:
         sbody = [[PENDING] * 4]
-    out["speed"] = _table(["attention (converted SmolLM2)", f"train tok/s at {cfg['train_len']}", "s / step",
+    out["speed"] = markdown_table(["attention (converted SmolLM2)", f"train tok/s at {cfg['train_len']}", "s / step",
                            "x global"], sbody)
     losses = sorted((r for r in rows if r.get("split") == "train"), key=lambda r: r["step"])
     if losses:
         k = max(1, len(losses) // 8)
         picked = losses[::k] + ([losses[-1]] if (len(losses) - 1) % k else [])
-        out["train_loss"] = _table(["step", "tokens seen", "loss"],
-                                   [[str(r["step"]), str(r["tokens_seen"]), _fmt(r["value"], ".4f")] for r in picked])
+        out["train_loss"] = markdown_table(["step", "tokens seen", "loss"],
+                                   [[str(r["step"]), str(r["tokens_seen"]), fmt(r["value"], ".4f")] for r in picked])
     else:
         out["train_loss"] = "LCAT training: " + PENDING + "."
     return out

@@ -227,7 +227,7 @@ def run_lit(cfg: LITExperimentConfig, out, *, runs_dir="runs/lit", only=None) ->
 
 
 def lit_tables(data: dict) -> dict[str, str]:
-    from .tables import PENDING, _table
+    from .markdown import PENDING, markdown_table
 
     cfg, rows, cells = data["config"], data["rows"], data.get("cells", {})
     labels = {"original": f"`{cfg['source']}` (original)", "converted": "converted to Zebra, before LIT",
@@ -245,7 +245,7 @@ def lit_tables(data: dict) -> dict[str, str]:
                 row.append(f"{100 * r['value']:.0f}% ({r['correct']}/{r['records']})")
         body.append(row)
     header = ["model"] + [f"distance {d}" if d != "all" else "all" for d in cols]
-    return {"accuracy": _table(header, body)}
+    return {"accuracy": markdown_table(header, body)}
 
 
 def lit_figures(data: dict, out_dir) -> list[Path]:

@@ -8,36 +8,11 @@ that have not finished are shown as ``pending``.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
 from ..eval.plots import _figure, _length_axis, _length_label, _save
-
-PENDING = "pending"
-
-
-def _table(header: list[str], body: list[list[str]], align: list[str] | None = None) -> str:
-    align = align or ["---"] + ["---:"] * (len(header) - 1)
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
-    return "\n".join(lines)
-
-
-def _fmt(x, spec=".2f", none=PENDING) -> str:
-    return none if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
-
-
-
-def _find(rows, **kw):
-    return [r for r in rows if all(r.get(k) == v for k, v in kw.items())]
-
-
-def _one(rows, **kw):
-    found = _find(rows, **kw)
-    return found[-1]["value"] if found else None
-
+from .markdown import PENDING, fmt, markdown_table, rows_where, value_where
 
 def status_line(data: dict) -> str:
     cells = data.get("cells", {})
@@ -60,7 +35,7 @@ def strategy_tables(data: dict) -> dict[str, str]:
 
     def _f(x, spec=".2f", cell=None):  # a finished cell without the value: n/a; an unfinished one: pending
         missing = PENDING if cell is None or cells.get(cell) != "done" else "n/a"
-        return _fmt(x, spec, missing)
+        return fmt(x, spec, missing)
 
     out = {}
     gap, ppl = [], []
@@ -74,13 +49,13 @@ def strategy_tables(data: dict) -> dict[str, str]:
                                                for i, x in enumerate(splits)]
         for s in strategies:
             for method in ("none", "dca"):
-                if method == "dca" and not _find(rows, strategy=s, train_len=n, method="dca"):
+                if method == "dca" and not rows_where(rows, strategy=s, train_len=n, method="dca"):
                     continue
                 label = f"`{s}`" + (" + DCA" if method == "dca" else "")
                 vals, gaps = [], []
                 for x in splits:
-                    v = _one(rows, strategy=s, train_len=n, split="test", length_split=x, method=method)
-                    g = _one(rows, strategy="global", train_len=n, split="test", length_split=x, method="none")
+                    v = value_where(rows, strategy=s, train_len=n, split="test", length_split=x, method=method)
+                    g = value_where(rows, strategy="global", train_len=n, split="test", length_split=x, method="none")
                     if method == "dca" and x <= n:
                         vals.append("")
                         gaps.append("")
@@ -90,23 +65,23 @@ def strategy_tables(data: dict) -> dict[str, str]:
                     gaps.append(_f(None if v is None or g is None else v - g, "+.2f", cell=cell))
                 ppl.append([str(n), label] + vals)
                 gap.append([str(n), label] + gaps)
-        out[f"ppl_{n}"] = _table(header, ppl)
-        out[f"gap_{n}"] = _table(header, gap)
+        out[f"ppl_{n}"] = markdown_table(header, ppl)
+        out[f"gap_{n}"] = markdown_table(header, gap)
         ppl, gap = [], []
     out["gap"] = "\n\n".join(out[f"gap_{n}"] for n in lengths)
     out["ppl"] = "\n\n".join(out[f"ppl_{n}"] for n in lengths)
     eff = []
     for n in lengths:
-        g_speed = _one(rows, strategy="global", train_len=n, split="speed", metric="train_tokens_per_s")
-        g_kv = _one(rows, strategy="global", train_len=n, metric="kv_cache_bytes")
+        g_speed = value_where(rows, strategy="global", train_len=n, split="speed", metric="train_tokens_per_s")
+        g_kv = value_where(rows, strategy="global", train_len=n, metric="kv_cache_bytes")
         for s in strategies:
-            speed = _one(rows, strategy=s, train_len=n, split="speed", metric="train_tokens_per_s")
-            kv = _one(rows, strategy=s, train_len=n, metric="kv_cache_bytes")
-            valid = sorted(_find(rows, strategy=s, train_len=n, split="valid"), key=lambda r: r["step"])
+            speed = value_where(rows, strategy=s, train_len=n, split="speed", metric="train_tokens_per_s")
+            kv = value_where(rows, strategy=s, train_len=n, metric="kv_cache_bytes")
+            valid = sorted(rows_where(rows, strategy=s, train_len=n, split="valid"), key=lambda r: r["step"])
             gaps = []
-            for r in _find(rows, strategy=s, train_len=n, split="test", method="none"):
+            for r in rows_where(rows, strategy=s, train_len=n, split="test", method="none"):
                 if r["length_split"] <= n:
-                    g = _one(rows, strategy="global", train_len=n, split="test", length_split=r["length_split"],
+                    g = value_where(rows, strategy="global", train_len=n, split="test", length_split=r["length_split"],
                              method="none")
                     if g is not None:
                         gaps.append(r["value"] - g)
@@ -115,14 +90,14 @@ def strategy_tables(data: dict) -> dict[str, str]:
                 str(n), f"`{s}`",
                 _f(valid[-1]["value"] if valid else None, cell=cell),
                 _f(sum(gaps) / len(gaps) if gaps else None, "+.2f", cell=cell),
-                _f(_one(rows, strategy=s, train_len=n, split="efficiency", metric="train_tokens_per_s"), ".0f", cell),
+                _f(value_where(rows, strategy=s, train_len=n, split="efficiency", metric="train_tokens_per_s"), ".0f", cell),
                 _f(speed, ".0f", sp),
                 _f(None if speed is None or g_speed is None else speed / g_speed, ".2f", sp),
                 _f(None if kv is None else kv / 2**20, ".2f", cell),
                 _f(None if kv is None or g_kv is None else kv / g_kv, ".2f", cell),
-                _f(_one(rows, strategy=s, train_len=n, metric="train_tflops_total"), ".2f", cell),
+                _f(value_where(rows, strategy=s, train_len=n, metric="train_tflops_total"), ".2f", cell),
             ])
-    out["efficiency"] = _table(
+    out["efficiency"] = markdown_table(
         ["train len", "strategy", "final valid ppl", "mean test ppl gap to global (splits <= train len)",
          "train tok/s (run median)", "train tok/s (side by side)", "x global", "KV cache at 4x len (MiB)",
          "x global", "train TFLOPs"], eff)
@@ -141,10 +116,10 @@ def strategy_figures(data: dict, out_dir: str | os.PathLike) -> list[Path]:
             for k, s in enumerate(strategies):
                 for method in ("none", "dca"):
                     pts = sorted((r["length_split"], r["value"]) for r in
-                                 _find(rows, strategy=s, train_len=n, split="test", method=method))
+                                 rows_where(rows, strategy=s, train_len=n, split="test", method=method))
                     if gap:
                         ref = {r["length_split"]: r["value"] for r in
-                               _find(rows, strategy="global", train_len=n, split="test", method="none")}
+                               rows_where(rows, strategy="global", train_len=n, split="test", method="none")}
                         pts = [(x, v - ref[x]) for x, v in pts if x in ref]
                     if not pts or (gap and s == "global" and method == "none"):
                         continue
@@ -154,7 +129,7 @@ def strategy_figures(data: dict, out_dir: str | os.PathLike) -> list[Path]:
             ax.axvline(n, color="grey", linewidth=0.8, linestyle=":")
             if gap:
                 ax.axhline(0, color="black", linewidth=0.8)
-            splits = sorted({r["length_split"] for r in _find(rows, train_len=n, split="test")})
+            splits = sorted({r["length_split"] for r in rows_where(rows, train_len=n, split="test")})
             if splits:
                 _length_axis(ax, splits)
             ax.set_title(f"trained at {n} tokens")
@@ -169,7 +144,7 @@ def strategy_figures(data: dict, out_dir: str | os.PathLike) -> list[Path]:
     fig, axes = _figure(4.2 * len(lengths), 3.4, ncols=len(lengths))
     for ax, n in zip(axes[0], lengths):
         for k, s in enumerate(strategies):
-            pts = sorted((r["tflops"], r["value"]) for r in _find(rows, strategy=s, train_len=n, split="valid"))
+            pts = sorted((r["tflops"], r["value"]) for r in rows_where(rows, strategy=s, train_len=n, split="valid"))
             if pts:
                 xs, ys = zip(*pts)
                 ax.plot(xs, ys, marker=".", color=f"C{k}", label=s)

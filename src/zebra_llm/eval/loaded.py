@@ -1,0 +1,84 @@
+"""A model with an evaluation method applied: loaded by ``zebra_llm.loading``, then the method of a
+spec (``method_spec``) put on it, with the length limit computed on the unmodified model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..loading import load_model, trained_context
+from .method_spec import MethodSpec, check_limit
+
+
+@dataclass
+class LoadedModel:
+    """A model with a method applied, its tokenizer, and where they came from."""
+
+    model: Any
+    tokenizer: Any
+    method: MethodSpec
+    source: str
+    info: dict = field(default_factory=dict)
+
+    @property
+    def max_length(self) -> int | None:
+        return self.info.get("max_length")
+
+    def check_length(self, length: int) -> None:
+        """Refuse a length above the method's limit on this model (computed before the method was applied)."""
+        check_limit(self.method, length, self.max_length, self.info.get("limit_reason", ""))
+
+
+def load_with_method(
+    model_spec,
+    method: "str | MethodSpec" = "none",
+    *,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device | None = None,
+    attn_implementation: str | None = None,
+) -> LoadedModel:
+    """Load ``model_spec`` (``smollm2``, a directory, a ``.gguf`` file or a hub name) and apply ``method``.
+
+    A model object may be passed instead of a spec as ``(model, tokenizer)``; the
+    method is then applied to that object in place.
+    """
+    spec = MethodSpec.parse(method)
+    if isinstance(model_spec, tuple):
+        model, tokenizer = model_spec
+        source = getattr(model.config, "_name_or_path", "") or type(model).__name__
+    else:
+        model, tokenizer = load_model(
+            model_spec, dtype=dtype, device=device, attn_implementation=attn_implementation
+        )
+        source = str(model_spec)
+    # Limits are defined on the unmodified model (rope scaling rewrites max_position_embeddings).
+    trained = trained_context(model.config)
+    limit = spec.max_length(model.config)
+    reason = spec.method.limit_reason(model.config, spec.options)
+    model = spec.apply(model)
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    info = {
+        "model_type": model.config.model_type,
+        "trained_context": trained,
+        "max_length": limit,
+        "limit_reason": reason,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "device": str(next(model.parameters()).device),
+    }
+    return LoadedModel(model, tokenizer, spec, source, info)
+
+
+def load_for_run(config, spec: "MethodSpec", model_objects: dict | None = None) -> LoadedModel:
+    """The model of an evaluation run (``config.model``, ``config.dtype``, ``config.device``) with
+    ``spec`` applied, or the ``(model, tokenizer)`` given for that spec in ``model_objects``."""
+    if model_objects and str(spec) in model_objects:
+        return load_with_method(model_objects[str(spec)], spec)
+    return load_with_method(config.model, spec, dtype=config.dtype, device=config.device)
+
+
+__all__ = ["LoadedModel", "load_for_run", "load_with_method"]
