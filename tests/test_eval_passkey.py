@@ -112,3 +112,13 @@ def test_smollm2_finds_passkey_at_1k(load_smollm2):
         model_objects={"none": (model, tok)},
     )
     assert [i["correct"] for i in data["items"]] == [True] * 2, [i["output"] for i in data["items"]]
+
+
+def test_number_in_answer_is_a_whole_number_string_match():
+    from zebra_llm.eval.retrieval import number_in_answer
+
+    assert number_in_answer("The access code of project sparrow-921 is 18271.", "18271")
+    assert number_in_answer("18271", "18271")
+    assert not number_in_answer("The access code of project sparrow-921 is 182710.", "18271")
+    assert not number_in_answer("code 118271", "18271")
+    assert not number_in_answer("The access code of project sparrow-921 is", "18271")

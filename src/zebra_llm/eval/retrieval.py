@@ -88,6 +88,15 @@ def first_number_matches(output: str, answer: str) -> bool:
     return found is not None and found.group(0) == answer
 
 
+def number_in_answer(output: str, answer: str) -> bool:
+    """String match as RULER scores it: ``answer`` appears in ``output`` as a whole number.
+
+    "The access code of project sparrow-921 is 18271." matches 18271 (the first-number rule of
+    :func:`first_number_matches` would read 921); "182710" and "118271" do not match 18271.
+    """
+    return re.search(rf"(?<!\d){re.escape(answer)}(?!\d)", output) is not None
+
+
 def split_filler(total: int, unit: list[int], depth: float) -> tuple[list[int], list[int]]:
     """``total`` filler tokens made of whole repetitions of ``unit``, split at ``depth``.
 

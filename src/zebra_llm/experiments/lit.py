@@ -11,9 +11,12 @@ records from test-split files (:mod:`.corpus`), with other names and numbers.
 The model is SmolLM2-135M-Instruct converted to Zebra (group attention, a short
 ``window`` so that most distances are only reachable through the global layers)
 and tuned with ``zebra_llm.train.lit`` (loss on the response only), once with a
-LoRA adapter and once in full. Accuracy: greedy decoding of a few tokens, correct
-when the first number in the output is the code, per distance, before (the
-original model and the converted one) and after each tuning.
+LoRA adapter and once in full. Accuracy: greedy decoding of ``max_new_tokens``
+tokens, correct when the code appears in the output as a whole number (RULER's
+string match; the models answer in a sentence that also names the project, whose
+name holds a number, so "the first number is the code" would score right answers
+wrong), per distance, before (the original model and the converted one) and after
+each tuning.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ class LITExperimentConfig:
     lora_lr: float = 2.0e-4
     full_lr: float = 2.0e-5
     lora_r: int = 16
-    max_new_tokens: int = 8
+    max_new_tokens: int = 24  # room for a full-sentence answer ("The access code of project X is N.")
     max_files: int | None = None
     seed: int = 0
     device: str = "auto"
@@ -141,7 +144,7 @@ def load(cfg: LITExperimentConfig, which: str, runs_dir: Path):
 @torch.no_grad()
 def accuracy_rows(cfg: LITExperimentConfig, which: str, runs_dir: Path) -> dict:
     from ..data.instructions import has_chat_template
-    from ..eval.retrieval import first_number_matches
+    from ..eval.retrieval import number_in_answer
 
     model, tok = load(cfg, which, runs_dir)
     model.eval()
@@ -158,7 +161,7 @@ def accuracy_rows(cfg: LITExperimentConfig, which: str, runs_dir: Path) -> dict:
         out = model.generate(ids, max_new_tokens=cfg.max_new_tokens, do_sample=False,
                              pad_token_id=tok.pad_token_id or tok.eos_token_id)
         answer = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-        ok = first_number_matches(answer, rec["answer"])
+        ok = number_in_answer(answer, rec["answer"])
         per.setdefault(rec["distance"], []).append(int(ok))
         if (k + 1) % 8 == 0:
             log(f"  eval {which}: {k + 1}/{len(test)} records")
