@@ -141,6 +141,13 @@ def test_lit_end_to_end(tmp_path, tiny_model_dir, monkeypatch):
     monkeypatch.setattr(lit_mod, "accuracy_rows", _no_compute)
     monkeypatch.setattr(lit_mod, "train_cell", _no_compute)
     assert run_experiment("lit", out=out, runs_dir=runs, overrides=sets)[0] == text
+    # a Zebra source (an LCAT result) is used as it is, with its own layout, never converted again
+    zebra = runs / "converted"
+    same = lit_mod.LITExperimentConfig(source=str(zebra), layer_group_size=2, window=16)
+    assert lit_mod.converted_dir(same, tmp_path / "other") == zebra
+    with pytest.raises(ValueError, match="LIT keeps its layout, so set layer_group_size and window to match"):
+        lit_mod.converted_dir(lit_mod.LITExperimentConfig(source=str(zebra), layer_group_size=4, window=16),
+                              tmp_path / "other")
 
 
 def test_lit_records_place_the_fact_at_the_distance():

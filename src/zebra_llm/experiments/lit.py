@@ -119,8 +119,21 @@ def records(cfg: LITExperimentConfig, tokenizer, runs_dir: Path) -> tuple[Path, 
 
 
 def converted_dir(cfg: LITExperimentConfig, runs_dir: Path) -> Path:
+    """The Zebra model LIT starts from: ``source`` converted with ``layer_group_size`` and ``window``, or
+    ``source`` itself when it is a Zebra model already (an LCAT result), whose settings must then match."""
+    from ..loading import load_config
     from ..modeling.convert import convert_checkpoint
 
+    source = load_config(cfg.source)
+    if source.model_type == "zebra":
+        have = {"layer_group_size": source.layer_group_size, "window": source.window}
+        want = {"layer_group_size": cfg.layer_group_size, "window": cfg.window}
+        if have != want or source.attention != "group":
+            raise ValueError(
+                f"source {cfg.source} is a Zebra model with attention={source.attention!r}, {have}; LIT keeps "
+                f"its layout, so set layer_group_size and window to match (the config asks for {want})"
+            )
+        return Path(cfg.source)
     path = runs_dir / "converted"
     if not (path / "config.json").is_file():
         convert_checkpoint(cfg.source, path, attention="group", layer_group_size=cfg.layer_group_size,
