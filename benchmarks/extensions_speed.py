@@ -130,10 +130,18 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--json", help="also write the rows to this JSON file")
     a = ap.parse_args(argv)
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
-    if "unmodified" not in a.variants:
-        a.variants = ["unmodified", *a.variants]
+    a.variants = ["unmodified", *[v for v in a.variants if v != "unmodified"]]  # the baseline first
     args = {k: getattr(a, k) for k in ("device", "dtype", "repeats", "threads")}
     rows, base = [], {}
+
+    import torch
+
+    def save():  # after every case, so a run cut short keeps what it measured
+        if a.json:
+            from zebra_llm.io import write_json_atomic
+
+            write_json_atomic(a.json, {"args": vars(a), "device": a.device, "torch": torch.__version__,
+                                       "threads": a.threads or torch.get_num_threads(), "rows": rows})
 
     def record(r):
         if r["variant"] in ("unmodified", "causal sdpa"):
@@ -141,6 +149,8 @@ def main(argv=None) -> list[dict]:
         rows.append(r)
         print(f"{r['part']:<14} seq {r['seq']:>6} {r['variant']:<14} {r['seconds']:9.3f} s  "
               f"peak {r['peak_bytes'] / 2**20:9.1f} MiB", file=sys.stderr, flush=True)
+        _report(rows, base)  # the baseline of a length runs first, so every row has its ratios
+        save()
 
     for seq in a.attention:
         for variant in a.variants:
@@ -148,19 +158,10 @@ def main(argv=None) -> list[dict]:
     for seq in a.prefill:
         for variant in a.variants:
             record(_run(_model_case, variant, seq, args))
-    _report(rows, base)
-
-    import torch
-
     print(f"\nDevice: {a.device} ({platform.processor() or platform.machine()}, "
           f"{a.threads or torch.get_num_threads()} threads), torch {torch.__version__}, {a.dtype}, SmolLM2-135M, "
           f"{a.repeats} timed run(s) per case\n")
     print(table(rows))
-    if a.json:
-        from zebra_llm.io import write_json_atomic
-
-        write_json_atomic(a.json, {"args": vars(a), "device": a.device, "torch": torch.__version__,
-                                   "threads": a.threads or torch.get_num_threads(), "rows": rows})
     return rows
 
 
