@@ -158,13 +158,14 @@ class _FlashBandSummaries(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         dq, dk, dv = band_backward(grad_out, q, repeat_kv(k, groups), repeat_kv(v, groups), out, lse,
                                    ctx.window, ctx.scale, ctx.block)
-        dk_sum, dv_sum = torch.zeros_like(repeat_kv(k_sum, groups)), torch.zeros_like(repeat_kv(v_sum, groups))
+        ks, vs = repeat_kv(k_sum, groups), repeat_kv(v_sum, groups)
         if r0 < q.shape[2]:
             back = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
-            gq, dk_sum, dv_sum = back(grad_out[:, :, r0:], q[:, :, r0:], repeat_kv(k_sum, groups),
-                                      repeat_kv(v_sum, groups), out[:, :, r0:].contiguous(),
+            gq, dk_sum, dv_sum = back(grad_out[:, :, r0:], q[:, :, r0:], ks, vs, out[:, :, r0:].contiguous(),
                                       lse[:, :, r0:].contiguous(), 0.0, False, attn_mask=mask, scale=ctx.scale)
             dq[:, :, r0:] += gq
+        else:  # no query sees a summary
+            dk_sum, dv_sum = torch.zeros_like(ks), torch.zeros_like(vs)
         return (dq, sum_kv_groups(dk, groups), sum_kv_groups(dv, groups), sum_kv_groups(dk_sum, groups),
                 sum_kv_groups(dv_sum, groups), None, None, None, None)
 

@@ -120,8 +120,7 @@ def extension_config(model):
     """``(method, config)`` in effect on ``model``, or ``None``."""
     saved = _saved_settings(model.config)
     if saved is not None:
-        method, data = saved
-        data = dict(data)
+        method, data = saved  # a fresh dict
         return method, make_config(method, data.pop("trained_length"), data)
     saved = getattr(model.config, DCA_CONFIG_KEY, None)
     if saved is not None:

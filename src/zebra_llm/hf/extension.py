@@ -41,7 +41,7 @@ from .masks import key_padding_mask, written_keys
 
 DCA_IMPLEMENTATION = "dca"
 EXTENSION_IMPLEMENTATION = "zebra_extension"  # SelfExtend, ReRoPE, STRING
-IMPLEMENTATIONS = (DCA_IMPLEMENTATION, EXTENSION_IMPLEMENTATION)
+METHOD_IMPLEMENTATIONS = (DCA_IMPLEMENTATION, EXTENSION_IMPLEMENTATION)  # what install switches to
 DCA_CONFIG_KEY = "zebra_dca"
 EXTENSION_CONFIG_KEY = "zebra_extension"
 CONFIG_KEYS = (DCA_CONFIG_KEY, EXTENSION_CONFIG_KEY)
@@ -103,7 +103,7 @@ def install(model, config_key: str, implementation: str, state: ExtensionState, 
         if old is not None:
             previous = old.get("previous_attn_implementation") or previous
             delattr(config, key)
-    if previous in IMPLEMENTATIONS:
+    if previous in METHOD_IMPLEMENTATIONS:
         previous = default_implementation(config)
     zebra = config.model_type == "zebra"
     for module in modules:
