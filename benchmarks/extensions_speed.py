@@ -13,6 +13,12 @@ measured call, glibc's ``MALLOC_MMAP_THRESHOLD_=65536``):
    SelfExtend (G 8, W 1024), ReRoPE (w 1024), leaky ReRoPE (w 1024, k 16), STRING (S 2703, W 128).
 2. **Attention only** at SmolLM2's shapes (batch 1, 9 query / 3 key-value heads, head_dim 64):
    causal SDPA against the piecewise kernel with each method's spec, forward.
+3. **Decode** at a context of N tokens (``--decode N``): greedy decoding steps (one token per call,
+   ``DynamicCache``) of SmolLM2-135M after a prefill of N tokens, seconds per token. All variants run in
+   one process on one shared prefill (the unmodified model's cache, cropped back to N after each
+   variant's steps: a step's cost depends on the cache's shapes, not its values), in interleaved rounds
+   (``--repeats`` rounds of ``--decode-steps`` steps; the median step of all rounds is reported), so
+   the ratios come from the same minutes of the machine. No peak memory for this part.
 
 Ratios are to the unmodified model / causal SDPA of the same length in the same run.
 
@@ -33,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dca_speed import _report, _run, _timed  # noqa: E402
+from dca_speed import _run, _sync, _timed  # noqa: E402
 
 METHODS = {
     "unmodified": None,
@@ -118,10 +124,58 @@ def _attention_case(variant, seq, args, out_q):
                "seconds": seconds, "peak_bytes": peak})
 
 
+def _decode_case(variants, seq, args, out_q):
+    import statistics
+    import time
+
+    import torch
+
+    from zebra_llm import apply_extension, remove_extension
+    from zebra_llm.data.sources import stdlib_dir
+    from zebra_llm.eval.corpus import load_token_docs
+    from zebra_llm.loading import load_model
+
+    if args["threads"]:
+        torch.set_num_threads(args["threads"])
+    device = torch.device(args["device"])
+    model, tokenizer = load_model("smollm2", dtype=args["dtype"], device=device)
+    ids = load_token_docs(tokenizer, str(stdlib_dir() / "_pydecimal.py")).ids[0][:seq][None].to(device)
+    if ids.shape[1] < seq:
+        raise ValueError(f"_pydecimal.py has only {ids.shape[1]} tokens, fewer than {seq}")
+    with torch.no_grad():
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+    cache, first = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    steps = {v: [] for v in variants}
+    applied = False
+    for _ in range(max(1, args["repeats"])):
+        for variant in variants:
+            if METHODS[variant] is None:
+                if applied:
+                    remove_extension(model)
+            else:
+                method, settings = METHODS[variant]
+                apply_extension(model, method, **settings)  # replaces the method before it
+            applied = METHODS[variant] is not None
+            token = first
+            with torch.no_grad():
+                for step in range(args["decode_steps"] + 1):  # step 0 warms up
+                    t0 = time.perf_counter()
+                    logits = model(input_ids=token, past_key_values=cache, use_cache=True).logits
+                    token = logits[:, -1:].argmax(-1)
+                    _sync(device)
+                    if step:
+                        steps[variant].append(time.perf_counter() - t0)
+            cache.crop(-(cache.get_seq_length() - seq))  # back to the shared prefill
+    out_q.put([{"part": "decode", "variant": v, "seq": seq, "seconds": statistics.median(steps[v]),
+                "peak_bytes": None, "steps": len(steps[v])} for v in variants])
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prefill", type=int, nargs="*", default=[16384], help="model prefill lengths")
     ap.add_argument("--attention", type=int, nargs="*", default=[16384], help="attention-only forward lengths")
+    ap.add_argument("--decode", type=int, nargs="*", default=[], help="decode at these context lengths")
+    ap.add_argument("--decode-steps", type=int, default=16, help="timed decode steps per variant and round")
     ap.add_argument("--variants", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cpu")
@@ -131,7 +185,7 @@ def main(argv=None) -> list[dict]:
     a = ap.parse_args(argv)
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
     a.variants = ["unmodified", *[v for v in a.variants if v != "unmodified"]]  # the baseline first
-    args = {k: getattr(a, k) for k in ("device", "dtype", "repeats", "threads")}
+    args = {k: getattr(a, k) for k in ("device", "dtype", "repeats", "threads", "decode_steps")}
     rows, base = [], {}
 
     import torch
@@ -147,8 +201,9 @@ def main(argv=None) -> list[dict]:
         if r["variant"] in ("unmodified", "causal sdpa"):
             base[(r["part"], r["seq"])] = r
         rows.append(r)
-        print(f"{r['part']:<14} seq {r['seq']:>6} {r['variant']:<14} {r['seconds']:9.3f} s  "
-              f"peak {r['peak_bytes'] / 2**20:9.1f} MiB", file=sys.stderr, flush=True)
+        peak = "" if r["peak_bytes"] is None else f"  peak {r['peak_bytes'] / 2**20:9.1f} MiB"
+        print(f"{r['part']:<14} seq {r['seq']:>6} {r['variant']:<14} {r['seconds']:9.3f} s{peak}",
+              file=sys.stderr, flush=True)
         _report(rows, base)  # the baseline of a length runs first, so every row has its ratios
         save()
 
@@ -158,6 +213,9 @@ def main(argv=None) -> list[dict]:
     for seq in a.prefill:
         for variant in a.variants:
             record(_run(_model_case, variant, seq, args))
+    for seq in a.decode:
+        for r in _run(_decode_case, a.variants, seq, args):
+            record(r)
     print(f"\nDevice: {a.device} ({platform.processor() or platform.machine()}, "
           f"{a.threads or torch.get_num_threads()} threads), torch {torch.__version__}, {a.dtype}, SmolLM2-135M, "
           f"{a.repeats} timed run(s) per case\n")
@@ -165,13 +223,28 @@ def main(argv=None) -> list[dict]:
     return rows
 
 
+def _report(rows, base):
+    """Each row's time and memory ratios to its part's baseline (memory: none for decode rows)."""
+    for r in rows:
+        b = base[(r["part"], r["seq"])]
+        r["time_ratio"] = r["seconds"] / b["seconds"]
+        known = r["peak_bytes"] is not None and b["peak_bytes"]
+        r["mem_ratio"] = r["peak_bytes"] / b["peak_bytes"] if known else None
+
+
+def _fmt(value, spec: str) -> str:
+    return "—" if value is None or value != value else format(value, spec)
+
+
 def table(rows: list[dict]) -> str:
     """The Markdown table of a run's rows (also: ``python benchmarks/extensions_speed.py --table FILE``)."""
     lines = ["| part | seq | variant | time (s) | time ratio | peak extra memory (MiB) | memory ratio |",
              "|---|---:|---|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['part']} | {r['seq']} | {r['variant']} | {r['seconds']:.2f} | {r['time_ratio']:.2f} | "
-                     f"{r['peak_bytes'] / 2**20:.1f} | {r['mem_ratio']:.2f} |")
+        peak = None if r["peak_bytes"] is None else r["peak_bytes"] / 2**20
+        seconds = _fmt(r["seconds"], ".3f" if r["part"] == "decode" else ".2f")
+        lines.append(f"| {r['part']} | {r['seq']} | {r['variant']} | {seconds} | {r['time_ratio']:.2f} | "
+                     f"{_fmt(peak, '.1f')} | {_fmt(r['mem_ratio'], '.2f')} |")
     return "\n".join(lines)
 
 

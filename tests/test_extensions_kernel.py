@@ -166,3 +166,49 @@ def test_public_relative_positions_with_explicit_geometry_needs_no_trained_lengt
         relative_positions("string", n)
     with pytest.raises(ValueError, match="unknown rerope setting"):
         relative_positions("rerope", n, window=6, windw=3)
+
+
+def test_key_rotation_tables_kept_between_calls_stay_right():
+    """Decoding turns the same key ranks at every step, so their cos/sin tables are cached: a table grown
+    for a longer sequence, a spec with other settings, other frequencies and another dtype must never be
+    served a table that is not theirs."""
+    from zebra_llm.attention import piecewise
+
+    piecewise._KEY_TABLES.clear()
+    torch.manual_seed(5)
+    other_freq = 1.0 / (500.0 ** (torch.arange(0, 16, 2, dtype=torch.float32) / 16))
+    cases = [(SelfExtendSpec(3, 5), INV_FREQ), (SelfExtendSpec(4, 5), INV_FREQ), (SelfExtendSpec(3, 5), other_freq),
+             (ReRoPESpec(5, leak=4.0), INV_FREQ), (ReRoPESpec(5), INV_FREQ)]
+    for n in (12, 40, 90):  # each length past the tables' reach: they grow
+        for spec, freq in cases:
+            for dtype in (torch.float32, torch.float64):
+                q, k, v = (t.to(dtype) for t in rand_qkv(1, 4, 2, 1, 16, seq_kv=n))
+                fast = piecewise_attention(q, k, v, spec=spec, inv_freq=freq)
+                ref = piecewise_attention(q, k, v, spec=spec, inv_freq=freq, backend="reference")
+                assert max_abs_err(fast, ref) <= (1e-5 if dtype == torch.float32 else 1e-10), (spec.name, n, dtype)
+    assert 0 < len(piecewise._KEY_TABLES) <= piecewise.KEY_TABLES_KEPT
+
+
+def test_rotation_without_a_graph_equals_the_differentiable_one():
+    from zebra_llm.attention.piecewise import rotate
+
+    torch.manual_seed(6)
+    x = torch.randn(2, 3, 11, 20)  # 16 rotated dims, 4 left as they are
+    shift = torch.randn(2, 11) * 1000
+    with torch.no_grad():
+        fast = rotate(x, shift, INV_FREQ)
+    slow = rotate(x.clone().requires_grad_(True), shift, INV_FREQ)
+    assert slow.requires_grad
+    assert max_abs_err(fast, slow.detach()) <= 1e-5
+    assert torch.equal(fast[..., 16:], x[..., 16:])
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_stated_key_offsets_hold(name):
+    """A spec's ``key_offset`` lets the kernel skip checking a block's keys: it must be true for every rank."""
+    spec = SPECS[name]
+    ranks = torch.arange(200)
+    for region in range(len(spec.regions)):
+        c = spec.key_offset(region)
+        if c is not None:
+            assert torch.equal(spec.key_positions(region, ranks).to(torch.float64), (ranks + c).to(torch.float64))

@@ -42,6 +42,7 @@ matrix alone.
 from __future__ import annotations
 
 import functools
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -96,6 +97,11 @@ class PiecewiseSpec:
     def key_positions(self, region: int, ranks: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def key_offset(self, region: int) -> int | None:
+        """``c`` when ``key_positions(region, j) == j + c`` for every rank ``j``; ``None`` when not known
+        (the kernel then checks each block's keys). A spec states it where it holds, to save that check."""
+        return None
+
     def region_of(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         """Region index of each pair (broadcast ``i`` against ``j``; meaningful for ``j <= i``)."""
         raise NotImplementedError
@@ -144,9 +150,12 @@ def distance_plan(n_keys: int, n_queries: int, boundary: int, rows: int = GROUP_
         if band_end > far_end:
             blocks.append(Block(1, far_end, band_end, "mask"))
             blocks.append(Block(0, far_end, band_end, "mask"))
-        if a > band_end:
-            blocks.append(Block(0, band_end, a))
-        blocks.append(Block(0, a, b, "causal"))
+        if b - a == 1:  # one query (decoding): its near keys and itself in one block
+            blocks.append(Block(0, band_end, b))
+        else:
+            if a > band_end:
+                blocks.append(Block(0, band_end, a))
+            blocks.append(Block(0, a, b, "causal"))
         groups.append(Group(a - first, b - first, a, tuple(blocks)))
     return groups
 
@@ -163,17 +172,61 @@ def rotate(x: torch.Tensor, shift: torch.Tensor | None, inv_freq: torch.Tensor) 
     """
     if shift is None:
         return x
-    half = inv_freq.shape[0]
-    wide = torch.float32 if x.device.type == "mps" else torch.float64
-    angles = shift.to(device=x.device, dtype=wide)[..., None] * inv_freq.to(device=x.device, dtype=wide)
-    if angles.dim() == 3:
-        angles = angles[:, None]  # shift [B, L]: (B, 1, L, half), one rotation per row shared by heads
-    work = torch.float64 if x.dtype == torch.float64 else torch.float32
-    cos, sin = torch.cos(angles).to(work), torch.sin(angles).to(work)
-    xf = x.to(work)
+    cos, sin = _cos_sin(shift, inv_freq, x)
+    if cos.dim() == 3:
+        cos, sin = cos[:, None], sin[:, None]  # shift [B, L]: (B, 1, L, half), one rotation per row shared by heads
+    return _turn(x, cos, sin)
+
+
+def _cos_sin(shift: torch.Tensor, inv_freq: torch.Tensor, like: torch.Tensor):
+    """``cos`` and ``sin`` of ``shift * inv_freq`` (``[..., L, half]``) in ``like``'s working dtype."""
+    wide = torch.float32 if like.device.type == "mps" else torch.float64
+    angles = shift.to(device=like.device, dtype=wide)[..., None] * inv_freq.to(device=like.device, dtype=wide)
+    work = _acc_dtype(like.dtype)
+    return torch.cos(angles).to(work), torch.sin(angles).to(work)
+
+
+def _turn(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The rotation itself: ``cos``/``sin`` broadcast against ``x[..., :half]``."""
+    half = cos.shape[-1]
+    xf = x.to(cos.dtype)
     x1, x2 = xf[..., :half], xf[..., half : 2 * half]
-    turned = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, xf[..., 2 * half :]], dim=-1)
+    if torch.is_grad_enabled() and x.requires_grad:
+        turned = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, xf[..., 2 * half :]], dim=-1)
+    else:  # no graph to keep: two fused passes per half into one buffer (decoding turns every key each step)
+        turned = torch.empty(xf.shape, dtype=xf.dtype, device=xf.device)
+        t1, t2 = turned[..., :half], turned[..., half : 2 * half]
+        torch.mul(x1, cos, out=t1).addcmul_(x2, sin, value=-1)
+        torch.mul(x2, cos, out=t2).addcmul_(x1, sin)
+        turned[..., 2 * half :] = xf[..., 2 * half :]
     return turned.to(x.dtype)
+
+
+# Key rotations of a region depend on the key's rank only, and decoding rotates the same ranks at every
+# step, so their cos/sin tables are kept between calls (least recently used first out). A table grows to
+# twice its length when a longer sequence needs it.
+_KEY_TABLES: OrderedDict = OrderedDict()
+KEY_TABLES_KEPT = 8
+
+
+def _spec_key(spec: PiecewiseSpec) -> tuple:
+    return (type(spec), tuple(sorted(vars(spec).items())))
+
+
+def key_rotation(spec: PiecewiseSpec, region: int, n: int, inv_freq: torch.Tensor, like: torch.Tensor):
+    """``cos``, ``sin`` (``[n, half]``) turning keys of ranks ``0 .. n - 1`` to ``region``'s key positions."""
+    key = (_spec_key(spec), region, tuple(inv_freq.tolist()), like.device, _acc_dtype(like.dtype))
+    table = _KEY_TABLES.get(key)
+    if table is None or table[0].shape[0] < n:
+        length = n if table is None else max(n, 2 * table[0].shape[0])
+        ranks = torch.arange(length)
+        shift = spec.key_positions(region, ranks).to(torch.float64) - ranks
+        table = _cos_sin(shift, inv_freq, like)
+        _KEY_TABLES[key] = table
+        while len(_KEY_TABLES) > KEY_TABLES_KEPT:
+            _KEY_TABLES.popitem(last=False)
+    _KEY_TABLES.move_to_end(key)
+    return table[0][:n], table[1][:n]
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -222,16 +275,26 @@ def merge_(acc, part):
 
 
 class _Keys:
-    """Per-call key bookkeeping: constant offsets per block, rotated key copies per region."""
+    """Per-call key bookkeeping: constant offsets per block, rotated key copies per region.
 
-    def __init__(self, spec: PiecewiseSpec, k: torch.Tensor, inv_freq: torch.Tensor):
+    A region whose key positions are not ``rank + constant`` gets one rotated copy of the keys, as
+    far as the plan's blocks of that region reach.
+    """
+
+    def __init__(self, spec: PiecewiseSpec, k: torch.Tensor, inv_freq: torch.Tensor, groups: list[Group]):
         self.spec, self.k, self.inv_freq = spec, k, inv_freq
         self._rotated: dict[int, torch.Tensor] = {}
         self._offsets: dict[tuple[int, int, int], float | None] = {}
+        self._reach: dict[int, int] = {}
+        for g in groups:
+            for blk in g.blocks:
+                self._reach[blk.region] = max(self._reach.get(blk.region, 0), blk.k1)
 
     def offset(self, blk: Block) -> float | None:
         """``c`` when ``key_positions(region, j) = j + c`` over the block, else ``None``."""
         key = (blk.region, blk.k0, blk.k1)
+        if key not in self._offsets and self.spec.key_offset(blk.region) is not None:
+            self._offsets[key] = float(self.spec.key_offset(blk.region))
         if key not in self._offsets:
             ranks = torch.arange(blk.k0, blk.k1)
             diff = self.spec.key_positions(blk.region, ranks).to(torch.float64) - ranks
@@ -248,8 +311,9 @@ class _Keys:
         if self.offset(blk) is not None:
             return k[:, :, blk.k0 : blk.k1]
         if blk.region not in self._rotated:
-            n = k.shape[2]
-            self._rotated[blk.region] = rotate(k, self.shift(blk.region, 0, n), self.inv_freq)
+            end = max(self._reach.get(blk.region, 0), blk.k1)
+            cos, sin = key_rotation(self.spec, blk.region, end, self.inv_freq, k)
+            self._rotated[blk.region] = _turn(k[:, :, :end], cos, sin)
         return self._rotated[blk.region][:, :, blk.k0 : blk.k1]
 
 
@@ -292,7 +356,7 @@ class _MergedBlocks(torch.autograd.Function):
         flash, _ = _cpu_flash_ops()
         batch, heads, seq_q, _ = q.shape
         acc_dtype = _acc_dtype(q.dtype)
-        keys = _Keys(spec, k, inv_freq)
+        keys = _Keys(spec, k, inv_freq, groups)
         out = torch.empty_like(q)
         lse = q.new_empty(batch, heads, seq_q, dtype=acc_dtype)
         for g in groups:
@@ -327,7 +391,7 @@ class _MergedBlocks(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         spec, groups, inv_freq, scale = ctx.plan
         acc_dtype = _acc_dtype(q.dtype)
-        keys = _Keys(spec, k, inv_freq)
+        keys = _Keys(spec, k, inv_freq, groups)
         grad_out = grad_out.contiguous()
         dq = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
         dk = torch.zeros(k.shape, dtype=acc_dtype, device=k.device)
@@ -387,7 +451,7 @@ def _tiled_block(qb, kb, vb, *, kind, allowed, scale):
 
 
 def _run_tiled(q, k, v, spec, groups, inv_freq, scale):
-    keys = _Keys(spec, k, inv_freq)
+    keys = _Keys(spec, k, inv_freq, groups)
     outs = []
     for g in groups:
         qg = q[:, :, g.q0 : g.q1]

@@ -115,6 +115,9 @@ class SelfExtendSpec(PiecewiseSpec):
     def key_positions(self, region, ranks):
         return ranks if region == 0 else ranks // self.group_size
 
+    def key_offset(self, region):
+        return 0 if region == 0 else None
+
     def region_of(self, i, j):
         return ((i - j) >= self.neighbor_window).long()
 
@@ -161,6 +164,9 @@ class ReRoPESpec(PiecewiseSpec):
         if self.leak is None:
             return torch.zeros_like(ranks)
         return ranks.to(torch.float64) / self.leak
+
+    def key_offset(self, region):
+        return 0 if region == 0 else None
 
     def region_of(self, i, j):
         return ((i - j) >= self.window).long()
@@ -209,6 +215,9 @@ class StringSpec(PiecewiseSpec):
 
     def key_positions(self, region, ranks):
         return ranks
+
+    def key_offset(self, region):
+        return 0
 
     def region_of(self, i, j):
         return ((i - j) >= self.shifted_offset).long()
