@@ -212,3 +212,62 @@ def test_stated_key_offsets_hold(name):
         c = spec.key_offset(region)
         if c is not None:
             assert torch.equal(spec.key_positions(region, ranks).to(torch.float64), (ranks + c).to(torch.float64))
+
+
+@pytest.mark.parametrize("n_keys,n_queries,boundary,rows", [
+    (37, 37, 5, 768), (37, 37, 5, 2), (40, 40, 7, 3), (40, 9, 7, 4), (40, 1, 7, 4), (12, 12, 30, 4),
+    (30, 6, 30, 8), (31, 1, 30, 8), (64, 64, 16, 16), (64, 20, 16, 5), (17, 17, 1, 4),
+])
+def test_distance_plan_covers_each_visible_pair_once_in_its_region(n_keys, n_queries, boundary, rows):
+    """Every (query, key <= query) pair lies in exactly one block of the plan, of the pair's region; the far
+    group's causal square is top-left aligned (what the CPU flash kernel's ``is_causal`` means)."""
+    from zebra_llm.attention.piecewise import distance_plan
+
+    first = n_keys - n_queries
+    seen = torch.zeros(n_queries, n_keys, dtype=torch.long)
+    region = torch.full((n_queries, n_keys), -1)
+    for g in distance_plan(n_keys, n_queries, boundary, rows):
+        assert g.r0 == first + g.q0
+        for blk in g.blocks:
+            i = torch.arange(g.r0, g.r0 + g.q1 - g.q0)[:, None]
+            j = torch.arange(blk.k0, blk.k1)[None, :]
+            if blk.kind == "full":
+                hit = torch.ones(i.shape[0], j.shape[1], dtype=torch.bool)
+            elif blk.kind == "causal":
+                hit = (j - blk.k0) <= (i - g.r0)
+            else:
+                hit = ((i - j) < boundary) == (blk.region == 0)
+                hit &= j <= i
+            seen[g.q0 : g.q1, blk.k0 : blk.k1] += hit.long()
+            region[g.q0 : g.q1, blk.k0 : blk.k1] = torch.where(hit, blk.region, region[g.q0 : g.q1, blk.k0 : blk.k1])
+    i = torch.arange(first, n_keys)[:, None]
+    j = torch.arange(n_keys)[None, :]
+    assert torch.equal(seen, (j <= i).long())
+    expected = torch.where(j <= i, ((i - j) >= boundary).long(), -1)
+    assert torch.equal(region, expected)
+
+
+@pytest.mark.parametrize("name", ["self_extend", "rerope", "leaky_rerope", "string"])
+@pytest.mark.parametrize("rows", [2, 3])
+@pytest.mark.parametrize("backend", ["sdpa", "tiled"])
+def test_small_near_groups_under_one_far_group_match_reference(name, rows, backend, monkeypatch):
+    """Near groups smaller than the boundary, all overlapping the one far group: outputs (prefill, chunked
+    prefill, decoding, padded rows) and float64 gradients equal the dense reference."""
+    from zebra_llm.attention import piecewise
+
+    monkeypatch.setattr(piecewise.distance_plan, "__defaults__", (rows,))
+    torch.manual_seed(7)
+    spec = SPECS[name]
+    q, k, v = rand_qkv(2, 4, 2, 26, 16, dtype=torch.float64, requires_grad=True)
+    kpm = torch.ones(2, 26, dtype=torch.bool)
+    kpm[1, :4] = False
+    for qs in (q, q[:, :, -7:], q[:, :, -1:]):
+        fast = piecewise_attention(qs, k, v, spec=spec, inv_freq=INV_FREQ, backend=backend, key_padding_mask=kpm)
+        ref = piecewise_attention(qs, k, v, spec=spec, inv_freq=INV_FREQ, backend="reference", key_padding_mask=kpm)
+        assert max_abs_err(fast, ref) <= 1e-10
+    grads = []
+    for b in (backend, "reference"):
+        out = piecewise_attention(q, k, v, spec=spec, inv_freq=INV_FREQ, backend=b)
+        grads.append(torch.autograd.grad((out * out.detach().cos()).sum(), (q, k, v)))
+    for fast, ref in zip(*grads):
+        assert rel_err(fast, ref) <= 1e-9

@@ -23,8 +23,9 @@ positions (``offset + rank``). For a block of region ``R``:
   turned by ``query_positions(R, i) - i``.
 
 Each block is one call of PyTorch's CPU flash kernel, which also returns the
-block's log-sum-exp; the blocks of a query group are merged exactly through
-those (one softmax over all of a query's keys). The backward runs the kernel's
+block's log-sum-exp; all blocks of a query row are merged exactly through
+those (one softmax over all of a query's keys), whichever group they come in
+(a distance plan's far group shares its rows with the near groups). The backward runs the kernel's
 backward per block with the *merged* output and log-sum-exp, which yields each
 block's exact share of the gradient; rotations are orthogonal, so gradients are
 turned back by the inverse rotation. Fractional positions (leaky ReRoPE) are
@@ -50,7 +51,8 @@ import torch
 from ._checks import check_key_padding_mask, check_qkv, resolve_scale
 
 KEY_TILE = 4096  # keys per matrix product on the ``tiled`` backend: bounds its [rows, keys] scores
-GROUP_ROWS = 256  # query rows per group on distance-based plans: bounds the boundary masks
+GROUP_ROWS = 768  # query rows per near group on distance plans: bounds the boundary masks; from 768 query
+# rows PyTorch's CPU flash kernel works in 256-row tiles (64 below), about a quarter faster per pair
 
 
 @dataclass(frozen=True)
@@ -134,29 +136,39 @@ def distance_plan(n_keys: int, n_queries: int, boundary: int, rows: int = GROUP_
     """The plan of a rule with two regions split by distance: 0 (near) for ``i - j < boundary``,
     1 (far) for ``i - j >= boundary``.
 
-    Query groups of at most ``min(rows, boundary)`` rows, so the boundary band of a group
-    (keys ``(r0 - boundary, r1 - 1 - boundary]``) never reaches its own diagonal block.
+    Near: query groups of at most ``min(rows, boundary)`` rows, each with its keys
+    ``(i - boundary, i]``: a masked band (keys near for some of the group's rows only,
+    ``[a - boundary + 1, b - boundary)``), the keys near for all of them, and the causal
+    diagonal block. Far: *one* group of every query with a far key (ranks ``i >= boundary``)
+    against keys ``[0, n_keys - boundary)``: query ``i`` sees keys ``j <= i - boundary``,
+    which is a top-left causal square (after a block every row sees in full when the
+    queries start past the boundary). The far group overlaps the near groups' rows; the
+    kernel merges every block of a query row, whichever group it comes in.
     """
     step = max(1, min(rows, boundary))
     first = n_keys - n_queries
     groups = []
     for a in range(first, n_keys, step):
         b = min(n_keys, a + step)
+        band0, band1 = max(0, a - boundary + 1), max(0, b - boundary)  # mixed keys: near for later rows
         blocks = []
-        far_end = max(0, a - boundary + 1)  # keys [0, far_end) are far for every row
-        band_end = max(0, b - boundary)  # keys [far_end, band_end) are far for some rows only
-        if far_end > 0:
-            blocks.append(Block(1, 0, far_end))
-        if band_end > far_end:
-            blocks.append(Block(1, far_end, band_end, "mask"))
-            blocks.append(Block(0, far_end, band_end, "mask"))
         if b - a == 1:  # one query (decoding): its near keys and itself in one block
-            blocks.append(Block(0, band_end, b))
+            blocks.append(Block(0, band0, b))
         else:
-            if a > band_end:
-                blocks.append(Block(0, band_end, a))
+            if band1 > band0:
+                blocks.append(Block(0, band0, band1, "mask"))
+            if a > band1:
+                blocks.append(Block(0, band1, a))
             blocks.append(Block(0, a, b, "causal"))
         groups.append(Group(a - first, b - first, a, tuple(blocks)))
+    f = max(first, boundary)  # the first query with a far key
+    if f < n_keys:
+        if n_keys - f == 1:
+            far = (Block(1, 0, f - boundary + 1),)
+        else:
+            square = Block(1, f - boundary, n_keys - boundary, "causal")
+            far = (Block(1, 0, f - boundary), square) if f > boundary else (square,)
+        groups.append(Group(f - first, n_keys - first, f, far))
     return groups
 
 
@@ -254,21 +266,17 @@ def merge(acc, part):
 NO_KEY_LSE = -1.0e30  # the log-sum-exp of a row with no key in a block: finite, so merging needs no NaN guard
 
 
-def merge_(acc, part):
-    """:func:`merge` in place on the running output, for the no-autograd forward (fewer temporaries).
-
-    Rows without keys carry :data:`NO_KEY_LSE`, whose weight ``exp(NO_KEY_LSE - lse)`` is 0.
+def merge_rows_(acc_out, acc_lse, rows: slice, part) -> None:
+    """:func:`merge` in place on rows ``rows`` of the running output and log-sum-exp, for the
+    no-autograd forward (groups of a plan may share rows). Rows not reached yet carry
+    :data:`NO_KEY_LSE`, as do rows without keys in a block: their weight ``exp(NO_KEY_LSE - lse)`` is 0.
     """
     out, lse = part
-    dtype = _acc_dtype(out.dtype)
-    if acc is None:
-        return out.to(dtype), lse.to(dtype)
-    acc_out, acc_lse = acc
-    lse = lse.to(dtype)
-    new = torch.logaddexp(acc_lse, lse)
-    acc_out.mul_(torch.exp(acc_lse - new)[..., None])
-    acc_out.addcmul_(out, torch.exp(lse - new)[..., None])
-    return acc_out, new
+    prev = acc_lse[:, :, rows]
+    lse = lse.to(prev.dtype)
+    new = torch.logaddexp(prev, lse)
+    acc_out[:, :, rows].mul_(torch.exp(prev - new)[..., None]).addcmul_(out, torch.exp(lse - new)[..., None])
+    acc_lse[:, :, rows] = new
 
 
 # --- the plan executed ---------------------------------------------------------------------------
@@ -357,11 +365,10 @@ class _MergedBlocks(torch.autograd.Function):
         batch, heads, seq_q, _ = q.shape
         acc_dtype = _acc_dtype(q.dtype)
         keys = _Keys(spec, k, inv_freq, groups)
-        out = torch.empty_like(q)
-        lse = q.new_empty(batch, heads, seq_q, dtype=acc_dtype)
+        acc_out = q.new_zeros(q.shape, dtype=acc_dtype)
+        lse = q.new_full((batch, heads, seq_q), NO_KEY_LSE, dtype=acc_dtype)
         for g in groups:
             qg = q[:, :, g.q0 : g.q1]
-            acc = None
             turned = {}  # the group's queries rotated per (region, key offset): blocks share them
             for blk in g.blocks:
                 key = (blk.region, keys.offset(blk))
@@ -378,9 +385,8 @@ class _MergedBlocks(torch.autograd.Function):
                     l = l.masked_fill(~allowed.any(-1), NO_KEY_LSE)
                 else:
                     o, l = flash(qb, kb, vb, 0.0, blk.kind == "causal", scale=scale)
-                acc = merge_(acc, (o, l))
-            out[:, :, g.q0 : g.q1] = acc[0].to(q.dtype)
-            lse[:, :, g.q0 : g.q1] = acc[1]
+                merge_rows_(acc_out, lse, slice(g.q0, g.q1), (o, l))
+        out = acc_out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.plan = (spec, groups, inv_freq, scale)
         return out
@@ -452,7 +458,7 @@ def _tiled_block(qb, kb, vb, *, kind, allowed, scale):
 
 def _run_tiled(q, k, v, spec, groups, inv_freq, scale):
     keys = _Keys(spec, k, inv_freq, groups)
-    outs = []
+    parts = []  # (q0, q1, (out, lse)) of each group
     for g in groups:
         qg = q[:, :, g.q0 : g.q1]
         acc = None
@@ -463,6 +469,16 @@ def _run_tiled(q, k, v, spec, groups, inv_freq, scale):
             qb = rotate(qg, _query_shift(spec, g, blk, keys, q.device), inv_freq)
             acc = merge(acc, _tiled_block(qb, keys.block(blk), v[:, :, blk.k0 : blk.k1], kind=blk.kind,
                                           allowed=allowed, scale=scale))
+        if acc is not None:
+            parts.append((g.q0, g.q1, acc))
+    # groups may share rows (a distance plan's far group): merge, differentiably, per stretch of rows
+    cuts = sorted({c for q0, q1, _ in parts for c in (q0, q1)})
+    outs = []
+    for u, w in zip(cuts, cuts[1:]):
+        acc = None
+        for q0, q1, (out, lse) in parts:
+            if q0 <= u and w <= q1:
+                acc = merge(acc, (out[:, :, u - q0 : w - q0], lse[:, :, u - q0 : w - q0]))
         outs.append(acc[0].to(q.dtype))
     return torch.cat(outs, dim=2)
 
