@@ -17,7 +17,7 @@ measured call, glibc's ``MALLOC_MMAP_THRESHOLD_=65536``):
    ``DynamicCache``) of SmolLM2-135M after a prefill of N tokens, seconds per token. All variants run in
    one process on one shared prefill (the unmodified model's cache, cropped back to N after each
    variant's steps: a step's cost depends on the cache's shapes, not its values), in interleaved rounds
-   (``--repeats`` rounds of ``--decode-steps`` steps; the median step of all rounds is reported), so
+   (``--decode-rounds`` rounds of ``--decode-steps`` steps; the median step of all rounds is reported), so
    the ratios come from the same minutes of the machine. No peak memory for this part.
 
 Ratios are to the unmodified model / causal SDPA of the same length in the same run.
@@ -133,6 +133,7 @@ def _decode_case(variants, seq, args, out_q):
     from zebra_llm import apply_extension, remove_extension
     from zebra_llm.data.sources import stdlib_dir
     from zebra_llm.eval.corpus import load_token_docs
+    from zebra_llm.hf.compat import cache_kwargs, output_cache
     from zebra_llm.loading import load_model
 
     if args["threads"]:
@@ -144,10 +145,10 @@ def _decode_case(variants, seq, args, out_q):
         raise ValueError(f"_pydecimal.py has only {ids.shape[1]} tokens, fewer than {seq}")
     with torch.no_grad():
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-    cache, first = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    cache, first = output_cache(out), out.logits[:, -1:].argmax(-1)
     steps = {v: [] for v in variants}
     applied = False
-    for _ in range(max(1, args["repeats"])):
+    for _ in range(args["decode_rounds"]):
         for variant in variants:
             if METHODS[variant] is None:
                 if applied:
@@ -160,7 +161,7 @@ def _decode_case(variants, seq, args, out_q):
             with torch.no_grad():
                 for step in range(args["decode_steps"] + 1):  # step 0 warms up
                     t0 = time.perf_counter()
-                    logits = model(input_ids=token, past_key_values=cache, use_cache=True).logits
+                    logits = model(input_ids=token, use_cache=True, **cache_kwargs(cache)).logits
                     token = logits[:, -1:].argmax(-1)
                     _sync(device)
                     if step:
@@ -176,6 +177,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--attention", type=int, nargs="*", default=[16384], help="attention-only forward lengths")
     ap.add_argument("--decode", type=int, nargs="*", default=[], help="decode at these context lengths")
     ap.add_argument("--decode-steps", type=int, default=16, help="timed decode steps per variant and round")
+    ap.add_argument("--decode-rounds", type=int, default=2, help="interleaved rounds of decode steps")
     ap.add_argument("--variants", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--device", default="cpu")
@@ -185,7 +187,7 @@ def main(argv=None) -> list[dict]:
     a = ap.parse_args(argv)
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
     a.variants = ["unmodified", *[v for v in a.variants if v != "unmodified"]]  # the baseline first
-    args = {k: getattr(a, k) for k in ("device", "dtype", "repeats", "threads", "decode_steps")}
+    args = {k: getattr(a, k) for k in ("device", "dtype", "repeats", "threads", "decode_steps", "decode_rounds")}
     rows, base = [], {}
 
     import torch
@@ -256,8 +258,8 @@ def docs_block(results: Path = RESULTS) -> str:
     for path in sorted(results.glob("speed_*.json")):
         data = json.loads(path.read_text())
         parts.append(f"`{path.name}`: {data['device']}, torch {data['torch']}, {data['threads']} thread(s), "
-                     f"{data['args'].get('dtype', 'float32')}, {data['args'].get('repeats', 1)} timed run(s) per case\n\n"
-                     + table(data["rows"]))
+                     f"{data['args'].get('dtype', 'float32')}, {data['args'].get('repeats', 1)} timed run(s) per case"
+                     + (f" ({data['note']})" if data.get("note") else "") + "\n\n" + table(data["rows"]))
     return "\n\n".join(parts) if parts else "_No speed run committed yet._"
 
 

@@ -356,6 +356,18 @@ def _cpu_flash_ops():
     return None
 
 
+def _flash_block(flash, q, k, v, causal: bool, scale: float):
+    """One unmasked block on the CPU flash kernel, ``(out, lse)``. A single query row with grouped key/value
+    heads goes in as ``heads / kv_heads`` rows of its key/value head (what transformers' ``pack_gqa`` does for
+    SDPA), so decoding reads each cached key once per key/value head instead of once per query head."""
+    batch, heads, rows, dim = q.shape
+    kv_heads = k.shape[1]
+    if rows == 1 and heads > kv_heads and not causal:
+        o, l = flash(q.reshape(batch, kv_heads, heads // kv_heads, dim), k, v, 0.0, False, scale=scale)
+        return o.reshape(batch, heads, 1, dim), l.reshape(batch, heads, 1)
+    return flash(q, k, v, 0.0, causal, scale=scale)
+
+
 class _MergedBlocks(torch.autograd.Function):
     """Every group and block of one call on the CPU flash kernel, forward and exact backward."""
 
@@ -384,7 +396,7 @@ class _MergedBlocks(torch.autograd.Function):
                     # the kernel reports lse 0 for a row with no allowed key: it has none
                     l = l.masked_fill(~allowed.any(-1), NO_KEY_LSE)
                 else:
-                    o, l = flash(qb, kb, vb, 0.0, blk.kind == "causal", scale=scale)
+                    o, l = _flash_block(flash, qb, kb, vb, blk.kind == "causal", scale)
                 merge_rows_(acc_out, lse, slice(g.q0, g.q1), (o, l))
         out = acc_out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, lse)
