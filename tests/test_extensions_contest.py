@@ -71,7 +71,7 @@ def test_readme_block_is_generated_from_the_committed_results():
     contest = _contest()
     rows = contest.load_rows(contest.OUT_DIR)
     text = contest.README.read_text(encoding="utf-8")
-    assert contest.fill_readme(text, contest.readme_block(rows)) == text, (
+    assert contest.fill_readme(text, contest.readme_text(rows)) == text, (
         "README's contest block differs from docs/results/extensions/contest; run "
         "python benchmarks/extensions_contest.py --report-only --write-docs")
 
@@ -84,3 +84,14 @@ def test_readme_block_reports_no_retrieval_honestly():
             {**base, "method": "dca", "metric": "accuracy", "value": 0.0, "n": 10}]
     text = contest.readme_block(rows, model="m")
     assert "0 of 1 paired" in text and "no method retrieves" in text and "0 of 10 prompts" in text
+
+
+def test_real_model_sentence_lists_each_method_found_count_best_first():
+    contest = _contest()
+    base = {"model": "smollm2-135m", "task": "passkey", "trained_context": 8192, "length": 16384, "n": 3,
+            "metric": "accuracy"}
+    rows = [{**base, "method": "none", "value": 0.0}, {**base, "method": "dca", "value": 2 / 3},
+            {**base, "method": "yarn", "value": 1 / 3}]
+    text = contest.real_model_sentence(rows)
+    assert "at 16384 tokens (2x its trained 8192): `dca` 2/3, `yarn` 1/3, `none` 0/3" in text
+    assert contest.real_model_sentence([{**r, "model": "other"} for r in rows]) == ""
