@@ -43,6 +43,7 @@ matrix alone.
 from __future__ import annotations
 
 import functools
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -218,6 +219,7 @@ def _turn(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 # step, so their cos/sin tables are kept between calls (least recently used first out). A table grows to
 # twice its length when a longer sequence needs it.
 _KEY_TABLES: OrderedDict = OrderedDict()
+_KEY_TABLES_LOCK = threading.Lock()
 KEY_TABLES_KEPT = 8
 
 
@@ -228,16 +230,17 @@ def _spec_key(spec: PiecewiseSpec) -> tuple:
 def key_rotation(spec: PiecewiseSpec, region: int, n: int, inv_freq: torch.Tensor, like: torch.Tensor):
     """``cos``, ``sin`` (``[n, half]``) turning keys of ranks ``0 .. n - 1`` to ``region``'s key positions."""
     key = (_spec_key(spec), region, tuple(inv_freq.tolist()), like.device, _acc_dtype(like.dtype))
-    table = _KEY_TABLES.get(key)
-    if table is None or table[0].shape[0] < n:
-        length = n if table is None else max(n, 2 * table[0].shape[0])
-        ranks = torch.arange(length)
-        shift = spec.key_positions(region, ranks).to(torch.float64) - ranks
-        table = _cos_sin(shift, inv_freq, like)
-        _KEY_TABLES[key] = table
-        while len(_KEY_TABLES) > KEY_TABLES_KEPT:
-            _KEY_TABLES.popitem(last=False)
-    _KEY_TABLES.move_to_end(key)
+    with _KEY_TABLES_LOCK:  # models may decode in several threads
+        table = _KEY_TABLES.get(key)
+        if table is None or table[0].shape[0] < n:
+            length = n if table is None else max(n, 2 * table[0].shape[0])
+            ranks = torch.arange(length)
+            shift = spec.key_positions(region, ranks).to(torch.float64) - ranks
+            table = _cos_sin(shift, inv_freq, like)
+            _KEY_TABLES[key] = table
+            while len(_KEY_TABLES) > KEY_TABLES_KEPT:
+                _KEY_TABLES.popitem(last=False)
+        _KEY_TABLES.move_to_end(key)
     return table[0][:n], table[1][:n]
 
 
