@@ -382,8 +382,10 @@ class _MergedBlocks(torch.autograd.Function):
         keys = _Keys(spec, k, inv_freq, groups)
         acc_out = q.new_zeros(q.shape, dtype=acc_dtype)
         lse = q.new_full((batch, heads, seq_q), NO_KEY_LSE, dtype=acc_dtype)
+        written = []  # row ranges holding a result: a group whose rows are all new stores its first block
         for g in groups:
             qg = q[:, :, g.q0 : g.q1]
+            fresh = not any(g.q0 < b and a < g.q1 for a, b in written)
             turned = {}  # the group's queries rotated per (region, key offset): blocks share them
             for blk in g.blocks:
                 key = (blk.region, keys.offset(blk))
@@ -400,7 +402,13 @@ class _MergedBlocks(torch.autograd.Function):
                     l = l.masked_fill(~allowed.any(-1), NO_KEY_LSE)
                 else:
                     o, l = _flash_block(flash, qb, kb, vb, blk.kind == "causal", scale)
-                merge_rows_(acc_out, lse, slice(g.q0, g.q1), (o, l))
+                if fresh:  # nothing to merge with yet: store (saves a pass over the rows)
+                    acc_out[:, :, g.q0 : g.q1] = o
+                    lse[:, :, g.q0 : g.q1] = l
+                    fresh = False
+                else:
+                    merge_rows_(acc_out, lse, slice(g.q0, g.q1), (o, l))
+            written.append((g.q0, g.q1))
         out = acc_out.to(q.dtype)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.plan = (spec, groups, inv_freq, scale)
