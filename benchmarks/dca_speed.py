@@ -184,10 +184,15 @@ def _run(target, *args) -> dict:
 
 
 def _report(rows, base):
+    """Each row's time and memory ratios to its part's baseline; ``peak_bytes`` ``None`` (a part that measures
+    no memory) gives ``mem_ratio`` ``None``, a baseline without a positive peak ``nan``."""
     for r in rows:
         b = base[(r["part"], r["seq"])]
         r["time_ratio"] = r["seconds"] / b["seconds"]
-        r["mem_ratio"] = r["peak_bytes"] / b["peak_bytes"] if b["peak_bytes"] > 0 else float("nan")
+        if r["peak_bytes"] is None or b["peak_bytes"] is None:
+            r["mem_ratio"] = None
+        else:
+            r["mem_ratio"] = r["peak_bytes"] / b["peak_bytes"] if b["peak_bytes"] > 0 else float("nan")
 
 
 def main(argv=None) -> list[dict]:

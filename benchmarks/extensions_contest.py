@@ -487,8 +487,8 @@ def readme_text(rows: list[dict]) -> str:
 
 
 def real_model_sentence(rows: list[dict], model: str = "smollm2-135m") -> str:
-    """One sentence on the real model's retrieval cells (``""`` when it has none): per length, each
-    method's passkeys found, best first, and the methods ahead of ``none`` where it ran."""
+    """One sentence on the real model's passkey cells (``""`` when it has none): per length, each
+    method's passkeys found, best first."""
     cells = [r for r in rows if r["model"] == model and r["task"] == "passkey"]
     if not cells:
         return ""

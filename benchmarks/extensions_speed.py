@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dca_speed import _run, _sync, _timed  # noqa: E402
+from dca_speed import _report, _run, _sync, _timed  # noqa: E402
 
 METHODS = {
     "unmodified": None,
@@ -65,10 +65,10 @@ def _spec(variant):
     return spec_for(method, **{key: TRAINED, **settings})
 
 
-def _model_case(variant, seq, args, out_q):
+def _smollm2_and_text(seq, args):
+    """(model, the first ``seq`` tokens of ``_pydecimal.py`` as ``[1, seq]`` ids, device) in a case's process."""
     import torch
 
-    from zebra_llm import apply_extension
     from zebra_llm.data.sources import stdlib_dir
     from zebra_llm.eval.corpus import load_token_docs
     from zebra_llm.loading import load_model
@@ -77,12 +77,21 @@ def _model_case(variant, seq, args, out_q):
         torch.set_num_threads(args["threads"])
     device = torch.device(args["device"])
     model, tokenizer = load_model("smollm2", dtype=args["dtype"], device=device)
-    if METHODS[variant] is not None:
-        method, settings = METHODS[variant]
-        apply_extension(model, method, **settings)
     ids = load_token_docs(tokenizer, str(stdlib_dir() / "_pydecimal.py")).ids[0][:seq][None].to(device)
     if ids.shape[1] < seq:
         raise ValueError(f"_pydecimal.py has only {ids.shape[1]} tokens, fewer than {seq}")
+    return model, ids, device
+
+
+def _model_case(variant, seq, args, out_q):
+    import torch
+
+    from zebra_llm import apply_extension
+
+    model, ids, device = _smollm2_and_text(seq, args)
+    if METHODS[variant] is not None:
+        method, settings = METHODS[variant]
+        apply_extension(model, method, **settings)
 
     @torch.no_grad()
     def prefill(n=seq):
@@ -131,18 +140,9 @@ def _decode_case(variants, seq, args, out_q):
     import torch
 
     from zebra_llm import apply_extension, remove_extension
-    from zebra_llm.data.sources import stdlib_dir
-    from zebra_llm.eval.corpus import load_token_docs
     from zebra_llm.hf.compat import cache_kwargs, output_cache
-    from zebra_llm.loading import load_model
 
-    if args["threads"]:
-        torch.set_num_threads(args["threads"])
-    device = torch.device(args["device"])
-    model, tokenizer = load_model("smollm2", dtype=args["dtype"], device=device)
-    ids = load_token_docs(tokenizer, str(stdlib_dir() / "_pydecimal.py")).ids[0][:seq][None].to(device)
-    if ids.shape[1] < seq:
-        raise ValueError(f"_pydecimal.py has only {ids.shape[1]} tokens, fewer than {seq}")
+    model, ids, device = _smollm2_and_text(seq, args)
     with torch.no_grad():
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
     cache, first = output_cache(out), out.logits[:, -1:].argmax(-1)
@@ -223,15 +223,6 @@ def main(argv=None) -> list[dict]:
           f"{a.repeats} timed run(s) per case\n")
     print(table(rows))
     return rows
-
-
-def _report(rows, base):
-    """Each row's time and memory ratios to its part's baseline (memory: none for decode rows)."""
-    for r in rows:
-        b = base[(r["part"], r["seq"])]
-        r["time_ratio"] = r["seconds"] / b["seconds"]
-        known = r["peak_bytes"] is not None and b["peak_bytes"]
-        r["mem_ratio"] = r["peak_bytes"] / b["peak_bytes"] if known else None
 
 
 def _fmt(value, spec: str) -> str:

@@ -223,6 +223,12 @@ _KEY_TABLES_LOCK = threading.Lock()
 KEY_TABLES_KEPT = 8
 
 
+def key_shift(spec: PiecewiseSpec, region: int, k0: int, k1: int) -> torch.Tensor:
+    """``key_positions(region, j) - j`` for ranks ``k0 <= j < k1`` (float64): how far ``region`` moves each key."""
+    ranks = torch.arange(k0, k1)
+    return spec.key_positions(region, ranks).to(torch.float64) - ranks
+
+
 def _spec_key(spec: PiecewiseSpec) -> tuple:
     return (type(spec), tuple(sorted(vars(spec).items())))
 
@@ -234,9 +240,7 @@ def key_rotation(spec: PiecewiseSpec, region: int, n: int, inv_freq: torch.Tenso
         table = _KEY_TABLES.get(key)
         if table is None or table[0].shape[0] < n:
             length = n if table is None else max(n, 2 * table[0].shape[0])
-            ranks = torch.arange(length)
-            shift = spec.key_positions(region, ranks).to(torch.float64) - ranks
-            table = _cos_sin(shift, inv_freq, like)
+            table = _cos_sin(key_shift(spec, region, 0, length), inv_freq, like)
             _KEY_TABLES[key] = table
             while len(_KEY_TABLES) > KEY_TABLES_KEPT:
                 _KEY_TABLES.popitem(last=False)
@@ -304,17 +308,15 @@ class _Keys:
     def offset(self, blk: Block) -> float | None:
         """``c`` when ``key_positions(region, j) = j + c`` over the block, else ``None``."""
         key = (blk.region, blk.k0, blk.k1)
-        if key not in self._offsets and self.spec.key_offset(blk.region) is not None:
-            self._offsets[key] = float(self.spec.key_offset(blk.region))
         if key not in self._offsets:
-            ranks = torch.arange(blk.k0, blk.k1)
-            diff = self.spec.key_positions(blk.region, ranks).to(torch.float64) - ranks
-            self._offsets[key] = float(diff[0]) if bool((diff == diff[0]).all()) else None
+            stated = self.spec.key_offset(blk.region)
+            if stated is not None:
+                self._offsets[key] = float(stated)
+            else:
+                diff = key_shift(self.spec, blk.region, blk.k0, blk.k1)
+                self._offsets[key] = float(diff[0]) if bool((diff == diff[0]).all()) else None
         return self._offsets[key]
 
-    def shift(self, region: int, k0: int, k1: int) -> torch.Tensor:
-        ranks = torch.arange(k0, k1)
-        return self.spec.key_positions(region, ranks).to(torch.float64) - ranks
 
     def block(self, blk: Block, k: torch.Tensor | None = None) -> torch.Tensor:
         """The block's keys as scored (rotated to the region's key positions when needed)."""
@@ -447,7 +449,7 @@ class _MergedBlocks(torch.autograd.Function):
                 )
                 dq[:, :, rows] += rotate(dqb.to(acc_dtype), None if shift is None else -shift, inv_freq)
                 if keys.offset(blk) is None:
-                    dkb = rotate(dkb.to(acc_dtype), -keys.shift(blk.region, blk.k0, blk.k1).to(q.device), inv_freq)
+                    dkb = rotate(dkb.to(acc_dtype), -key_shift(spec, blk.region, blk.k0, blk.k1).to(q.device), inv_freq)
                 dk[:, :, ks] += dkb.to(acc_dtype)
                 dv[:, :, ks] += dvb.to(acc_dtype)
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
