@@ -229,6 +229,39 @@ def _case(seq, mode, a, out_q):
     out_q.put(results)
 
 
+def _profile_case(seq, a, out_q):
+    """Where ``local_attention``'s time goes: self CPU time per aten op (``torch.profiler``) over two
+    calls after a warm-up, forward and forward + backward."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from zebra_llm import attention as A
+
+    if a["threads"]:
+        torch.set_num_threads(a["threads"])
+    torch.manual_seed(0)
+    dtype = getattr(torch, a["dtype"])
+    out = {}
+    for mode in ("fwd", "fwd+bwd"):
+        grad = mode == "fwd+bwd"
+        q, k, v = (torch.randn(1, a["heads"], seq, a["head_dim"], dtype=dtype, requires_grad=grad) for _ in range(3))
+
+        def run():
+            with torch.set_grad_enabled(grad):
+                o = A.local_attention(q, k, v, window=a["window"], backend="sdpa")
+                if grad:
+                    o.sum().backward()
+
+        run()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run()
+            run()
+        ops = sorted(((e.key, e.self_cpu_time_total) for e in prof.key_averages()), key=lambda x: -x[1])
+        total = sum(t for _, t in ops)
+        out[mode] = [{"op": name, "share": t / total, "self_ms_per_call": t / 2e3} for name, t in ops[:6]]
+    out_q.put(out)
+
+
 def _child(target, *args):
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -284,8 +317,47 @@ def report(data: dict) -> str:
     for e in data["exponents"]:
         lines.append(f"| {e['mode']} | {e['variant']} | {', '.join(map(str, e['seqs']))} | "
                      f"{_fmt(e['time'], '.2f')} | {_fmt(e['memory'], '.2f')} |")
+    lines += _pair_cost_lines(data)
+    if data.get("profile"):
+        prof = data["profile"]
+        lines += ["", f"Where `local`'s time goes at {prof['seq']} (self CPU time per op, `torch.profiler`, two calls):",
+                  "", "| pass | op | share | ms per call |", "|---|---|---:|---:|"]
+        for mode, ops in prof["ops"].items():
+            for o in ops:
+                lines.append(f"| {mode} | `{o['op']}` | {o['share']:.1%} | {o['self_ms_per_call']:.1f} |")
     lines += ["", "Targets (issue 13):", ""] + [f"- {t}" for t in targets(data)]
     return "\n".join(lines)
+
+
+def _pair_cost_lines(data: dict) -> list[str]:
+    """Time per attended (query, key) pair relative to causal SDPA's, per (seq, pass): how far a kernel is
+    from doing its fewer pairs at the baseline's speed (1.00 would meet the FLOPs-proportional ideal)."""
+    from zebra_llm.flops import LayerAttention, attended_pairs
+
+    a = data["args"]
+    layers = {"local": LayerAttention("local", a["window"]),
+              "global_approx": LayerAttention("global_approx", a["window"], a["chunk_size"]),
+              "flex_sliding": LayerAttention("local", a["window"]),
+              "causal_sdpa": LayerAttention("global"), "global": LayerAttention("global")}
+    out = []
+    for row in data["rows"]:
+        base = row["results"].get("causal_sdpa", {}).get("seconds")
+        if not base:
+            continue
+        per_pair = base / attended_pairs(layers["causal_sdpa"], row["seq"])
+        cells = []
+        for name in ("local", "global_approx", "flex_sliding"):
+            r = row["results"].get(name, {})
+            if "seconds" in r:
+                ratio = r["seconds"] / attended_pairs(layers[name], row["seq"]) / per_pair
+                cells.append(f"`{name}` {ratio:.2f}")
+        if cells:
+            out.append(f"| {row['seq']} | {row['mode']} | " + ", ".join(cells) + " |")
+    if not out:
+        return []
+    return ["", "Time per attended (query, key) pair relative to causal SDPA's (1.00: as fast per pair as the "
+            "baseline; the ideal time ratio is the pair ratio, 0.0625 for local at 16k):", "",
+            "| seq | pass | per-pair cost vs causal SDPA |", "|---:|---|---|"] + out
 
 
 def targets(data: dict) -> list[str]:
@@ -346,6 +418,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--profile-seq", type=int, default=16384,
+                    help="profile local attention (self time per op) at this length; 0: no profile")
     ap.add_argument("--json", default=str(DEFAULT_JSON))
     ap.add_argument("--no-page", action="store_true", help="do not rewrite docs/performance.md")
     ap.add_argument("--report", action="store_true", help="only rewrite the page from --json")
@@ -368,13 +442,16 @@ def main(argv=None) -> dict:
             for name, r in res.items():
                 desc = r.get("error") or (f"{r['seconds']:8.3f} s" + (f"  x{r['seconds'] / base:.3f}" if base else ""))
                 print(f"seq {seq:>6} {mode:<8} {name:<19} {desc}", file=sys.stderr, flush=True)
+    profile = None
+    if a.profile_seq:
+        profile = {"seq": a.profile_seq, "ops": _child(_profile_case, a.profile_seq, args)}
     import torch
 
     data = {
         "command": "python benchmarks/peers.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "device": device_name(a.device), "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "args": args, "rows": rows, "exponents": _exponents(rows, a.variants),
+        "args": args, "rows": rows, "exponents": _exponents(rows, a.variants), "profile": profile,
     }
     from zebra_llm.io import write_json_atomic
 

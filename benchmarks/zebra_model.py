@@ -189,6 +189,81 @@ def _timing_case(seq, mode, args, out_q):
     out_q.put({name: {"best": min(t), "median": statistics.median(t), "all": t} for name, t in times.items()})
 
 
+def _breakdown_case(seq, args, out_q):
+    """Where a forward's time goes: per model, the wall time inside each part (the attention block of
+    global and of local layers, the MLPs, the LM head; the rest is embedding and norms), from forward
+    hooks, after one untimed warm-up forward; the best of ``repeats`` rounds, models alternating."""
+    import torch
+
+    device, models = _setup(args)
+    ids = _inputs(seq, models["zebra"].config.vocab_size, device)
+    out = {}
+    for name, model in models.items():
+        model.eval()
+        kinds = list(getattr(model.config, "attention_types", None) or ["global"] * model.config.num_hidden_layers)
+        spent: dict[str, float] = {}
+        handles = []
+
+        def timed(module, part, spent=spent):  # bound now: the loop rebinds ``spent`` for the next model
+            def pre(*_):
+                module._t0 = time.perf_counter()
+
+            def post(*_):
+                spent[part] = spent.get(part, 0.0) + time.perf_counter() - module._t0
+
+            handles.append(module.register_forward_pre_hook(pre))
+            handles.append(module.register_forward_hook(post))
+
+        for kind, layer in zip(kinds, model.model.layers):
+            timed(layer.self_attn, f"attention ({kind})")
+            timed(layer.mlp, "mlp")
+        timed(model.lm_head, "lm_head")
+        out[name] = {"handles": handles, "spent": spent, "model": model}
+    best = {}
+    for r in range(args["repeats"] + 1):
+        for name, entry in out.items():
+            entry["spent"].clear()
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                entry["model"](ids, use_cache=False)
+            total = time.perf_counter() - t0
+            if r == 0:
+                continue  # warm-up
+            parts = dict(entry["spent"], total=total)
+            if name not in best or total < best[name]["total"]:
+                best[name] = parts
+    for entry in out.values():
+        for h in entry["handles"]:
+            h.remove()
+    out_q.put(best)
+
+
+def breakdown_rows(seq, measured, zebra_cfg, dense_cfg) -> list[dict]:
+    """Per model and part: seconds, the part's FLOPs (``zebra_llm.flops``) and the rate it ran at."""
+    from zebra_llm import flops
+
+    rows = []
+    for name, cfg in (("zebra", zebra_cfg), ("global", dense_cfg)):
+        est = flops.estimate(cfg, seq)
+        layers = flops.layer_attention(cfg)
+        n_layers = len(layers)
+        hq, h = cfg.num_attention_heads, cfg.hidden_size
+        d = getattr(cfg, "head_dim", None) or h // hq
+        part_flops = {"mlp": est.mlp, "lm_head": est.lm_head}
+        for kind in sorted({layer.kind for layer in layers}):
+            mine = [layer for layer in layers if layer.kind == kind]
+            part_flops[f"attention ({kind})"] = (est.projections * len(mine) // n_layers
+                                                 + sum(4 * hq * d * flops.attended_pairs(x, seq) for x in mine))
+        spent = measured[name]
+        other = spent["total"] - sum(v for k, v in spent.items() if k != "total")
+        for part in [*part_flops, "other", "total"]:
+            seconds = other if part == "other" else spent.get(part, 0.0)
+            f = est.forward if part == "total" else part_flops.get(part)
+            rows.append({"seq": seq, "model": name, "part": part, "seconds": seconds, "flops": f,
+                         "gflops_per_s": f / seconds / 1e9 if f and seconds > 0 else None})
+    return rows
+
+
 def _child(target, *args):
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -216,6 +291,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--saved-seq", type=int, nargs="*", default=[8192, 16384],
                     help="lengths at which the bytes saved for backward are counted")
+    ap.add_argument("--breakdown-seq", type=int, nargs="*", default=[16384],
+                    help="lengths at which a forward's time is split by part (attention, MLP, LM head)")
     ap.add_argument("--json", default=str(DEFAULT_JSON), help="write the results to this JSON file")
     ap.add_argument("--no-page", action="store_true", help="do not rewrite docs/performance.md")
     ap.add_argument("--no-peak", action="store_true",
@@ -295,6 +372,11 @@ def main(argv=None) -> dict:
         "zebra_held": kv_zebra["held"],
     }
 
+    breakdown = []
+    for seq in a.breakdown_seq:
+        breakdown += breakdown_rows(seq, _child(_breakdown_case, seq, args), zebra_cfg, dense_cfg)
+        print(f"seq {seq:>6} forward split by part: done", file=sys.stderr, flush=True)
+
     exponents = []
     for mode in a.modes:
         pts = [r for r in rows if r["mode"] == mode]
@@ -309,6 +391,7 @@ def main(argv=None) -> dict:
                   "hidden": zebra_cfg.hidden_size, "heads": zebra_cfg.num_attention_heads,
                   "kv_heads": zebra_cfg.num_key_value_heads, "group": group, "window": window},
         "args": vars(a), "parameters": n_params, "rows": rows, "saved": saved, "kv": kv, "exponents": exponents,
+        "breakdown": breakdown,
     }
     from zebra_llm.io import write_json_atomic
 
@@ -374,6 +457,16 @@ def report(result) -> str:
     for e in result["exponents"]:
         t = "-" if e["time"] is None else f"{e['time']:.2f}"
         lines.append(f"| {e['mode']} | {e['model']} | {', '.join(map(str, e['seqs']))} | {t} |")
+    if result.get("breakdown"):
+        lines += ["", "Where a forward's time goes (wall time inside each part, from forward hooks; FLOPs from "
+                  "`zebra_llm.flops`; attention rows include the q/k/v/o projections):", "",
+                  "| seq | model | part | time (s) | share | GFLOP | GFLOP/s |", "|---:|---|---|---:|---:|---:|---:|"]
+        totals = {(b["seq"], b["model"]): b["seconds"] for b in result["breakdown"] if b["part"] == "total"}
+        for b in result["breakdown"]:
+            share = b["seconds"] / totals[(b["seq"], b["model"])]
+            gf = "-" if b["flops"] is None else f"{b['flops'] / 1e9:.0f}"
+            rate = "-" if b["gflops_per_s"] is None else f"{b['gflops_per_s']:.0f}"
+            lines.append(f"| {b['seq']} | {b['model']} | {b['part']} | {b['seconds']:.2f} | {share:.0%} | {gf} | {rate} |")
     lines += ["", "Targets (issue 13):", ""] + [f"- {t}" for t in _targets(result)]
     return "\n".join(lines)
 
