@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -233,9 +234,27 @@ def _spec_key(spec: PiecewiseSpec) -> tuple:
     return (type(spec), tuple(sorted(vars(spec).items())))
 
 
+# The frequencies' values, read once per tensor (and again after an in-place change, which bumps its
+# version): reading a CUDA tensor's values waits for the device, which a decoding step should not do per layer.
+_FREQ_VALUES: dict[int, tuple] = {}  # id(tensor) -> (weak reference, version, values)
+
+
+def _freq_values(inv_freq: torch.Tensor) -> tuple:
+    with _KEY_TABLES_LOCK:
+        seen = _FREQ_VALUES.get(id(inv_freq))
+        if seen is not None and seen[0]() is inv_freq and seen[1] == inv_freq._version:
+            return seen[2]
+    values = tuple(inv_freq.tolist())
+    with _KEY_TABLES_LOCK:
+        for ident in [i for i, entry in _FREQ_VALUES.items() if entry[0]() is None]:  # tensors gone
+            del _FREQ_VALUES[ident]
+        _FREQ_VALUES[id(inv_freq)] = (weakref.ref(inv_freq), inv_freq._version, values)
+    return values
+
+
 def key_rotation(spec: PiecewiseSpec, region: int, n: int, inv_freq: torch.Tensor, like: torch.Tensor):
     """``cos``, ``sin`` (``[n, half]``) turning keys of ranks ``0 .. n - 1`` to ``region``'s key positions."""
-    key = (_spec_key(spec), region, tuple(inv_freq.tolist()), like.device, _acc_dtype(like.dtype))
+    key = (_spec_key(spec), region, _freq_values(inv_freq), like.device, _acc_dtype(like.dtype))
     with _KEY_TABLES_LOCK:  # models may decode in several threads
         table = _KEY_TABLES.get(key)
         if table is None or table[0].shape[0] < n:
