@@ -86,12 +86,29 @@ def test_readme_block_reports_no_retrieval_honestly():
     assert "0 of 1 paired" in text and "no method retrieves" in text and "0 of 10 prompts" in text
 
 
-def test_real_model_sentence_lists_each_method_found_count_best_first():
+def test_readme_recommends_the_cheapest_method_among_those_that_tie_on_retrieval():
+    """The README's two sentences: the real model's passkey counts, best first; then, among the methods
+    within one prompt of the best (a tie at n = 3) that have a measured speed, the cheapest to decode."""
     contest = _contest()
     base = {"model": "smollm2-135m", "task": "passkey", "trained_context": 8192, "length": 16384, "n": 3,
             "metric": "accuracy"}
     rows = [{**base, "method": "none", "value": 0.0}, {**base, "method": "dca", "value": 2 / 3},
-            {**base, "method": "yarn", "value": 1 / 3}]
-    text = contest.real_model_sentence(rows)
-    assert "at 16384 tokens (2x its trained 8192): `dca` 2/3, `yarn` 1/3, `none` 0/3" in text
-    assert contest.real_model_sentence([{**r, "model": "other"} for r in rows]) == ""
+            {**base, "method": "rerope", "value": 1.0}, {**base, "method": "yarn", "value": 2 / 3},
+            {**base, "method": "string", "value": 0.0}]
+    speed = {"dca": {"prefill": 1.01, "decode": 1.0}, "rerope": {"prefill": 1.16, "decode": 1.58},
+             "string": {"prefill": 1.1, "decode": 1.08}}
+    text = contest.readme_text(rows, speed)
+    assert "at 16384 tokens (2x its trained 8192) the methods found these passkeys: `rerope` 3/3, `dca` 2/3, " \
+           "`yarn` 2/3, `none` 0/3, `string` 0/3" in text
+    assert "use `dca`, which found 2/3" in text and "over `rerope` (3/3, decoding 1.58x)" in text
+    assert "`string`" not in text.split("choose by the measured cost")[1]  # 0/3: not a candidate
+    assert "(`yarn` 2/3 had no speed run)" in text  # within one prompt of the best, but unmeasured
+    # without real-model cells the small model's sentences stand
+    assert contest.readme_text([{**r, "model": "other"} for r in rows], speed).startswith("The extension contest has")
+
+
+def test_speed_ratios_read_the_committed_runs():
+    contest = _contest()
+    speed = contest.speed_ratios()
+    assert {"dca", "self_extend", "rerope", "string"} <= set(speed)
+    assert all(0.5 < r["prefill"] < 3 and 0.5 < r["decode"] < 3 for r in speed.values())
