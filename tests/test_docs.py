@@ -6,12 +6,13 @@ topic has its page under docs/, and results tables are generated from the JSON b
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shlex
 from pathlib import Path
 
 import pytest
+
+from helpers import load_benchmark
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -92,10 +93,7 @@ def test_readme_test_command_is_what_ci_runs():
 
 
 def _dca_quality_module():
-    spec = importlib.util.spec_from_file_location("dca_quality", ROOT / "benchmarks" / "dca_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("dca_quality")
 
 
 def test_generated_tables_match_their_json(capsys):
@@ -168,9 +166,7 @@ def test_documented_commands_and_options_exist():
 
 
 def test_extension_speed_tables_match_their_json():
-    spec = importlib.util.spec_from_file_location("extensions_speed", ROOT / "benchmarks" / "extensions_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("extensions_speed")
     text = module.PAGE.read_text(encoding="utf-8")
     assert module.fill_page(text, module.docs_block()) == text, (
         "docs/extensions.md: the speed tables differ from docs/results/extensions/speed_*.json; run "

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import load_benchmark
 
 
 def _contest():
-    spec = importlib.util.spec_from_file_location("extensions_contest", ROOT / "benchmarks" / "extensions_contest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("extensions_contest")
 
 
 def _argv(model_dir: Path, out: Path) -> list[str]:

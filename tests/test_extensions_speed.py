@@ -3,33 +3,12 @@ prefill, the cache is cropped back between variants, and the table marks decode 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module():
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("extensions_speed", ROOT / "benchmarks" / "extensions_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-class _Queue:
-    def __init__(self):
-        self.items = []
-
-    def put(self, item):
-        self.items.append(item)
+from helpers import ListQueue, load_benchmark
 
 
 def test_decode_case_times_every_variant_on_one_prefill():
-    speed = _module()
-    q = _Queue()
+    speed = load_benchmark("extensions_speed")
+    q = ListQueue()
     variants = ["unmodified", "dca", "self_extend"]
     args = {"device": "cpu", "dtype": "float32", "threads": 0, "decode_steps": 2, "decode_rounds": 2, "repeats": 1}
     speed._decode_case(variants, 48, args, q)

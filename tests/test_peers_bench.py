@@ -3,19 +3,7 @@ it attends (``zebra_llm.flops``) against causal SDPA's, and the profile section 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("peers_bench", ROOT / "benchmarks" / "peers.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_benchmark
 
 
 def _data(profile=None):
@@ -34,13 +22,13 @@ def _data(profile=None):
 
 
 def test_pair_cost_is_time_per_attended_pair_relative_to_causal():
-    peers = _module()
+    peers = load_benchmark("peers")
     lines = peers._pair_cost_lines(_data())
     assert lines[-1] == "| 4096 | fwd | `local` 2.00 |"
 
 
 def test_profile_section_lists_the_ops():
-    peers = _module()
+    peers = load_benchmark("peers")
     prof = {"seq": 4096, "ops": {"fwd": [{"op": "aten::foo", "share": 0.75, "self_ms_per_call": 3.0}]}}
     text = peers.report(_data(prof))
     assert "| fwd | `aten::foo` | 75.0% | 3.0 |" in text

@@ -4,36 +4,16 @@ model's forward FLOPs."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _module():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    spec = importlib.util.spec_from_file_location("zebra_model_bench", ROOT / "benchmarks" / "zebra_model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-class _Queue:
-    def __init__(self):
-        self.items = []
-
-    def put(self, item):
-        self.items.append(item)
+from helpers import ListQueue, load_benchmark
 
 
 def test_breakdown_splits_both_models_forward_by_part():
     from zebra_llm import flops
 
-    bench = _module()
+    bench = load_benchmark("zebra_model")
     args = {"preset": "debug", "overrides": {}, "dtype": "float32",
             "device": "cpu", "repeats": 1, "warmup": 0, "threads": 0}
-    q = _Queue()
+    q = ListQueue()
     bench._breakdown_case(64, args, q)
     (measured,) = q.items
     assert set(measured["zebra"]) == {"attention (global)", "attention (local)", "mlp", "lm_head", "total"}
