@@ -498,7 +498,8 @@ def readme_text(rows: list[dict], speed: dict | None = None) -> str:
              f"these passkeys: {listing} ({n} prompts per method, so Wilson 95% intervals as wide as the "
              "[contest tables](docs/results/extensions/contest/contest.md) show).")
     best = max(found.values())
-    near = [m for m in found if found[m] >= best - 1 and m in speed]  # within one prompt of the best: a tie at n = 3
+    tied = [m for m in found if found[m] >= best - 1]  # within one prompt of the best: a tie at n = 3
+    near = [m for m in tied if m in speed]
     if not near:
         return first
     pick = min(near, key=lambda m: (speed[m]["decode"], speed[m]["prefill"]))
@@ -509,7 +510,7 @@ def readme_text(rows: list[dict], speed: dict | None = None) -> str:
     if slower:
         second += ", over " + " and ".join(
             f"`{m}` ({found[m]}/{n}, decoding {speed[m]['decode']:.2f}x)" for m in sorted(slower))
-    unmeasured = sorted(m for m in found if found[m] >= best - 1 and m not in speed)
+    unmeasured = sorted(m for m in tied if m not in speed)
     if unmeasured:
         second += " (" + ", ".join(f"`{m}` {found[m]}/{n}" for m in unmeasured) + " had no speed run)"
     return first + " " + second + "; for perplexity alone see the DCA-against-YaRN table above."

@@ -338,7 +338,7 @@ def _pair_cost_lines(data: dict) -> list[str]:
     layers = {"local": LayerAttention("local", a["window"]),
               "global_approx": LayerAttention("global_approx", a["window"], a["chunk_size"]),
               "flex_sliding": LayerAttention("local", a["window"]),
-              "causal_sdpa": LayerAttention("global"), "global": LayerAttention("global")}
+              "causal_sdpa": LayerAttention("global")}
     out = []
     for row in data["rows"]:
         base = row["results"].get("causal_sdpa", {}).get("seconds")

@@ -246,14 +246,11 @@ def breakdown_rows(seq, measured, zebra_cfg, dense_cfg) -> list[dict]:
     for name, cfg in (("zebra", zebra_cfg), ("global", dense_cfg)):
         est = flops.estimate(cfg, seq)
         layers = flops.layer_attention(cfg)
-        n_layers = len(layers)
-        hq, h = cfg.num_attention_heads, cfg.hidden_size
-        d = getattr(cfg, "head_dim", None) or h // hq
         part_flops = {"mlp": est.mlp, "lm_head": est.lm_head}
         for kind in sorted({layer.kind for layer in layers}):
             mine = [layer for layer in layers if layer.kind == kind]
-            part_flops[f"attention ({kind})"] = (est.projections * len(mine) // n_layers
-                                                 + sum(4 * hq * d * flops.attended_pairs(x, seq) for x in mine))
+            part_flops[f"attention ({kind})"] = (est.projections * len(mine) // len(layers)
+                                                 + sum(flops.attention_flops(cfg, x, seq) for x in mine))
         spent = measured[name]
         other = spent["total"] - sum(v for k, v in spent.items() if k != "total")
         for part in [*part_flops, "other", "total"]:

@@ -126,6 +126,13 @@ def layer_attention(config) -> list[LayerAttention]:
     return out
 
 
+def attention_flops(config, layer: LayerAttention, seq_len: int) -> int:
+    """Forward FLOPs of one layer's scores and weighted sum (``QK^T`` and ``PV``) over ``seq_len`` tokens."""
+    hq = config.num_attention_heads
+    d = getattr(config, "head_dim", None) or config.hidden_size // hq
+    return 4 * hq * d * attended_pairs(layer, seq_len)
+
+
 def estimate(config, seq_len: int, *, batch_size: int = 1) -> FlopsEstimate:
     """Forward FLOPs of ``config`` on ``batch_size`` sequences of ``seq_len`` tokens (see the module docstring)."""
     for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
@@ -138,7 +145,7 @@ def estimate(config, seq_len: int, *, batch_size: int = 1) -> FlopsEstimate:
     d = getattr(config, "head_dim", None) or h // hq
     projections = len(layers) * 2 * n * h * (2 * hq * d + 2 * hkv * d)
     mlp = len(layers) * 2 * n * 3 * h * i
-    attention = sum(4 * hq * d * attended_pairs(layer, n) for layer in layers)
+    attention = sum(attention_flops(config, layer, n) for layer in layers)
     lm_head = 2 * n * h * config.vocab_size
     return FlopsEstimate(
         seq_len=n,

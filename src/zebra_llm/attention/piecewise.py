@@ -336,7 +336,6 @@ class _Keys:
                 self._offsets[key] = float(diff[0]) if bool((diff == diff[0]).all()) else None
         return self._offsets[key]
 
-
     def block(self, blk: Block, k: torch.Tensor | None = None) -> torch.Tensor:
         """The block's keys as scored (rotated to the region's key positions when needed)."""
         k = self.k if k is None else k
