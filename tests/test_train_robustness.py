@@ -166,6 +166,9 @@ def test_resume_without_a_checkpoint_says_it_starts_fresh(tmp_path, capfd):
 
 def test_sigint_checkpoints_like_sigterm(tmp_path):
     cfg = tiny_pretrain_config(write_tiny_llama_config(tmp_path), tmp_path / "run", train={"steps": 3})
+    # What the process had before the run: default_int_handler in a terminal, SIG_IGN when started in
+    # the background (nohup ... &, a shell without job control); the run must put back that one.
+    before = signal.getsignal(signal.SIGINT)
 
     def ctrl_c_after_1(step, record):
         if step == 1:
@@ -174,7 +177,35 @@ def test_sigint_checkpoints_like_sigterm(tmp_path):
     result = pretrain(cfg, callbacks=[ctrl_c_after_1])
     assert result.interrupted and result.stop_signal == "SIGINT" and result.step == 1
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_00000001"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler removed again
+    assert signal.getsignal(signal.SIGINT) is before  # handler removed again
+
+
+@pytest.fixture
+def sigint_ignored():
+    """SIGINT ignored, as in a process started in the background by nohup or a shell without job control."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("sigint_ignored")
+def test_run_started_with_sigint_ignored_checkpoints_on_sigterm(tmp_path):
+    cfg = tiny_pretrain_config(write_tiny_llama_config(tmp_path), tmp_path / "run", train={"steps": 3})
+    term_before = signal.getsignal(signal.SIGTERM)
+
+    def sigterm_after_1(step, record):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    result = pretrain(cfg, callbacks=[sigterm_after_1])
+    assert result.interrupted and result.stop_signal == "SIGTERM" and result.step == 1
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_00000001"]
+    assert not (tmp_path / "run" / "final").exists()
+    # both handlers are the process's own again: SIGINT stays ignored after the run
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    assert signal.getsignal(signal.SIGTERM) is term_before
 
 
 def test_cli_exit_status_of_an_interrupted_run(capsys):
