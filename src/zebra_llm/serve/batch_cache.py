@@ -1,0 +1,154 @@
+"""Joining, dropping and reusing rows of transformers ``DynamicCache`` objects, for batched decoding.
+
+The server decodes every active request in one forward call. Each request is prefilled alone (batch 1,
+no padding); when it joins the decode batch its cache is stacked under the others', **left-padded** to
+the batch's length, and a ``[batch, length]`` boolean padding mask says which slots are real. Why this
+is exact under every attention the library installs:
+
+* ``sdpa`` / ``eager`` (unmodified models): transformers builds the causal mask from the 2D padding
+  mask, and each row gets its own ``position_ids`` (its count of real tokens), so a padded row sees the
+  keys and positions it would see alone.
+* DCA, SelfExtend, ReRoPE, STRING (``zebra_llm.hf.extension``): positions count from each row's first
+  real token and the kernels take the same padding mask, so a left-padded row gives the result of the
+  row alone (the rule stated in that module and tested there).
+* Sliding-window layers (Zebra's local layers, ``sliding_attention`` layers): the layer keeps the last
+  ``window - 1`` keys of the batch's length ``L``. With left padding the real keys of every row sit at
+  the right end, so the last ``window - 1`` slots of a padded row hold exactly the real keys the row
+  alone would keep (``min(n_i, window - 1)`` of them) and padding before them. The layer's
+  ``cumulative_length`` is the batch length ``L``, which places the mask's slice over those slots.
+
+The tensors of a cache layer are never changed in place: ``DynamicLayer.update`` concatenates into a new
+tensor. A snapshot of a prefilled cache (for the prefix cache) therefore only keeps references.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def _layers(cache):
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise ValueError(f"cache: expected a transformers DynamicCache with .layers, got {type(cache).__name__}")
+    return layers
+
+
+def _is_sliding(layer) -> bool:
+    return bool(getattr(layer, "is_sliding", False))
+
+
+def has_sliding_layers(cache) -> bool:
+    return any(_is_sliding(layer) for layer in _layers(cache))
+
+
+def _left_pad(t: torch.Tensor, length: int) -> torch.Tensor:
+    """``[B, H, S, D]`` -> ``[B, H, length, D]`` with zeros before the keys."""
+    extra = length - t.shape[2]
+    return t if extra == 0 else F.pad(t, (0, 0, extra, 0))
+
+
+@dataclass
+class BatchCache:
+    """A decode batch: a ``DynamicCache`` whose rows are left-padded to ``length`` slots, and its mask.
+
+    ``mask``: ``[batch, length]`` bool, True where a slot holds a real token; ``lengths[i]``: row i's
+    count of real tokens (the position id of its next token).
+    """
+
+    cache: object
+    mask: torch.Tensor
+    lengths: list[int]
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def length(self) -> int:
+        return self.mask.shape[1]
+
+    @classmethod
+    def single(cls, cache, length: int, device) -> "BatchCache":
+        """A batch of one row from a cache prefilled with ``length`` real tokens (no padding)."""
+        return cls(cache, torch.ones(1, length, dtype=torch.bool, device=device), [length])
+
+    def append(self, other: "BatchCache") -> None:
+        """Stack ``other``'s rows under this batch's (both left-padded to the longer length)."""
+        length = max(self.length, other.length)
+        for mine, theirs in zip(_layers(self.cache), _layers(other.cache), strict=True):
+            if not theirs.is_initialized or not mine.is_initialized:
+                raise ValueError("cache: a layer of a prefilled cache holds no keys")
+            slots = max(mine.keys.shape[2], theirs.keys.shape[2])
+            mine.keys = torch.cat([_left_pad(mine.keys, slots), _left_pad(theirs.keys, slots)], dim=0)
+            mine.values = torch.cat([_left_pad(mine.values, slots), _left_pad(theirs.values, slots)], dim=0)
+            if _is_sliding(mine):
+                mine.cumulative_length = length
+        pad = lambda m: F.pad(m, (length - m.shape[1], 0), value=False)  # noqa: E731
+        self.mask = torch.cat([pad(self.mask), pad(other.mask)], dim=0)
+        self.lengths = self.lengths + other.lengths
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only ``rows`` (indices, in order), then drop the slots that are padding in every row."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
+        self.mask = self.mask.index_select(0, index)
+        self.lengths = [self.lengths[i] for i in rows]
+        real = self.mask.any(0)
+        first = int(real.long().argmax()) if bool(real.any()) else self.length
+        self.mask = self.mask[:, first:]
+        length = self.length
+        for layer in _layers(self.cache):
+            k, v = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+            # A full layer holds `length` slots; a sliding one min(length, window - 1): the last ones.
+            slots = min(k.shape[2], length)
+            layer.keys, layer.values = k[:, :, k.shape[2] - slots:], v[:, :, v.shape[2] - slots:]
+            if _is_sliding(layer):
+                layer.cumulative_length = length
+
+    def extend_mask(self) -> None:
+        """One more real slot in every row (the token the next decode step writes)."""
+        self.mask = F.pad(self.mask, (0, 1), value=True)
+        self.lengths = [n + 1 for n in self.lengths]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The state of a batch-1 cache after a prompt's prefill: per layer (keys, values), by reference."""
+
+    ids: tuple[int, ...]
+    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    truncatable: bool  # no sliding layer: the snapshot may be cut to any shorter prefix
+
+    @classmethod
+    def take(cls, ids, cache) -> "Snapshot":
+        layers = _layers(cache)
+        return cls(tuple(ids), tuple((layer.keys, layer.values) for layer in layers), not has_sliding_layers(cache))
+
+    def usable_prefix(self, ids) -> int:
+        """How many leading tokens of ``ids`` this snapshot can provide (at most ``len(ids) - 1``: the
+        last prompt token is always computed, its logits start the generation)."""
+        limit = min(len(self.ids), len(ids) - 1)
+        n = 0
+        while n < limit and self.ids[n] == ids[n]:
+            n += 1
+        if self.truncatable:
+            return n
+        return n if n == len(self.ids) else 0
+
+    def restore(self, cache, n: int) -> None:
+        """Fill a fresh batch-1 ``cache`` (same layer types) with the first ``n`` tokens of the snapshot."""
+        for layer, (k, v) in zip(_layers(cache), self.layers, strict=True):
+            if not layer.is_initialized:
+                layer.lazy_initialization(k, v)
+            if _is_sliding(layer):
+                if n != len(self.ids):
+                    raise ValueError("cache: a sliding-window layer's snapshot cannot be cut")
+                layer.keys, layer.values = k, v
+                layer.cumulative_length = n
+            else:
+                layer.keys, layer.values = k[:, :, :n], v[:, :, :n]
+
+
+__all__ = ["BatchCache", "Snapshot", "has_sliding_layers"]
