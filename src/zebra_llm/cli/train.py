@@ -55,6 +55,10 @@ _SHARED_FLAGS = (
     ("resume_from", None, Path, typer.Option(None, "--resume-from", help="Continue from this checkpoint directory.")),
     ("device", "engine.device", str, typer.Option(None, help="auto, cpu, cuda or cuda:N (engine.device).")),
     ("strategy", "engine.strategy", str, typer.Option(None, help="auto, single, ddp or fsdp (engine.strategy).")),
+    ("context_parallel", "engine.context_parallel", int,
+     typer.Option(None, "--context-parallel",
+                  help="Processes sharing each sequence (contiguous slices; engine.context_parallel); the rest is "
+                       "data parallelism: processes = data x context parallel.")),
     ("precision", "engine.precision", str,
      typer.Option(None, help="auto (bf16 autocast on GPU), fp32 or bf16 (engine.precision).")),
     ("activation_checkpointing", "engine.activation_checkpointing", bool,

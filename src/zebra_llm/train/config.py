@@ -140,9 +140,14 @@ class EngineOptions:
     activation_checkpointing: bool = False
     compile: bool = False  # torch.compile each decoder block
     compile_backend: str = "inductor"
+    context_parallel: int = 1  # processes sharing each sequence (contiguous slices); world = data x context parallel
 
     def __post_init__(self):
         s = self._section
+        _check_int(s, "context_parallel", self.context_parallel, minimum=1)
+        if self.context_parallel > 1 and self.compile:
+            _fail(f"{s}.compile", "is not supported with engine.context_parallel > 1 (the attention exchanges keys "
+                  "between processes inside each layer); turn one of them off")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             _fail(f"{s}.device", f"must be auto, cpu, cuda or cuda:N; got {self.device!r}")
         _check_choice(s, "strategy", self.strategy, STRATEGIES)

@@ -4,6 +4,11 @@ Processes are started by ``torchrun`` or ``accelerate launch`` (both set
 ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address); without
 them this is a single process and nothing is initialised. There is no
 process management here.
+
+With context parallelism (``setup(..., context_parallel=N)``) the processes
+form a ``(dp, cp)`` DeviceMesh of ``world / N`` data-parallel replicas of
+``N`` context-parallel ranks (rank = dp_rank * N + cp_rank): the ranks of a
+``cp`` group hold slices of the same sequences (train/context_parallel.py).
 """
 
 from __future__ import annotations
@@ -23,6 +28,22 @@ class DistEnv:
     local_rank: int
     device: torch.device
     owns_group: bool  # True when this module initialised the process group (and tears it down)
+    cp_size: int = 1  # context-parallel ranks per data-parallel replica
+    cp_group: object = None  # their process group (None without context parallelism)
+    mesh: object = None  # the (dp, cp) DeviceMesh with context parallelism
+
+    @property
+    def cp_rank(self) -> int:
+        return self.rank % self.cp_size
+
+    @property
+    def dp_size(self) -> int:
+        """Data-parallel replicas: processes reading different examples."""
+        return self.world_size // self.cp_size
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.cp_size
 
     @property
     def is_main(self) -> bool:
@@ -84,9 +105,13 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def setup(device: str = "auto") -> DistEnv:
-    """Join the process group the launcher described (NCCL on CUDA, gloo on CPU)."""
+def setup(device: str = "auto", context_parallel: int = 1) -> DistEnv:
+    """Join the process group the launcher described (NCCL on CUDA, gloo on CPU); with
+    ``context_parallel > 1`` also build the ``(dp, cp)`` mesh."""
+    from .context_parallel import check_degree
+
     world = launched_world_size()
+    check_degree(context_parallel, world)
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = _resolve_device(device, local_rank)
@@ -100,7 +125,14 @@ def setup(device: str = "auto") -> DistEnv:
         owns = True
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
-    return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=dev, owns_group=owns)
+    env = DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=dev, owns_group=owns)
+    if context_parallel > 1:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        check_degree(context_parallel, world)
+        env.mesh = init_device_mesh(dev.type, (world // context_parallel, context_parallel), mesh_dim_names=("dp", "cp"))
+        env.cp_size, env.cp_group = context_parallel, env.mesh["cp"].get_group()
+    return env
 
 
 def teardown(env: DistEnv) -> None:

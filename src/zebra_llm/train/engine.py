@@ -7,6 +7,13 @@ are reduced across processes on the last micro-batch only, clipped by their
 global norm, and AdamW steps with the learning rate of schedule.py. The loss
 reported for the step is the exact token mean over the global batch.
 
+With context parallelism (``engine.context_parallel = N``, context_parallel.py)
+the micro-batches are split over the data-parallel replicas only; the N ranks
+of a replica read the same micro-batch, each runs its slice of every sequence
+and sums the loss of its slice's tokens, and the same reductions (loss over
+every process, gradients averaged over every process by DDP/FSDP, undone by
+the scale) give the token mean over the global batch.
+
 SIGTERM (from a scheduler, ``kill``, or ``torchrun`` forwarding it) or SIGINT
 (Ctrl-C) sets a flag; at the end of the current step every process agrees on
 it, a resumable checkpoint is written, and :meth:`Trainer.fit` returns with
@@ -36,8 +43,8 @@ import torch
 from . import checkpoint as ckpt
 from .batches import StagedData, split_for_rank
 from .config import OptimOptions, RunOptions, check_resume
+from .context_parallel import ContextParallel, forward_backward
 from .distributed import DistEnv
-from .loss import token_loss_sum
 from .metrics import Reporter, truncate_metrics
 from .parallelize import Plan, apply, autocast, gradient_sync, unwrap
 from .schedule import make_lr_lambda
@@ -171,6 +178,10 @@ class Trainer:
         self.merge_lora = merge_lora
         self.callbacks = list(callbacks)
         self.output_dir = Path(run.output_dir)
+        self.context_parallel = None
+        if env.cp_size > 1:
+            self.context_parallel = ContextParallel(env.cp_group, env.cp_rank, env.cp_size)
+            self.context_parallel.prepare(model)  # its attention implementation, until fit returns
         self.model = apply(model, plan, env)
         self.optimizer = build_optimizer(self.model, optim)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, make_lr_lambda(optim, run.steps))
@@ -186,9 +197,11 @@ class Trainer:
         n_targets = dataset.num_targets(indices)
         if n_targets == 0:
             raise ValueError(f"step {step}: the global batch has no token to predict")
+        # the ranks of a context-parallel group share their replica's micro-batches
         micro = split_for_rank(
-            indices, rank=env.rank, world_size=env.world_size, micro_batch_size=self.micro_batch_size
+            indices, rank=env.dp_rank, world_size=env.dp_size, micro_batch_size=self.micro_batch_size
         )
+        cp = self.context_parallel
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=env.device)
         tokens = torch.zeros((), dtype=torch.float64, device=env.device)
@@ -199,13 +212,12 @@ class Trainer:
             batch = {k: v.to(env.device, non_blocking=True) for k, v in dataset.collate(mb).items()}
             labels = batch.pop("labels")
             with gradient_sync(model, plan, enabled=i == len(micro) - 1):
-                with autocast(plan, env.device):
-                    logits = model(**batch, use_cache=False).logits
-                s = token_loss_sum(logits, labels)
-                (s * scale).backward()
-            loss_sum += s.detach().double()
-            tokens += batch["input_ids"].numel()
-            del logits, s
+                s = forward_backward(model, batch, labels, scale=scale, cp=cp,
+                                     autocast=lambda: autocast(plan, env.device))
+            loss_sum += s.double()
+            if cp is None or cp.rank == 0:  # a context-parallel group's tokens once
+                tokens += batch["input_ids"].numel()
+            del s
         env.all_reduce(loss_sum)
         env.all_reduce(tokens)
         max_norm = self.optim_options.grad_clip if self.optim_options.grad_clip > 0 else float("inf")
@@ -387,6 +399,8 @@ class Trainer:
         finally:
             self._stop.uninstall()
             reporter.close()
+            if self.context_parallel is not None:  # the model's own attention again (saved and returned so)
+                self.context_parallel.restore(self.model)
         # (TrainResult is built field by field; its shape matches other keyword calls, nothing is shared)
         completed = start + len(losses)
         final_dir = None

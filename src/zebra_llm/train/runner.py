@@ -62,7 +62,11 @@ def check_run(cfg) -> int:
             check_device(cfg.engine.device)
         except ValueError as e:
             raise ValueError(f"engine.{e}") from None
-    return micro_batch_size(cfg.train, distributed.launched_world_size())
+    from .context_parallel import check_degree
+
+    world, cp = distributed.launched_world_size(), cfg.engine.context_parallel
+    check_degree(cp, world)
+    return micro_batch_size(cfg.train, world // cp)  # data-parallel replicas
 
 
 def check_data_source(source: str | None, field: str = "data.source") -> None:
@@ -87,10 +91,10 @@ def run_training(
     callbacks: Sequence[StepCallback] = (),
     merge_lora: bool = True,
 ) -> TrainResult:
-    env = distributed.setup(cfg.engine.device)
+    env = distributed.setup(cfg.engine.device, cfg.engine.context_parallel)
     try:
         plan = resolve_plan(cfg.engine, env)
-        micro = micro_batch_size(cfg.train, env.world_size)
+        micro = micro_batch_size(cfg.train, env.dp_size)
         if plan.precision == "bf16" and env.device.type == "cpu" and env.is_main:
             log.warning("engine.precision bf16 on CPU: most CPUs have no native bfloat16 and run far slower than fp32")
         out = Path(cfg.train.output_dir)
