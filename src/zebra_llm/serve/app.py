@@ -177,7 +177,7 @@ def create_app(model="smollm2", method="none", *, config: ServeConfig | None = N
             raise ApiError(404, f"model: {body.model!r} is not served here; this server serves {name!r}",
                            param="model", code="model_not_found")
 
-    def resolve_max_tokens(requested: int | None, default: int, prompt_tokens: int) -> int:
+    def resolve_max_tokens(requested: int | None, default: int, prompt_tokens: int, prompt_field: str) -> int:
         if requested is not None:
             if requested < 1:
                 raise ApiError(400, f"max_tokens: must be >= 1, got {requested}", param="max_tokens")
@@ -186,7 +186,8 @@ def create_app(model="smollm2", method="none", *, config: ServeConfig | None = N
                                     f"{config.max_tokens_limit}", param="max_tokens")
         if limit is not None and prompt_tokens >= limit:
             raise ApiError(400, f"prompt: {prompt_tokens} tokens; this server's context limit is {limit} tokens "
-                                f"(method {loaded.method}: {limit_reason})", param="messages", code="context_length_exceeded")
+                                f"(method {loaded.method}: {limit_reason})", param=prompt_field,
+                           code="context_length_exceeded")
         if requested is None:
             requested = default if limit is None else min(default, limit - prompt_tokens)
         if limit is not None and prompt_tokens + requested > limit:
@@ -339,7 +340,7 @@ def create_app(model="smollm2", method="none", *, config: ServeConfig | None = N
         body = validate(CompletionBody, await read_json(request))
         check_model(body)
         ids = await asyncio.to_thread(encode_completion, body)
-        params = sampling(body, resolve_max_tokens(body.max_tokens, 16, len(ids)))
+        params = sampling(body, resolve_max_tokens(body.max_tokens, 16, len(ids), "prompt"))
         gen, events = await submit(ids, params)
         rid = f"cmpl-{uuid.uuid4().hex}"
         now = int(time.time())
@@ -375,7 +376,7 @@ def create_app(model="smollm2", method="none", *, config: ServeConfig | None = N
             raise ApiError(400, "max_tokens and max_completion_tokens: give one", param="max_completion_tokens")
         ids = await asyncio.to_thread(encode_chat, body)
         requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        params = sampling(body, resolve_max_tokens(requested, config.default_max_tokens, len(ids)))
+        params = sampling(body, resolve_max_tokens(requested, config.default_max_tokens, len(ids), "messages"))
         gen, events = await submit(ids, params)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         now = int(time.time())
