@@ -105,12 +105,29 @@ def _context_parallel(model, batch, labels, rank: int, size: int):
     return loss, grads, dict(cp.stats)
 
 
-def _cases_worker(rank: int, size: int, port: int, names: list[str], out: str) -> None:
+def _train_and_resume(cfg: dict, out: Path) -> dict:
+    """The library's pretrain under context parallelism on these processes: a run that saves at step 2,
+    then a second run resumed from that checkpoint into another directory."""
+    from zebra_llm.train import pretrain
+
+    cfg = json.loads(json.dumps(cfg))
+    cfg["engine"] = {"context_parallel": dist.get_world_size()}
+    cfg["train"].update(output_dir=str(out / "cp"), save_every=2)
+    full = pretrain(cfg)
+    cfg["train"].update(output_dir=str(out / "resumed"), resume=str(out / "cp" / "checkpoints" / "step_00000002"))
+    rest = pretrain(cfg)
+    return {"losses": full.losses, "resumed": rest.losses, "resumed_from": rest.start_step}
+
+
+def _cases_worker(rank: int, size: int, port: int, names: list[str], out: str, train: dict | None) -> None:
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(size))
     dist.init_process_group("gloo", rank=rank, world_size=size)
     try:
         results = {}
+        if train is not None:
+            results["training"] = _train_and_resume(train, Path(out).parent)
         for name, settings, length, options in CASES:
             if name not in names:
                 continue
@@ -135,14 +152,14 @@ def _cases_worker(rank: int, size: int, port: int, names: list[str], out: str) -
         dist.destroy_process_group()
 
 
-def _spawn_cases(size: int, names: list[str], tmp_path: Path) -> dict:
+def _spawn_cases(size: int, names: list[str], tmp_path: Path, train: dict | None = None) -> dict:
     out = tmp_path / f"cases_{size}.json"
-    mp.spawn(_cases_worker, args=(size, free_port(), names, str(out)), nprocs=size)
+    mp.spawn(_cases_worker, args=(size, free_port(), names, str(out), train), nprocs=size)
     return json.loads(out.read_text())
 
 
 def _check(results: dict, names: list[str]) -> None:
-    assert sorted(results) == sorted(names)
+    assert sorted(set(results) - {"training"}) == sorted(names)
     for name in names:
         for oracle, tolerance in (("one_process", 1e-10), ("dense", 1e-5)):
             r = results[name][oracle]
@@ -156,9 +173,29 @@ FOUR = ["group_L2", "group_L4", "halo_spans_ranks", "window_past_sequence", "not
         "dca_global_layers", "global_approx"]
 
 
-def test_two_processes_equal_one(tmp_path):
-    results = _spawn_cases(2, TWO, tmp_path)
+# The debug preset (4 layers, L = 2) with window 20 on 48 tokens: with 2 ranks of 24 tokens the local
+# layers exchange a halo of 19.
+TRAIN = {"model": {"preset": "debug", "window": 20}, "data": {"limit": 1, "seq_len": 48},
+         "optim": {"lr": 1e-2, "warmup_steps": 2}, "train": {"steps": 4, "batch_size": 2, "progress": False}}
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """The training run on one process."""
+    from zebra_llm.train import pretrain
+
+    cfg = json.loads(json.dumps(TRAIN))
+    cfg["train"]["output_dir"] = str(tmp_path_factory.mktemp("single") / "run")
+    return pretrain(cfg).losses
+
+
+def test_two_processes_equal_one_and_resume_exactly(tmp_path, single):
+    results = _spawn_cases(2, TWO, tmp_path, train=TRAIN)
     _check(results, TWO)
+    training = results["training"]
+    assert training["losses"] == pytest.approx(single, rel=1e-5)  # float32: equal up to rounding
+    assert training["resumed_from"] == 2
+    assert training["resumed"] == training["losses"][2:]  # bit-exact
     # the local layers' halo is window - 1 = 3 keys and values: rank 0 sends 3 tokens x 2 kv heads x 2 x 8
     # float64 numbers per local layer (2 of them) forward; the global layers all-gather
     stats = results["group_L2"]["stats"]
@@ -240,21 +277,9 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-RUN = ["--preset", "debug", "--seq-len", "48", "--window", "20", "--steps", "4", "--batch-size", "2",
-       "--lr", "1e-2", "--warmup-steps", "2", "--set", "data.limit=1", "--no-progress"]
-
-
-def test_torchrun_context_parallel_trains_like_one_process_and_resumes_exactly(tmp_path):
-    from zebra_llm.train import pretrain
-
-    single = pretrain({"model": {"preset": "debug", "window": 20}, "data": {"limit": 1, "seq_len": 48},
-                       "optim": {"lr": 1e-2, "warmup_steps": 2},
-                       "train": {"steps": 4, "batch_size": 2, "output_dir": str(tmp_path / "single"),
-                                 "progress": False}})
-    # window 20 with 24 tokens per rank: the local layers exchange a halo of 19 tokens
-    _torchrun(*RUN, "--context-parallel", "2", "-o", str(tmp_path / "cp"), "--save-every", "2")
-    cp = losses_of(tmp_path / "cp")
-    assert cp == pytest.approx(single.losses, rel=1e-5)
-    step2 = tmp_path / "cp" / "checkpoints" / "step_00000002"
-    _torchrun(*RUN, "--context-parallel", "2", "-o", str(tmp_path / "resumed"), "--resume-from", str(step2))
-    assert losses_of(tmp_path / "resumed") == cp[2:]  # bit-exact
+def test_torchrun_context_parallel_command_trains_like_one_process(tmp_path, single):
+    """The command of docs/training.md, under torchrun."""
+    _torchrun("--preset", "debug", "--window", "20", "--seq-len", "48", "--steps", "4", "--batch-size", "2",
+              "--lr", "1e-2", "--warmup-steps", "2", "--set", "data.limit=1", "--no-progress",
+              "--context-parallel", "2", "-o", str(tmp_path / "cp"))
+    assert losses_of(tmp_path / "cp") == pytest.approx(single, rel=1e-5)
