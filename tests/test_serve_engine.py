@@ -66,12 +66,14 @@ def test_padded_batch_decode_equals_each_row_alone(models, method):
                 steps.append(logits)
                 token = int(logits.argmax())
             alone.append(steps)
-        batch, tokens = None, []
+        rows, tokens = [], []
         for ids in prompts:
             cache, logits = _prefill(model, ids)
-            row = BatchCache.single(cache, len(ids), torch.device("cpu"))
-            batch = row if batch is None else (batch.append(row) or batch)
+            rows.append(BatchCache.single(cache, len(ids), torch.device("cpu")))
             tokens.append(int(logits.argmax()))
+        batch = rows[0]
+        batch.append(rows[1:2])  # one row joins, then two at once
+        batch.append(rows[2:])
         if method == ZEBRA:
             assert has_sliding_layers(batch.cache), "the Zebra model's local layers keep a sliding-window cache"
         rows = list(range(len(prompts)))

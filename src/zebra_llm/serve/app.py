@@ -200,7 +200,7 @@ def create_app(model="smollm2", method="none", *, config: ServeConfig | None = N
     def sampling(body, max_tokens: int) -> SamplingParams:
         return SamplingParams(max_tokens=max_tokens, temperature=1.0 if body.temperature is None else body.temperature,
                               top_p=1.0 if body.top_p is None else body.top_p, seed=body.seed_value,
-                              stop=body.stop_sequences())
+                              stop=body.stop_sequences(), ignore_eos=body.ignore_eos)
 
     def encode_completion(body: CompletionBody) -> list[int]:
         prompt = body.prompt

@@ -75,20 +75,25 @@ class BatchCache:
         """A batch of one row from a cache prefilled with ``length`` real tokens (no padding)."""
         return cls(cache, torch.ones(1, length, dtype=torch.bool, device=device), [length])
 
-    def append(self, other: "BatchCache") -> None:
-        """Stack ``other``'s rows under this batch's (both left-padded to the longer length)."""
-        length = max(self.length, other.length)
-        for mine, theirs in zip(_layers(self.cache), _layers(other.cache), strict=True):
-            if not theirs.is_initialized or not mine.is_initialized:
+    def append(self, others: "list[BatchCache]") -> None:
+        """Stack the rows of ``others`` under this batch's, all left-padded to the longest length, in one
+        concatenation per layer (joining rows one at a time would copy the batch's cache once per row)."""
+        if not others:
+            return
+        parts = [self, *others]
+        length = max(p.length for p in parts)
+        layers = [_layers(p.cache) for p in parts]
+        for i, mine in enumerate(layers[0]):
+            group = [p_layers[i] for p_layers in layers]
+            if not all(layer.is_initialized for layer in group):
                 raise ValueError("cache: a layer of a prefilled cache holds no keys")
-            slots = max(mine.keys.shape[2], theirs.keys.shape[2])
-            mine.keys = torch.cat([_left_pad(mine.keys, slots), _left_pad(theirs.keys, slots)], dim=0)
-            mine.values = torch.cat([_left_pad(mine.values, slots), _left_pad(theirs.values, slots)], dim=0)
+            slots = max(layer.keys.shape[2] for layer in group)
+            mine.keys = torch.cat([_left_pad(layer.keys, slots) for layer in group], dim=0)
+            mine.values = torch.cat([_left_pad(layer.values, slots) for layer in group], dim=0)
             if _is_sliding(mine):
                 mine.cumulative_length = length
-        pad = lambda m: F.pad(m, (length - m.shape[1], 0), value=False)  # noqa: E731
-        self.mask = torch.cat([pad(self.mask), pad(other.mask)], dim=0)
-        self.lengths = self.lengths + other.lengths
+        self.mask = torch.cat([F.pad(p.mask, (length - p.length, 0), value=False) for p in parts], dim=0)
+        self.lengths = [n for p in parts for n in p.lengths]
 
     def keep(self, rows: list[int]) -> None:
         """Keep only ``rows`` (indices, in order), then drop the slots that are padding in every row."""

@@ -53,6 +53,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    ignore_eos: bool = False  # vLLM's extra parameter: generate max_tokens tokens (load tests)
 
     def __post_init__(self):
         if isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1:
@@ -188,6 +189,15 @@ class Engine:
         with self._cond:
             self._accepting = False
 
+    def cancel_all(self) -> None:
+        """Cancel every request not finished yet (a shutdown's deadline): each gets a ``done`` event with
+        finish reason ``cancelled`` at the engine's next iteration."""
+        with self._cond:
+            requests = list(self._waiting) + [p.request for p in self._prefilling] + list(self._rows)
+            self._cond.notify()
+        for r in requests:
+            r.cancel()
+
     def idle(self) -> bool:
         with self._cond:
             return self._inflight == 0
@@ -265,11 +275,18 @@ class Engine:
         return DynamicCache(config=self.model.config)
 
     def _prefill_some(self) -> None:
+        joining: list[tuple[GenerationRequest, object, torch.Tensor]] = []
+        try:
+            self._prefill_into(joining)
+        finally:
+            self._join(joining)
+
+    def _prefill_into(self, joining: list) -> None:
         budget = self.prefill_chunk
         while budget > 0:
             if not self._prefilling:
                 with self._cond:
-                    if not self._waiting or len(self._rows) >= self.max_batch:
+                    if not self._waiting or len(self._rows) + len(joining) >= self.max_batch:
                         return
                     request = self._waiting.popleft()
                 self._prefilling.append(self._start_prefill(request))
@@ -286,7 +303,7 @@ class Engine:
             if job.done == len(ids):
                 self._prefilling.pop(0)
                 self._remember(job.request.prompt_ids, job.cache)
-                self._join(job.request, job.cache, out.logits[0, -1])
+                joining.append((job.request, job.cache, out.logits[0, -1]))
 
     def _start_prefill(self, request: GenerationRequest) -> _Prefill:
         cache = self._new_cache()
@@ -311,17 +328,20 @@ class Engine:
         while len(self._snapshots) > self.prefix_cache:
             self._snapshots.popitem(last=False)
 
-    def _join(self, request: GenerationRequest, cache, logits: torch.Tensor) -> None:
-        token = self._sample(request, logits)
-        if self._accept(request, token):
-            return  # finished on its first token
-        row = BatchCache.single(cache, len(request.prompt_ids), self.device)
-        if self._batch is None:
-            self._batch = row
-        else:
-            self._batch.append(row)
-        self._rows.append(request)
-        self._last_tokens.append(token)
+    def _join(self, joining: list) -> None:
+        """Requests whose prefill completed sample their first token; those not finished by it join the
+        decode batch together."""
+        rows = []
+        for request, cache, logits in joining:
+            token = self._sample(request, logits)
+            if not self._accept(request, token):
+                rows.append(BatchCache.single(cache, len(request.prompt_ids), self.device))
+                self._rows.append(request)
+                self._last_tokens.append(token)
+        if rows and self._batch is None:
+            self._batch, rows = rows[0], rows[1:]
+        if rows:
+            self._batch.append(rows)
 
     def _decode_step(self) -> None:
         batch = self._batch
@@ -353,7 +373,7 @@ class Engine:
         if request.first_token_time is None:
             request.first_token_time = time.monotonic()
         params = request.params
-        if token in self.eos_ids:
+        if token in self.eos_ids and not params.ignore_eos:
             self._flush(request, len(request.text))
             self._finish(request, "stop", count_token=True)
             return True

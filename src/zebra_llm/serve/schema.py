@@ -63,6 +63,7 @@ class _Sampling(BaseModel):
     user: str | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
+    ignore_eos: bool = False  # an extra parameter, as vLLM's: keep generating past end-of-sequence
 
     def stop_sequences(self) -> tuple[str, ...]:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

@@ -2,8 +2,10 @@
 background thread on a free port (tests, the load benchmark, notebooks).
 
 SIGTERM (and Ctrl-C): the engine stops taking requests at once (a request that still arrives gets 503),
-uvicorn closes its listening socket, running requests finish within ``shutdown_timeout`` seconds, what
-is still running then is cancelled, the engine thread ends, and the process exits 0.
+uvicorn closes its listening socket, running requests go on for up to ``shutdown_timeout`` seconds;
+shortly before that deadline the engine cancels what still runs (a stream then ends with an error event
+saying the server shut down, a non-streamed request gets 503), uvicorn closes the connections, the
+engine thread ends, and the process exits 0.
 """
 
 from __future__ import annotations
@@ -16,11 +18,22 @@ def _server_class():
     import uvicorn
 
     class Server(uvicorn.Server):
+        draining = False
+
         def handle_exit(self, sig, frame):
             engine = getattr(self.config.app.state, "engine", None)
-            if engine is not None:
+            if engine is not None and not self.draining:
+                self.draining = True
                 engine.stop_accepting()
+                # cancel in time for the streams to end with a message before uvicorn cuts them
+                timeout = self.config.timeout_graceful_shutdown or 0
+                timer = threading.Timer(max(0.0, timeout - min(1.0, timeout / 4)), engine.cancel_all)
+                timer.daemon = True
+                timer.start()
             super().handle_exit(sig, frame)
+            # uvicorn raises the captured signal again once it has shut down (the default SIGTERM
+            # action then kills the process, status -15); the shutdown is ours, so the process exits 0
+            self._captured_signals.clear()
 
     return Server
 
