@@ -2,7 +2,8 @@
 
 The training configs (``zebra_llm.train.config``) and the evaluation methods' options
 (``zebra_llm.eval.methods``) are dataclasses built here: values are coerced to the field types
-(``"3e-4"`` to a float, ``"true"`` to a bool, ``"4.0"`` to an int) and every mistake is a
+(``"3e-4"`` to a float, ``"true"`` to a bool, ``"4"`` to an int; an integer field takes digits only,
+never ``"1e9"`` or ``4.0``) and every mistake is a
 :class:`ConfigError` (a ``ValueError``) that names the field by its dotted path and says what is allowed.
 """
 
@@ -12,6 +13,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -138,6 +140,7 @@ def _join(path: str, name: str) -> str:
 
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 def coerce(tp, value, path: str):
@@ -179,17 +182,13 @@ def coerce(tp, value, path: str):
             return value.strip().lower() in _TRUE
         raise ConfigError(f"{path} must be true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str, float)):
-            raise ConfigError(f"{path} must be an integer, got {value!r}")
-        try:
-            as_float = float(value)
-        except ValueError:
-            raise ConfigError(f"{path} must be an integer, got {value!r}") from None
-        if not math.isfinite(as_float) or as_float != int(as_float):
-            raise ConfigError(f"{path} must be an integer, got {value!r}")
-        if isinstance(value, int):
+        # Integers only: digits, no exponent or decimal point (issue 25, item 4). "1e9" or 4.0 in a
+        # size field is refused rather than rounded, so a slip of notation cannot ask for 10^9 tokens.
+        if isinstance(value, int) and not isinstance(value, bool):
             return value  # exact, also beyond float's 2**53
-        return int(as_float)
+        if isinstance(value, str) and _INTEGER.fullmatch(value.strip()):
+            return int(value.strip())
+        raise ConfigError(f"{path} must be an integer (digits only, no exponent or decimal point), got {value!r}")
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{path} must be a number, got {value!r}")

@@ -64,13 +64,13 @@ def smollm2_dir() -> Path:
     return target
 
 
-def _load_gguf(path: Path, *, dtype):
+def _load_gguf(path: Path, *, dtype, strict: bool = True):
     """De-quantised model and tokenizer from a GGUF file, with the quantisation
     marker removed so the model can be modified and saved like any other."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    model = load_pretrained(path.parent, strict=strict, gguf_file=path.name, dtype=dtype)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     for attr in ("is_quantized", "hf_quantizer"):
@@ -141,8 +141,20 @@ def safetensors_files(directory: str | os.PathLike, stem: str = "model") -> list
     try:
         weight_map = json.loads(index.read_bytes().decode("utf-8"))["weight_map"]
         names = sorted(set(weight_map.values()))
+        if not all(isinstance(n, str) for n in names):
+            raise TypeError
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
         raise ValueError(f"model: {index} is not a valid safetensors index (JSON with a weight_map)") from None
+    inside = directory.resolve()
+    for name in names:
+        # a shard is a file of this directory: an absolute name, "..", or a link out of it would make
+        # the loader read (and the model hold) whatever file the index points at
+        shard = (directory / name).resolve()
+        if Path(name).is_absolute() or ".." in Path(name).parts or inside not in shard.parents:
+            raise ValueError(
+                f"model: {index} names the shard {name!r}, outside the model directory; shards must be files "
+                "inside it"
+            )
     return [directory / n for n in names]
 
 
@@ -181,9 +193,19 @@ def load_safetensors(path: str | os.PathLike, *, what: str = "model") -> dict:
         raise ValueError(f"{what}: {path} cannot be read as safetensors ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
+_TORCH_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
 def check_model_files(directory: str | os.PathLike) -> None:
-    """Every safetensors file of a model directory is complete (see :func:`check_safetensors`)."""
-    for f in safetensors_files(directory):
+    """A model directory has weights, and every safetensors file of them is complete (see
+    :func:`check_safetensors`); its index names only files inside it."""
+    files = safetensors_files(directory)
+    if not files and not any((Path(directory) / n).is_file() for n in _TORCH_WEIGHTS):
+        raise FileNotFoundError(
+            f"model: directory {directory} has a config.json but no weights (model.safetensors, "
+            "model.safetensors.index.json or pytorch_model.bin)"
+        )
+    for f in files:
         check_safetensors(f)
 
 
@@ -207,6 +229,94 @@ def check_device(device: str | torch.device | None) -> torch.device | None:
     return d
 
 
+def available_memory(device: str | torch.device | None = None) -> int | None:
+    """Bytes this process can still allocate on ``device`` (None: the CPU): free memory of a CUDA
+    device; on the CPU the kernel's ``MemAvailable``, lowered to the cgroup's limit in a container.
+    None where it cannot be told (then nothing is refused)."""
+    d = torch.device(device) if device is not None else torch.device("cpu")
+    if d.type == "cuda":
+        return torch.cuda.mem_get_info(d)[0] if torch.cuda.is_available() else None
+    if d.type != "cpu":
+        return None
+    found = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # cgroup v2: the container's limit minus what it already uses
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(min(found), 0) if found else None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+def check_fits_in_memory(nbytes: int, what: str, *, device: str | torch.device | None = None) -> None:
+    """Refuse, before allocating, ``nbytes`` that ``device`` cannot hold: a ValueError starting with
+    ``what`` (issue 25, item 4: a size of 10^9 is an error, not a process killed by the OOM killer)."""
+    free = available_memory(device)
+    if free is not None and nbytes > free:
+        where = "this machine" if device is None or torch.device(device).type == "cpu" else str(device)
+        raise ValueError(f"{what}: {_gib(nbytes)} needed, {where} has {_gib(free)} available")
+
+
+# Size fields of transformers configs: positive integers where present.
+_SIZE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "max_position_embeddings")
+
+
+def _check_config_dict(data: dict, where: str) -> None:
+    for name in _SIZE_FIELDS:
+        value = data.get(name)
+        if value is None:
+            continue
+        if isinstance(value, float) and value.is_integer():  # some hub configs write 4096.0
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"model: {where}: {name} must be a positive integer, got {data.get(name)!r}")
+    heads, kv = data.get("num_attention_heads"), data.get("num_key_value_heads")
+    if isinstance(heads, int) and isinstance(kv, int) and heads % kv:
+        raise ValueError(
+            f"model: {where}: num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv})"
+        )
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, KeyError):  # an activation, rope type, ... name transformers has no entry for
+        return f"{e.args[0]!r} is not a name transformers knows (an activation, rope type or layer type)"
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _config_error(e: BaseException, where: str) -> ValueError:
+    """transformers' and huggingface_hub's refusals of a config, as one line naming the file."""
+    cause = e
+    while getattr(cause, "__cause__", None) is not None and type(cause).__name__.startswith("StrictDataclass"):
+        cause = cause.__cause__
+    text = str(cause).strip().splitlines()
+    return ValueError(f"model: {where} describes no valid model: {text[-1].strip() if text else type(cause).__name__}")
+
+
+def _hub_error(spec: str, e: BaseException) -> FileNotFoundError:
+    """A name that is neither a local path nor loadable from the hub. Offline, transformers says
+    "check your internet connection", which misleads a user who meant a local path."""
+    first = Path(spec).parts[0] if Path(spec).parts else spec
+    if Path(first).expanduser().is_dir():
+        return FileNotFoundError(f"model: {spec} does not exist ({first} is a local directory without it)")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else (
+        str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    return FileNotFoundError(f"model: {spec} is not a local path (nothing exists there) and cannot be loaded "
+                             f"as a hub name ({why})")
+
+
 def load_model(
     spec: str | os.PathLike,
     *,
@@ -214,14 +324,20 @@ def load_model(
     device: str | torch.device | None = None,
     device_map=None,
     attn_implementation: str | None = None,
+    strict: bool = True,
 ):
     """Load ``(model, tokenizer)`` from a spec: ``smollm2`` (embedded), a ``.gguf``
     file, a local transformers directory, or a hub name.
 
     Weights load through safetensors (or the GGUF reader); remote code is never
-    trusted.
+    trusted. Checked before any weight is read: the config (positive sizes, an architecture
+    transformers can build) and that the model fits in the memory of ``device``. With ``strict``
+    (the default) weights missing from the files, weights the model has no place for, and weights
+    of another shape than the config's are a ValueError naming the first few: transformers would
+    initialise them at random and the model would run, silently wrong (issue 24, item 3).
+    ``strict=False`` (``--allow-missing-weights``) loads such a model anyway, with a warning.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     if isinstance(dtype, str):
         dtype = parse_dtype(dtype)
@@ -229,19 +345,27 @@ def load_model(
     source = ModelSource.parse(spec)
     if source.kind == "directory":
         check_model_files(source.location)
+        config = load_config(source.location)
+        if device_map is None:  # a device map may offload to disk: no single memory to check
+            check_model_fits(config, dtype=dtype, device=device, what=f"model: {source.location}")
     kwargs = {"dtype": dtype, "trust_remote_code": False}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if device_map is not None:
         kwargs["device_map"] = device_map
     if source.kind == "gguf":
-        model, tokenizer = _load_gguf(Path(source.location), dtype=dtype)
+        model, tokenizer = _load_gguf(Path(source.location), dtype=dtype, strict=strict)
         if attn_implementation:
             model.set_attn_implementation(attn_implementation)
     else:
         location = str(smollm2_dir()) if source.kind == "embedded" else source.location
-        model = AutoModelForCausalLM.from_pretrained(location, use_safetensors=None, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
+        try:
+            model = load_pretrained(location, strict=strict, use_safetensors=None, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
+        except OSError as e:
+            if source.kind == "hub":
+                raise _hub_error(source.location, e) from None
+            raise
     if device is not None and device_map is None:
         model = model.to(device)
     model.eval()
@@ -250,8 +374,92 @@ def load_model(
     return model, tokenizer
 
 
+class _QuietLoadReport:
+    """transformers logs a multi-line load report of missing / unexpected keys (and notes on a
+    config's values); this module turns them into one error (or one warning), so the report is held
+    back while loading."""
+
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+
+        self._level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        return self
+
+    def __exit__(self, *exc):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(self._level)
+
+
+def check_loading_info(info: dict, where: str, *, strict: bool = True) -> None:
+    """Refuse (``strict``) or warn about weights that transformers did not load from the files:
+    missing ones, unexpected ones and ones of another shape, each naming its first few keys."""
+    problems = []
+    for name, label in (("missing_keys", "missing from the files"), ("unexpected_keys", "not used by the model")):
+        keys = sorted(info.get(name) or [])
+        if keys:
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            problems.append(f"{len(keys)} weight(s) {label}: {', '.join(keys[:3])}{more}")
+    mismatched = sorted(info.get("mismatched_keys") or [], key=lambda m: m[0])
+    if mismatched:
+        shown = ", ".join(f"{k} ({tuple(a)} in the files, {tuple(b)} in the config)" for k, a, b in mismatched[:3])
+        problems.append(f"{len(mismatched)} weight(s) of another shape than config.json says: {shown}")
+    if not problems:
+        return
+    fate = []
+    if info.get("missing_keys") or mismatched:
+        fate.append("initialise the missing" + (" and mis-shaped" if mismatched else "") + " ones at random")
+    if info.get("unexpected_keys"):
+        fate.append("ignore the unused ones")
+    if strict:
+        raise ValueError(
+            f"model: {where}: {'; '.join(problems)}; loading would {' and '.join(fate)}. Fix the files, or pass "
+            "--allow-missing-weights (strict=False) to load it anyway"
+        )
+    log.warning("model %s loaded anyway (strict=False): %s", where, "; ".join(problems))
+
+
+def load_pretrained(location: str | os.PathLike, *, strict: bool = True, **kwargs):
+    """``AutoModelForCausalLM.from_pretrained`` (no remote code) through the checks of
+    :func:`check_loading_info`: the one path by which this library reads a model's weights (the
+    CLI commands, training, conversion and export all come through it)."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs.setdefault("trust_remote_code", False)
+    try:
+        with _QuietLoadReport():
+            model, info = AutoModelForCausalLM.from_pretrained(
+                location, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+            )
+    except Exception as e:
+        if type(e).__name__.startswith("StrictDataclass"):
+            raise _config_error(e, f"{location}/config.json") from None
+        raise
+    check_loading_info(info, str(location), strict=strict)
+    return model
+
+
+def check_model_fits(config, *, dtype: torch.dtype = torch.float32, device=None, what: str = "model") -> None:
+    """The parameters of ``config``'s model (counted on the meta device: nothing is allocated) fit in
+    the memory of ``device``; also refuses a config transformers cannot build a model from."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"), _QuietLoadReport():
+            meta = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    except (ValueError, TypeError, RuntimeError, KeyError, AttributeError, ZeroDivisionError) as e:
+        raise ValueError(f"{what}: config.json describes no model transformers can build: {_reason(e)}") from None
+    numel = sum(p.numel() for p in meta.parameters())
+    item = torch.empty((), dtype=dtype).element_size()
+    check_fits_in_memory(numel * item, f"{what}: its {numel:,} parameters in {str(dtype).replace('torch.', '')}",
+                         device=device)
+
+
 def load_config(spec: str | os.PathLike):
-    """The transformers config of a model spec (as for :func:`load_model`), without its weights."""
+    """The transformers config of a model spec (as for :func:`load_model`), without its weights.
+    A directory's ``config.json`` is checked first: sizes must be positive integers and the
+    architecture consistent (a one-line ValueError naming the file instead of a traceback)."""
     from transformers import AutoConfig
 
     source = ModelSource.parse(spec)
@@ -260,7 +468,22 @@ def load_config(spec: str | os.PathLike):
     if source.kind == "gguf":
         path = Path(source.location)
         return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-    return AutoConfig.from_pretrained(source.location, trust_remote_code=False)
+    if source.kind == "hub":
+        try:
+            return AutoConfig.from_pretrained(source.location, trust_remote_code=False)
+        except OSError as e:
+            raise _hub_error(source.location, e) from None
+    where = f"{source.location}/config.json"
+    _check_config_dict(read_config_json(Path(source.location) / "config.json"), where)
+    try:
+        with _QuietLoadReport():
+            return AutoConfig.from_pretrained(source.location, trust_remote_code=False)
+    except Exception as e:
+        if type(e).__name__.startswith("StrictDataclass"):
+            raise _config_error(e, where) from None
+        if isinstance(e, (KeyError, ValueError)):
+            raise ValueError(f"model: {where} describes no model transformers knows: {_reason(e)}") from None
+        raise
 
 
 def trained_context(config) -> int:

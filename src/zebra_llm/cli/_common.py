@@ -52,6 +52,11 @@ BATCH = typer.Option(1, "--batch-size", help="Sequences per forward.")
 OVERWRITE = typer.Option(False, "--overwrite", help="Start the results file afresh instead of resuming it.")
 NO_PROGRESS = typer.Option(False, "--no-progress", help="No progress bars.")
 NO_FIGURE = typer.Option(False, "--no-figure", help="Do not draw the figure.")
+ALLOW_MISSING_WEIGHTS = typer.Option(
+    False, "--allow-missing-weights",
+    help="Load the model even if its files lack weights it has, hold weights it has no place for or weights of "
+         "another shape (those are then initialised at random or ignored; by default this is an error).",
+)
 ENCODING = typer.Option("utf-8", "--encoding", help="Encoding of local text files (strict: a byte that does not "
                         "decode is an error naming the file and offset), e.g. latin-1.")
 

@@ -15,6 +15,7 @@ import typer
 app = typer.Typer(help="Perplexity, passkey and needle-in-a-haystack evaluations.", no_args_is_help=True)
 
 from ._common import (  # noqa: F401  (the options and helpers every eval-like command shares; kept importable here)
+    ALLOW_MISSING_WEIGHTS,
     BATCH,
     DEVICE,
     DTYPE,
@@ -64,6 +65,7 @@ def ppl(
     overwrite: bool = OVERWRITE,
     no_progress: bool = NO_PROGRESS,
     no_figure: bool = NO_FIGURE,
+    allow_missing_weights: bool = ALLOW_MISSING_WEIGHTS,
 ) -> None:
     """Perplexity by length for each method, side by side."""
     from zebra_llm.eval import PerplexityConfig, run_perplexity
@@ -75,6 +77,7 @@ def ppl(
         stride=stride, buckets=parse_lengths(buckets, "buckets") if buckets else [], max_docs=max_docs,
         same_docs=not all_docs,
         batch_size=batch_size, loss_chunk=loss_chunk, dtype=dtype, device=device, encoding=encoding,
+        allow_missing_weights=allow_missing_weights,
     )
     output = prepare_output(output, overwrite, device)
     data_ = run_perplexity(config, output, progress=not no_progress)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ._common import DEVICE, DTYPE, MODEL, quiet_transformers
+from ._common import ALLOW_MISSING_WEIGHTS, DEVICE, DTYPE, MODEL, quiet_transformers
 
 
 def generate(
@@ -22,6 +22,7 @@ def generate(
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
     dtype: str = DTYPE,
     device: Optional[str] = DEVICE,
+    allow_missing_weights: bool = ALLOW_MISSING_WEIGHTS,
 ) -> None:
     """Generate text from a prompt, streamed to stdout as it is produced."""
     from zebra_llm.eval.generate import GenerationSettings, stream_generate
@@ -36,7 +37,7 @@ def generate(
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
                                   chat=chat)
     quiet_transformers()
-    loaded = load_with_method(model, method, dtype=dtype, device=device)
+    loaded = load_with_method(model, method, dtype=dtype, device=device, strict=not allow_missing_weights)
     from zebra_llm.eval.generate import encode_prompt
 
     loaded.check_length(encode_prompt(loaded.tokenizer, prompt, chat=chat).shape[1] + max_new_tokens)

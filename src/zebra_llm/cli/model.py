@@ -9,6 +9,9 @@ import typer
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
+ALLOW_MISSING_HELP = ("load the source even if its files lack weights the model has, hold weights it has no place "
+                      "for, or hold weights of another shape (those are then initialised at random or ignored)")
+
 
 @app.command()
 def convert(
@@ -23,10 +26,15 @@ def convert(
         False, help="save as a stock transformers model (Ministral/Qwen2/Qwen3 with layer_types), no zebra_llm needed"
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace OUTPUT if it exists (never the source itself)"),
+    allow_missing_weights: bool = typer.Option(False, "--allow-missing-weights", help=ALLOW_MISSING_HELP),
 ) -> None:
     """Convert a Llama / Mistral / Qwen2 / Qwen3 checkpoint to a Zebra model, weights unchanged."""
     from zebra_llm.loading import parse_dtype
     from zebra_llm.modeling import convert_checkpoint
+
+    from ._common import quiet_transformers
+
+    quiet_transformers()
 
     out = convert_checkpoint(
         source,
@@ -38,6 +46,7 @@ def convert(
         dtype=parse_dtype(dtype),
         portable=portable,
         overwrite=overwrite,
+        strict=not allow_missing_weights,
     )
     typer.echo(f"wrote {'portable ' if portable else ''}Zebra model to {out}")
 
@@ -46,15 +55,24 @@ def convert(
 def export(
     source: Path = typer.Argument(..., help="a saved Zebra model directory"),
     output: Path = typer.Argument(..., help="directory for the stock-transformers copy"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace OUTPUT if it exists (never the source itself)"),
+    allow_missing_weights: bool = typer.Option(False, "--allow-missing-weights", help=ALLOW_MISSING_HELP),
 ) -> None:
     """Save a Zebra model (global and local layers only) so stock transformers loads it without zebra_llm."""
     from zebra_llm.modeling import export_portable
-    from zebra_llm.modeling.convert import load_source
+    from zebra_llm.modeling.convert import check_output_path, load_source
 
+    from ._common import quiet_transformers
+
+    quiet_transformers()
+
+    if not source.exists():
+        raise FileNotFoundError(f"export: {source} does not exist (expected a saved Zebra model directory)")
     if not (source / "config.json").is_file():
         raise FileNotFoundError(f"export: {source} has no config.json (not a saved model directory)")
-    model, tokenizer = load_source(source)
-    out = export_portable(model, output, tokenizer=tokenizer)
+    check_output_path(source, output, overwrite=overwrite, what="export")  # before any weights are read
+    model, tokenizer = load_source(str(source), strict=not allow_missing_weights)
+    out = export_portable(model, output, tokenizer=tokenizer, overwrite=overwrite)
     typer.echo(f"wrote {model.config.num_hidden_layers}-layer model as {_model_type(out)} to {out}")
 
 

@@ -38,8 +38,10 @@ def load_with_method(
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device | None = None,
     attn_implementation: str | None = None,
+    strict: bool = True,
 ) -> LoadedModel:
-    """Load ``model_spec`` (``smollm2``, a directory, a ``.gguf`` file or a hub name) and apply ``method``.
+    """Load ``model_spec`` (``smollm2``, a directory, a ``.gguf`` file or a hub name) and apply ``method``
+    (``strict`` as for ``zebra_llm.loading.load_model``: missing or unexpected weights are an error).
 
     A model object may be passed instead of a spec as ``(model, tokenizer)``; the
     method is then applied to that object in place.
@@ -50,7 +52,7 @@ def load_with_method(
         source = getattr(model.config, "_name_or_path", "") or type(model).__name__
     else:
         model, tokenizer = load_model(
-            model_spec, dtype=dtype, device=device, attn_implementation=attn_implementation
+            model_spec, dtype=dtype, device=device, attn_implementation=attn_implementation, strict=strict
         )
         source = str(model_spec)
     # Limits are defined on the unmodified model (rope scaling rewrites max_position_embeddings).
@@ -78,7 +80,8 @@ def load_for_run(config, spec: "MethodSpec", model_objects: dict | None = None) 
     ``spec`` applied, or the ``(model, tokenizer)`` given for that spec in ``model_objects``."""
     if model_objects and str(spec) in model_objects:
         return load_with_method(model_objects[str(spec)], spec)
-    return load_with_method(config.model, spec, dtype=config.dtype, device=config.device)
+    return load_with_method(config.model, spec, dtype=config.dtype, device=config.device,
+                            strict=not getattr(config, "allow_missing_weights", False))
 
 
 __all__ = ["LoadedModel", "load_for_run", "load_with_method"]

@@ -236,6 +236,7 @@ class PerplexityConfig:
     dtype: str = "float32"
     device: str | None = None
     encoding: str = "utf-8"  # of local text files (strict: an undecodable byte is an error naming its offset)
+    allow_missing_weights: bool = False  # load a model whose files lack weights (see loading.load_model's strict)
 
     def __post_init__(self):
         from ..data.sources import check_encoding
@@ -278,7 +279,8 @@ class PerplexityConfig:
         out = {
             k: v
             for k, v in asdict(self).items()
-            if k not in ("methods", "lengths", "buckets", "batch_size", "device", "max_docs", "same_docs")
+            if k not in ("methods", "lengths", "buckets", "batch_size", "device", "max_docs", "same_docs",
+                         "allow_missing_weights")
         }
         if out.get("encoding") == "utf-8":
             del out["encoding"]  # the default: results files written before the option existed still resume

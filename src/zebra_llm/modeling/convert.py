@@ -145,9 +145,9 @@ def _warn_if_source_slides(c, model_type: str) -> None:
         )
 
 
-def load_source(model_or_path, *, dtype: torch.dtype | str | None = None):
+def load_source(model_or_path, *, dtype: torch.dtype | str | None = None, strict: bool = True):
     """``(model, tokenizer_or_None)`` from a transformers model object or anything ``zebra_llm.loading.load_model``
-    takes (``"smollm2"``, a directory, a ``.gguf`` file, a hub name)."""
+    takes (``"smollm2"``, a directory, a ``.gguf`` file, a hub name); ``strict`` as for ``load_model``."""
     from transformers import PreTrainedModel
 
     if isinstance(model_or_path, PreTrainedModel):
@@ -162,18 +162,17 @@ def load_source(model_or_path, *, dtype: torch.dtype | str | None = None):
     dtype = torch.float32 if dtype is None else parse_dtype(dtype)
     source = ModelSource.parse(model_or_path)
     if source.kind == "directory" and not any((Path(source.location) / f).is_file() for f in _TOKENIZER_FILES):
-        from transformers import AutoModelForCausalLM
-
-        from ..loading import check_model_files
+        from ..loading import check_model_files, load_config, load_pretrained
 
         check_model_files(source.location)
+        load_config(source.location)  # its sizes and architecture checked first
         # a bare checkpoint (weights and config, no tokenizer): convert the model alone
-        model = AutoModelForCausalLM.from_pretrained(source.location, dtype=dtype, trust_remote_code=False)
+        model = load_pretrained(source.location, dtype=dtype, strict=strict)
         return model.eval(), None
-    return load_model(model_or_path, dtype=dtype)
+    return load_model(model_or_path, dtype=dtype, strict=strict)
 
 
-def check_output_path(source, output_dir: str | os.PathLike, *, overwrite: bool) -> None:
+def check_output_path(source, output_dir: str | os.PathLike, *, overwrite: bool, what: str = "convert") -> None:
     """Refuse to write over the source, into it or over a directory holding it (always), and over an
     existing file or directory without ``overwrite`` -- before any weights are loaded."""
     out = Path(output_dir).expanduser().resolve()
@@ -183,12 +182,12 @@ def check_output_path(source, output_dir: str | os.PathLike, *, overwrite: bool)
             src = src.resolve()
             if out == src or src in out.parents or out in src.parents:
                 raise ValueError(
-                    f"convert: the output {output_dir} is the source {source}, inside it or contains it; "
-                    "write the converted model somewhere else"
+                    f"{what}: the output {output_dir} is the source {source}, inside it or contains it; "
+                    f"write the {what}ed model somewhere else"
                 )
     if os.path.lexists(out) and not overwrite:
         kind = "directory" if out.is_dir() else "file"
-        raise FileExistsError(f"convert: the output {output_dir} already exists (a {kind}); pass --overwrite "
+        raise FileExistsError(f"{what}: the output {output_dir} already exists (a {kind}); pass --overwrite "
                               "(overwrite=True) to replace it, or choose another path")
 
 
@@ -281,6 +280,7 @@ def convert_checkpoint(
     dtype: torch.dtype | str | None = None,
     portable: bool = False,
     overwrite: bool = False,
+    strict: bool = True,
     **config_overrides,
 ) -> Path:
     """Convert ``source`` and save it (with its tokenizer, when there is one) to ``output_dir``, atomically.
@@ -294,7 +294,7 @@ def convert_checkpoint(
 
     _check_request(attention, layer_group_size, window, approx_chunk_size, layer_types)
     check_output_path(source, output_dir, overwrite=overwrite)
-    model, tokenizer = load_source(source, dtype=dtype)
+    model, tokenizer = load_source(source, dtype=dtype, strict=strict)
     config = zebra_config_from(
         model.config,
         attention=attention,
@@ -309,7 +309,7 @@ def convert_checkpoint(
     if portable:
         from .export import export_portable
 
-        return export_portable(zebra, output_dir, tokenizer=tokenizer)
+        return export_portable(zebra, output_dir, tokenizer=tokenizer, overwrite=True)  # checked above
     output_dir = Path(output_dir)
     with atomic_directory(output_dir) as tmp:
         zebra.save_pretrained(tmp)

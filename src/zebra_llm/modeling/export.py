@@ -140,6 +140,7 @@ def export_portable(
     *,
     tokenizer=None,
     max_shard_size: int | str = "5GB",
+    overwrite: bool = False,
 ) -> Path:
     """Save ``model`` (a ``ZebraForCausalLM`` with only global and local layers) so that
     ``transformers.AutoModelForCausalLM.from_pretrained(save_directory)`` loads it with no ``zebra_llm`` import and
@@ -147,7 +148,9 @@ def export_portable(
 
     Writes ``config.json`` (Ministral / Qwen2 / Qwen3 with ``layer_types`` and ``sliding_window``),
     ``generation_config.json``, safetensors weights (sharded above ``max_shard_size``) and the tokenizer if
-    given, into a temporary directory renamed into place when complete.
+    given, into a temporary directory renamed into place when complete. An existing ``save_directory`` (a
+    directory or a file) is replaced only with ``overwrite=True``, and never when it is the directory the
+    model was loaded from, lies inside it or contains it (issue 25, item 3: the guards of ``convert``).
     """
     from huggingface_hub import save_torch_state_dict
 
@@ -155,6 +158,10 @@ def export_portable(
 
     if not isinstance(model, ZebraForCausalLM):
         raise ValueError(f"export_portable takes a ZebraForCausalLM, got {type(model).__name__}")
+    from .convert import check_output_path
+
+    origin = getattr(model.config, "_name_or_path", "") or None
+    check_output_path(origin, save_directory, overwrite=overwrite, what="export")
     target = portable_config(model.config)
     state = {name: t.detach() for name, t in model.state_dict().items()}
     if model.config.tie_word_embeddings:
