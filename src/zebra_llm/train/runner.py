@@ -66,7 +66,19 @@ def check_run(cfg) -> int:
 
     world, cp = distributed.launched_world_size(), cfg.engine.context_parallel
     check_degree(cp, world)
-    return micro_batch_size(cfg.train, world // cp)  # data-parallel replicas
+    micro = micro_batch_size(cfg.train, world // cp)  # data-parallel replicas
+    check_batch_fits(cfg.data.seq_len, micro)
+    return micro
+
+
+def check_batch_fits(seq_len: int, micro: int) -> None:
+    """Before any data is packed: one micro-batch's token ids, labels and positions (int64) fit in
+    memory, a floor of what a step needs (issue 25, item 4: data.seq_len=1000000000 is a one-line
+    error, not a process that grows until it is killed)."""
+    from ..loading import check_fits_in_memory
+
+    check_fits_in_memory(3 * 8 * micro * seq_len, f"data.seq_len={seq_len}: one micro-batch of {micro} x {seq_len} "
+                         "tokens (its int64 token ids, labels and positions alone)")
 
 
 def check_data_source(source: str | None, field: str = "data.source") -> None:
