@@ -51,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--max-tokens", type=int, default=32, help="tokens generated per request")
     p.add_argument("--source", default="inspect.py", help="standard-library module the prompt is cut from")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the server")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.add_argument("--prefix-cache", type=int, default=4, help="the server's --prefix-cache (0: off)")
     p.add_argument("--output", type=Path, default=RESULTS / "load_smollm2_cpu.json")
     p.add_argument("--note", default="", help="recorded with the results (machine load, ...)")
@@ -148,6 +150,11 @@ def run_level(url: str, prompts: list[str], concurrency: int, max_tokens: int, e
                 with lock:
                     results.append(r)
 
+    import torch
+
+    cuda = engine.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(engine.device)
     before = dict(engine.stats.batch_sizes)
     with PeakRSS() as mem:
         start = time.perf_counter()
@@ -162,8 +169,9 @@ def run_level(url: str, prompts: list[str], concurrency: int, max_tokens: int, e
     after = engine.stats.batch_sizes
     batches = {str(k): after[k] - before.get(k, 0) for k in sorted(after) if after[k] - before.get(k, 0)}
     tokens = sum(r["tokens"] for r in results)
+    gpu = {"peak_gpu_mib": torch.cuda.max_memory_allocated(engine.device) / 2**20} if cuda else {}
     return {
-        "concurrency": concurrency, "requests": len(results), "wall_s": wall, "output_tokens": tokens,
+        **gpu, "concurrency": concurrency, "requests": len(results), "wall_s": wall, "output_tokens": tokens,
         "requests_per_s": len(results) / wall, "output_tokens_per_s": tokens / wall,
         "ttft_p50_s": percentile([r["ttft"] for r in results], 50),
         "ttft_p95_s": percentile([r["ttft"] for r in results], 95),
@@ -182,7 +190,7 @@ def child(args) -> None:
 
     torch.set_num_threads(args.threads)
     method = args.child
-    loaded = load_with_method(args.model, method)
+    loaded = load_with_method(args.model, method, dtype=args.dtype, device=args.device)
     shared = shared_prompt(loaded.tokenizer, args.prompt_tokens, args.source)
     app = create_app(loaded, served_model_name=MODEL_NAME, max_batch=max(args.concurrency),
                      max_queue=args.requests, prefix_cache=args.prefix_cache)
@@ -230,7 +238,7 @@ def main(args) -> None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         data = {"settings": settings, "rows": [], "machine": platform.machine(), "cpus": os.cpu_count(),
                 "torch": torch.__version__, "transformers": transformers.__version__, "note": args.note,
-                "device": "cpu", "dtype": "float32", "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+                "device": args.device, "dtype": args.dtype, "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         write_json_atomic(args.output, data)
     for method in args.methods:
         argv = [sys.executable, __file__, "--child", method] + _forwarded(args)
@@ -242,7 +250,8 @@ def _forwarded(args) -> list[str]:
     return ["--model", args.model, "--methods", ",".join(args.methods),
             "--concurrency", ",".join(map(str, args.concurrency)), "--requests", str(args.requests),
             "--prompt-tokens", str(args.prompt_tokens), "--max-tokens", str(args.max_tokens), "--source", args.source,
-            "--threads", str(args.threads), "--prefix-cache", str(args.prefix_cache), "--output", str(args.output)]
+            "--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype,
+            "--prefix-cache", str(args.prefix_cache), "--output", str(args.output)]
 
 
 # ------------------------------------------------------------------ the table
