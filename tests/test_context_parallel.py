@@ -34,6 +34,10 @@ CASES = [
     ("padding_mask", dict(attention="group", layer_group_size=2, window=6), 24, {"pad_rows": True}),
     ("dca_global_layers", dict(attention="group", layer_group_size=2, window=4), 24, {"dca": (10, 6)}),
     ("global_approx", dict(attention="global_approx", window=4, approx_chunk_size=4), 24, {}),
+    # a transformers Llama (all global; LIT trains such models): its attention through the same function
+    ("llama", {"llama": True}, 24, {}),
+    # recomputed in backward, under the same exchange
+    ("activation_checkpointing", dict(attention="group", layer_group_size=2, window=4), 24, {"checkpointing": True}),
 ]
 
 
@@ -47,9 +51,17 @@ def _model(settings: dict, options: dict):
     from zebra_llm.modeling import ZebraConfig, ZebraForCausalLM
 
     torch.manual_seed(0)
+    if settings.get("llama"):
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+        return LlamaForCausalLM(config).double()
     config = ZebraConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=4,
                          num_attention_heads=4, num_key_value_heads=2, head_dim=8, **settings)
     model = ZebraForCausalLM(config).double()
+    if options.get("checkpointing"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if "dca" in options:
         from zebra_llm import apply_dca
 
@@ -77,12 +89,12 @@ def _reference(model, batch, labels, backend="auto"):
     from zebra_llm.attention import use_backend
 
     model.zero_grad(set_to_none=True)
-    with use_backend(backend):
+    with use_backend(backend):  # backward too: activation checkpointing recomputes there
         logits = model(**batch, use_cache=False).logits  # (B, S, V) float64
-    # position t predicts token t + 1
-    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                                             ignore_index=-100, reduction="sum")
-    loss.backward()
+        # position t predicts token t + 1
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                 labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
+        loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
@@ -105,13 +117,13 @@ def _context_parallel(model, batch, labels, rank: int, size: int):
     return loss, grads, dict(cp.stats)
 
 
-def _train_and_resume(cfg: dict, out: Path) -> dict:
-    """The library's pretrain under context parallelism on these processes: a run that saves at step 2,
-    then a second run resumed from that checkpoint into another directory."""
+def _train_and_resume(cfg: dict, context_parallel: int, strategy: str, out: Path) -> dict:
+    """The library's pretrain under context parallelism on these processes (data parallel over the rest):
+    a run that saves at step 2, then a second run resumed from that checkpoint into another directory."""
     from zebra_llm.train import pretrain
 
     cfg = json.loads(json.dumps(cfg))
-    cfg["engine"] = {"context_parallel": dist.get_world_size()}
+    cfg["engine"] = {"context_parallel": context_parallel, "strategy": strategy}
     cfg["train"].update(output_dir=str(out / "cp"), save_every=2)
     full = pretrain(cfg)
     cfg["train"].update(output_dir=str(out / "resumed"), resume=str(out / "cp" / "checkpoints" / "step_00000002"))
@@ -119,7 +131,7 @@ def _train_and_resume(cfg: dict, out: Path) -> dict:
     return {"losses": full.losses, "resumed": rest.losses, "resumed_from": rest.start_step}
 
 
-def _cases_worker(rank: int, size: int, port: int, names: list[str], out: str, train: dict | None) -> None:
+def _cases_worker(rank: int, size: int, port: int, names: list[str], out: str, train: tuple | None) -> None:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(size))
@@ -127,7 +139,7 @@ def _cases_worker(rank: int, size: int, port: int, names: list[str], out: str, t
     try:
         results = {}
         if train is not None:
-            results["training"] = _train_and_resume(train, Path(out).parent)
+            results["training"] = _train_and_resume(*train, Path(out).parent)
         for name, settings, length, options in CASES:
             if name not in names:
                 continue
@@ -152,7 +164,7 @@ def _cases_worker(rank: int, size: int, port: int, names: list[str], out: str, t
         dist.destroy_process_group()
 
 
-def _spawn_cases(size: int, names: list[str], tmp_path: Path, train: dict | None = None) -> dict:
+def _spawn_cases(size: int, names: list[str], tmp_path: Path, train: tuple | None = None) -> dict:
     out = tmp_path / f"cases_{size}.json"
     mp.spawn(_cases_worker, args=(size, free_port(), names, str(out), train), nprocs=size)
     return json.loads(out.read_text())
@@ -168,7 +180,8 @@ def _check(results: dict, names: list[str]) -> None:
             assert r["grad_scale"] > 1e-3, name  # gradients that can differ
 
 
-TWO = ["all_global_L1", "group_L2", "not_divisible", "padding_mask", "dca_global_layers"]
+TWO = ["all_global_L1", "group_L2", "not_divisible", "padding_mask", "dca_global_layers", "activation_checkpointing",
+       "llama"]
 FOUR = ["group_L2", "group_L4", "halo_spans_ranks", "window_past_sequence", "not_divisible",
         "dca_global_layers", "global_approx"]
 
@@ -190,22 +203,32 @@ def single(tmp_path_factory):
 
 
 def test_two_processes_equal_one_and_resume_exactly(tmp_path, single):
-    results = _spawn_cases(2, TWO, tmp_path, train=TRAIN)
+    results = _spawn_cases(2, TWO, tmp_path, train=(TRAIN, 2, "ddp"))
     _check(results, TWO)
-    training = results["training"]
-    assert training["losses"] == pytest.approx(single, rel=1e-5)  # float32: equal up to rounding
-    assert training["resumed_from"] == 2
-    assert training["resumed"] == training["losses"][2:]  # bit-exact
+    _check_training(results["training"], single)
+
     # the local layers' halo is window - 1 = 3 keys and values: rank 0 sends 3 tokens x 2 kv heads x 2 x 8
     # float64 numbers per local layer (2 of them) forward; the global layers all-gather
     stats = results["group_L2"]["stats"]
     assert stats["halo/forward"] == 2 * (2 * 3 * 2 * 16 * 8)  # batch 2, 3 tokens, 2 heads, k|v 16 wide, 8 bytes
     assert stats["halo/backward"] == 0  # rank 0 receives its halo's gradient, sends none back
     assert stats["all_gather/forward"] == 2 * (2 * 12 * 2 * 16 * 8)  # 2 global layers, its 12 tokens once
+    # activation checkpointing recomputes each layer's forward, exchange included, in backward
+    recomputed = results["activation_checkpointing"]["stats"]
+    assert recomputed["all_gather/forward"] == 2 * stats["all_gather/forward"]
+    assert recomputed["halo/forward"] == 2 * stats["halo/forward"]
 
 
-def test_four_processes_equal_one(tmp_path):
-    _check(_spawn_cases(4, FOUR, tmp_path), FOUR)
+def _check_training(training: dict, single: list[float]) -> None:
+    assert training["losses"] == pytest.approx(single, rel=1e-5)  # float32: equal up to rounding
+    assert training["resumed_from"] == 2
+    assert training["resumed"] == training["losses"][2:]  # bit-exact
+
+
+def test_four_processes_equal_one_also_as_two_data_replicas_of_two_under_fsdp(tmp_path, single):
+    results = _spawn_cases(4, FOUR, tmp_path, train=(TRAIN, 2, "fsdp"))  # training: world 4 = dp 2 x cp 2, FSDP2
+    _check(results, FOUR)
+    _check_training(results["training"], single)
 
 
 # --------------------------------------------------------------------------- without processes
@@ -283,3 +306,38 @@ def test_torchrun_context_parallel_command_trains_like_one_process(tmp_path, sin
               "--lr", "1e-2", "--warmup-steps", "2", "--set", "data.limit=1", "--no-progress",
               "--context-parallel", "2", "-o", str(tmp_path / "cp"))
     assert losses_of(tmp_path / "cp") == pytest.approx(single, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+def test_benchmark_measures_one_process_at_toy_size():
+    from helpers import load_benchmark
+
+    bench = load_benchmark("context_parallel")
+    args = {"seq": 64, "lengths": [32, 64], "hidden": 32, "heads": 4, "kv_heads": 2, "layers": 4, "group": 2,
+            "window": 8, "vocab": 64, "repeats": 1, "threads": 1, "device": "cpu"}
+    entry = bench.run_size(1, args)
+    assert [r["model"] for r in entry["runs"]] == ["zebra", "global"]
+    assert all(r["activation_bytes"][0] > 0 and r["cpu_s"][0] > 0 for r in entry["runs"])
+    # one process sends nothing; the bytes table has the Zebra model at both lengths
+    assert [(c["model"], c["seq"]) for c in entry["comm"]] == [("zebra", 64), ("zebra", 32), ("global", 64)]
+    assert all(c["bytes_per_layer"] == {"halo": 0, "all_gather": 0} for c in entry["comm"])
+
+
+def test_benchmark_table_in_the_docs_matches_its_json():
+    from helpers import load_benchmark
+
+    bench = load_benchmark("context_parallel")
+    data = json.loads((bench.RESULTS / "results.json").read_text())
+    text = bench.PAGE.read_text(encoding="utf-8")
+    assert bench.fill_page(text, bench.docs_block(data)) == text, (
+        "docs/training.md: the context-parallel table differs from docs/results/context_parallel/results.json; "
+        "run python benchmarks/context_parallel.py --report-only --write-docs")
+    # what the table is for: halo bytes do not grow with the sequence, all-gather bytes do
+    for entry in data["entries"]:
+        comm = sorted((c for c in entry["comm"] if c["model"] == "zebra"), key=lambda c: c["seq"])
+        if entry["size"] > 1 and len(comm) > 1:
+            assert len({c["bytes_per_layer"]["halo"] for c in comm}) == 1
+            gathers = [c["bytes_per_layer"]["all_gather"] for c in comm]
+            assert gathers == sorted(gathers) and gathers[0] < gathers[-1]
