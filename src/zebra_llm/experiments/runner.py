@@ -24,6 +24,10 @@ def _spec(name: str):
         from . import lit as mod
 
         return mod.LITExperimentConfig, mod.run_lit
+    if name == "recall":
+        from . import recall as mod
+
+        return mod.RecallGridConfig, mod.run_recall
     raise ValueError(f"experiment must be one of {', '.join(EXPERIMENTS)}, got {name!r}")
 
 
@@ -37,16 +41,34 @@ def resolve_config(name: str, config: str | os.PathLike | None, overrides: list[
     return load_config(cls, config, overrides)
 
 
+def check_only(name: str, cfg, only) -> None:
+    """Every ``--only`` name is a cell of the experiment's plan: an unknown one (a typo) would
+    otherwise run nothing and exit 0 (issue 25, item 5)."""
+    import importlib
+
+    if not only:
+        return
+    module = {"zebra_strategies": "strategies", "lcat_smollm2": "lcat"}.get(name, name)
+    planned = importlib.import_module(f"{__package__}.{module}").cell_names(cfg)
+    unknown = [c for c in only if c not in planned]
+    if unknown:
+        shown = ", ".join(planned[:4]) + (f", ... ({len(planned)} in all)" if len(planned) > 4 else "")
+        raise ValueError(f"--only: {unknown[0]!r} is not a cell of {name}; its cells are {shown}")
+
+
 def run_experiment(name: str, *, config=None, out=None, runs_dir=None, overrides=(), only=None,
                    report_only: bool = False, figures: bool = True) -> tuple[str, list[Path]]:
     """Run the unfinished cells of experiment ``name`` (unless ``report_only``), then
-    return its Markdown tables and the figures drawn beside ``results.json``."""
+    return its Markdown tables and the figures drawn beside ``results.json``. The config (``config``,
+    ``overrides``) and ``only`` are checked also with ``report_only``, which computes nothing: a bad
+    file or ``--set`` is an error there too, not silently ignored."""
     from .tables import experiment_report
 
     cls, run = _spec(name)
     out = Path(out or Path("docs/results") / name)
+    cfg = resolve_config(name, config, list(overrides))
+    check_only(name, cfg, only)
     if not report_only:
-        cfg = resolve_config(name, config, list(overrides))
         run(cfg, out, runs_dir=Path(runs_dir or Path("runs") / name), only=only)
     data = load_results(out / RESULTS_FILE)
     return experiment_report(data, out_dir=out if figures else None)
