@@ -157,6 +157,7 @@ def run_level(url: str, prompts: list[str], concurrency: int, max_tokens: int, e
         torch.cuda.reset_peak_memory_stats(engine.device)
     before = dict(engine.stats.batch_sizes)
     with PeakRSS() as mem:
+        cpu_start = time.process_time()  # this process's CPU time: robust to other jobs taking the CPUs
         start = time.perf_counter()
         threads = [threading.Thread(target=worker) for _ in range(concurrency)]
         for t in threads:
@@ -164,6 +165,7 @@ def run_level(url: str, prompts: list[str], concurrency: int, max_tokens: int, e
         for t in threads:
             t.join()
         wall = time.perf_counter() - start
+        cpu = time.process_time() - cpu_start
     if errors:
         raise RuntimeError(f"{len(errors)} request(s) failed, first: {errors[0]}")
     after = engine.stats.batch_sizes
@@ -173,6 +175,7 @@ def run_level(url: str, prompts: list[str], concurrency: int, max_tokens: int, e
     return {
         **gpu, "concurrency": concurrency, "requests": len(results), "wall_s": wall, "output_tokens": tokens,
         "requests_per_s": len(results) / wall, "output_tokens_per_s": tokens / wall,
+        "cpu_s": cpu, "output_tokens_per_cpu_s": tokens / cpu,
         "ttft_p50_s": percentile([r["ttft"] for r in results], 50),
         "ttft_p95_s": percentile([r["ttft"] for r in results], 95),
         "latency_p50_s": percentile([r["latency"] for r in results], 50),
@@ -259,7 +262,9 @@ def _forwarded(args) -> list[str]:
 
 def table(data: dict) -> str:
     """The results as a Markdown table, with each level's throughput relative to one client of the same
-    method and DCA's relative to the unmodified model at the same concurrency."""
+    method and DCA's relative to the unmodified model at the same concurrency; output tokens per CPU-second
+    of the process (server and clients) beside tokens per second of wall time, because other jobs share
+    the machine's CPUs and the wall-time rates move with them."""
     rows = data["rows"]
     by = {(r["method"], r["concurrency"]): r for r in rows}
     s = data["settings"]
@@ -269,9 +274,9 @@ def table(data: dict) -> str:
         f"{data['device']} {data['dtype']}, {s['threads']} torch thread(s), {data['cpus']} CPUs, torch "
         f"{data['torch']}, transformers {data['transformers']}" + (f"; {data['note']}" if data.get("note") else ""),
         "",
-        "| method | clients | requests/s | output tokens/s | vs 1 client | vs none | TTFT p50 / p95 (s) "
-        "| latency p50 / p95 (s) | peak RSS (MiB) | decode batch sizes (steps) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| method | clients | requests/s | output tokens/s | vs 1 client | vs none | output tokens per CPU-s "
+        "| vs 1 client | TTFT p50 / p95 (s) | latency p50 / p95 (s) | peak RSS (MiB) | decode batch sizes (steps) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in sorted(rows, key=lambda r: (s["methods"].index(r["method"]) if r["method"] in s["methods"] else 99,
                                          r["concurrency"])):
@@ -279,12 +284,18 @@ def table(data: dict) -> str:
         base = by.get(("none", r["concurrency"]))
         vs_one = f"{r['output_tokens_per_s'] / one['output_tokens_per_s']:.2f}x" if one else "-"
         vs_none = f"{r['output_tokens_per_s'] / base['output_tokens_per_s']:.2f}x" if base and r["method"] != "none" else "-"
+        per_cpu = r.get("output_tokens_per_cpu_s")
+        cpu_one = f"{per_cpu / one['output_tokens_per_cpu_s']:.2f}x" if one and per_cpu else "-"
         batches = ", ".join(f"{k}: {v}" for k, v in r["decode_batch_sizes"].items())
         lines.append(
             f"| {r['method']} | {r['concurrency']} | {r['requests_per_s']:.3f} | {r['output_tokens_per_s']:.1f} | "
-            f"{vs_one} | {vs_none} | {r['ttft_p50_s']:.2f} / {r['ttft_p95_s']:.2f} | "
+            f"{vs_one} | {vs_none} | {_fmt(per_cpu)} | {cpu_one} | {r['ttft_p50_s']:.2f} / {r['ttft_p95_s']:.2f} | "
             f"{r['latency_p50_s']:.2f} / {r['latency_p95_s']:.2f} | {r['peak_rss_mib']:.0f} | {batches} |")
     return "\n".join(lines)
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
 
 
 def docs_block(results: Path = RESULTS) -> str:

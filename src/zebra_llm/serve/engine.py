@@ -340,6 +340,8 @@ class Engine:
                 self._last_tokens.append(token)
         if rows and self._batch is None:
             self._batch, rows = rows[0], rows[1:]
+            if not rows:
+                self._batch.own()
         if rows:
             self._batch.append(rows)
 
