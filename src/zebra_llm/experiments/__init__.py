@@ -3,7 +3,8 @@
 * :mod:`.strategies`: the four attention strategies pretrained from scratch at three
   training lengths (the paper's Figures 2, 3 and 4);
 * :mod:`.lcat`: long context adaptation training of SmolLM2-135M converted to Zebra;
-* :mod:`.lit`: long instruction tuning on synthetic long-document QA records.
+* :mod:`.lit`: long instruction tuning on synthetic long-document QA records;
+* :mod:`.recall`: multi-query associative recall trained from scratch for every attention layout.
 
 Every experiment is a grid of *cells* (one training run, one evaluation, one
 timing); each finished cell is written atomically as its own JSON file and never
@@ -13,6 +14,6 @@ rebuilt from the cells after each one.
 
 from .cells import CellStore
 
-EXPERIMENTS = ("zebra_strategies", "lcat_smollm2", "lit")
+EXPERIMENTS = ("zebra_strategies", "lcat_smollm2", "lit", "recall")
 
 __all__ = ["CellStore", "EXPERIMENTS"]

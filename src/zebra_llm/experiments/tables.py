@@ -174,6 +174,10 @@ def tables(data: dict) -> dict[str, str]:
         from .lit import lit_tables
 
         return lit_tables(data)
+    if exp == "recall":
+        from .recall import recall_tables
+
+        return recall_tables(data)
     raise ValueError(f"results: unknown experiment {exp!r}")
 
 
@@ -189,6 +193,10 @@ def figures(data: dict, out_dir) -> list[Path]:
         from .lit import lit_figures
 
         return lit_figures(data, out_dir)
+    if exp == "recall":
+        from .recall import recall_figures
+
+        return recall_figures(data, out_dir)
     raise ValueError(f"results: unknown experiment {exp!r}")
 
 
