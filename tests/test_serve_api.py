@@ -131,6 +131,10 @@ BAD_BODIES = [
     (json.dumps({"model": MODEL, "prompt": [10**9]}).encode(), 400, "outside the vocabulary"),
     (json.dumps({"model": MODEL, "prompt": "hi", "logprobs": 3}).encode(), 400, "logprobs"),
     (json.dumps({"model": "gpt-4", "prompt": "hi"}).encode(), 404, "not served here"),
+    (b'{"model": "tiny", "prompt": "a \\ud800 b"}', 400, "lone surrogate"),
+    (json.dumps({"model": MODEL, "prompt": "hi", "stop": "\ud800"}).encode(), 400, "stop: not valid Unicode"),
+    (b"[" * 30000 + b"]" * 30000, 400, "nested too deeply"),
+    (b'{"model": "tiny", "prompt": "hi", "n": 1.5}', 400, "n:"),
     (b'{"model": "tiny", "prompt": "' + b"x" * (70 * 1024) + b'"}', 413, "limit of"),
 ]
 

@@ -217,6 +217,7 @@ def create_app(model="smollm2", method="none", *, config: ServeConfig | None = N
             prompt = prompt[0]
         if not prompt:
             raise ApiError(400, "prompt: the prompt is empty", param="prompt")
+        _check_unicode(prompt, "prompt")
         with tokenizer_lock:
             ids = loaded.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         bos = loaded.tokenizer.bos_token_id
@@ -226,6 +227,8 @@ def create_app(model="smollm2", method="none", *, config: ServeConfig | None = N
         if not getattr(loaded.tokenizer, "chat_template", None):
             raise ApiError(400, f"messages: model {name!r} has no chat template; use /v1/completions", param="messages")
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages]
+        for i, m in enumerate(messages):
+            _check_unicode(m["content"], f"messages.{i}.content")
         with tokenizer_lock:
             try:
                 ids = loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
@@ -401,6 +404,15 @@ def create_app(model="smollm2", method="none", *, config: ServeConfig | None = N
                                               logprobs=None)]).model_dump(exclude_none=True)
 
     return app
+
+
+def _check_unicode(text: str, field: str) -> None:
+    """JSON's ``\\ud800`` escapes decode to lone surrogates, which no tokenizer can encode: a 400."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ApiError(400, f"{field}: not valid Unicode (a lone surrogate at character {e.start})",
+                       param=field.split(".")[0]) from None
 
 
 class _LockedTokenizer:

@@ -71,6 +71,11 @@ class _Sampling(BaseModel):
             raise ApiError(400, f"stop: at most {MAX_STOP_SEQUENCES} sequences, got {len(stop)}", param="stop")
         if any(s == "" for s in stop):
             raise ApiError(400, "stop: a stop sequence must not be empty", param="stop")
+        for s in stop:
+            try:
+                s.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(400, "stop: not valid Unicode (a lone surrogate)", param="stop") from None
         return tuple(stop)
 
     def check_common(self) -> None:
