@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from helpers import load_benchmark
@@ -41,8 +42,10 @@ def test_contest_runs_reports_and_resumes(tiny_model_dir, tmp_path):
     # DCA on the yarn model is not the yarn model alone
     assert by[("ppl", "yarn+dca")]["value"] != by[("ppl", "yarn")]["value"]
     for task in ("ppl", "passkey", "niah_single_1"):
-        [figure] = out.glob(f"heatmap_*_{task}.png")
+        [figure] = [p for p in out.glob(f"heatmap_*_{task}.png") if not p.name.startswith("heatmap_depth_")]
         assert figure.stat().st_size > 1000
+    [by_depth] = out.glob("heatmap_depth_*_passkey.png")
+    assert by_depth.stat().st_size > 1000
     assert "`yarn+dca`" in (out / "contest.md").read_text()
 
     cells = sorted((out / "cells").rglob("*.json"))
@@ -65,9 +68,9 @@ def test_wilson_interval():
 
 def test_readme_block_is_generated_from_the_committed_results():
     contest = _contest()
-    rows = contest.load_rows(contest.OUT_DIR)
+    rows, scores = contest.load_cells(contest.OUT_DIR)
     text = contest.README.read_text(encoding="utf-8")
-    assert contest.fill_readme(text, contest.readme_text(rows)) == text, (
+    assert contest.fill_readme(text, contest.readme_text(rows, None, scores)) == text, (
         "README's contest block differs from docs/results/extensions/contest; run "
         "python benchmarks/extensions_contest.py --report-only --write-docs")
 
@@ -82,25 +85,113 @@ def test_readme_block_reports_no_retrieval_honestly():
     assert "0 of 1 paired" in text and "no method retrieves" in text and "0 of 10 prompts" in text
 
 
-def test_readme_recommends_the_cheapest_method_among_those_that_tie_on_retrieval():
-    """The README's two sentences: the real model's passkey counts, best first; then, among the methods
-    within one prompt of the best (a tie at n = 3) that have a measured speed, the cheapest to decode."""
+def _synthetic(found: dict, model="smollm2-135m-c2048", length=8192, depths=(0.1, 0.3, 0.5, 0.7, 0.9), trials=6,
+               past=("string",), fail_depth: dict | None = None):
+    """Rows and per-prompt scores of passkey cells: ``found[m]`` keys found out of depths x trials, the
+    misses placed at the deepest depths first (or all at ``fail_depth[m]``)."""
+    rows, scores = [], {}
+    keys = [(d, t) for d in depths for t in range(trials)]
+    for m, k in found.items():
+        order = sorted(keys, key=lambda x: (-x[0], x[1]))
+        missing = set(order[: len(keys) - k])
+        if fail_depth and m in fail_depth:
+            missing = {x for x in keys if x[0] == fail_depth[m]}
+        per = {x: 0.0 if x in missing else 1.0 for x in keys}
+        row = {"model": model, "task": "passkey", "method": m, "length": length, "metric": "accuracy",
+               "n": len(keys), "value": sum(per.values()) / len(keys), "trained_context": 2048,
+               "ceiling": m == "none", "past_nominal": m in past}
+        rows.append(row)
+        scores[(model, "passkey", m, length)] = per
+    return rows, scores
+
+
+SPEED = {"dca": {"prefill": 1.01, "decode": 1.0}, "rerope": {"prefill": 1.16, "decode": 1.58},
+         "string": {"prefill": 1.1, "decode": 1.08}, "self_extend": {"prefill": 1.1, "decode": 1.54}}
+
+
+def test_recommendation_names_the_tied_set_and_its_cheapest_member_when_no_lead_is_significant():
     contest = _contest()
-    base = {"model": "smollm2-135m", "task": "passkey", "trained_context": 8192, "length": 16384, "n": 3,
-            "metric": "accuracy"}
-    rows = [{**base, "method": "none", "value": 0.0}, {**base, "method": "dca", "value": 2 / 3},
-            {**base, "method": "rerope", "value": 1.0}, {**base, "method": "yarn", "value": 2 / 3},
-            {**base, "method": "string", "value": 0.0}]
-    speed = {"dca": {"prefill": 1.01, "decode": 1.0}, "rerope": {"prefill": 1.16, "decode": 1.58},
-             "string": {"prefill": 1.1, "decode": 1.08}}
-    text = contest.readme_text(rows, speed)
-    assert "at 16384 tokens (2x its trained 8192) the methods found these passkeys: `rerope` 3/3, `dca` 2/3, " \
-           "`yarn` 2/3, `none` 0/3, `string` 0/3" in text
-    assert "use `dca`, which found 2/3" in text and "over `rerope` (3/3, decoding 1.58x)" in text
-    assert "`string`" not in text.split("choose by the measured cost")[1]  # 0/3: not a candidate
-    assert "(`yarn` 2/3 had no speed run)" in text  # within one prompt of the best, but unmeasured
-    # without real-model cells the small model's sentences stand
-    assert contest.readme_text([{**r, "model": "other"} for r in rows], speed).startswith("The extension contest has")
+    rows, scores = _synthetic({"none": 30, "rerope": 30, "dca": 29, "yarn": 10, "dynamic": 29, "string": 0})
+    rec = contest.recommendation(rows, scores, SPEED, "smollm2-135m-c2048")
+    dec = rec["retrieval"]
+    assert dec["best"] == "rerope" and not dec["significant"]
+    assert dec["tied"] == ["rerope", "dynamic", "dca"] and dec["cheapest"] == "dca" and dec["unmeasured"] == ["dynamic"]
+    assert dec["tests"]["yarn"]["p_holm"] < 0.05 and "string" not in dec["tests"] and "none" not in dec["tests"]
+    text = contest.recommendation_text(rec, SPEED)
+    assert "no method's lead is significant (passkey at 8192)" in text
+    assert "the best, `rerope` 30/30, ties with `dynamic` 29/30, `dca` 29/30" in text
+    assert "`dca` is the cheapest by measured speed" in text and "(`dynamic` had no speed run)" in text
+    assert "significantly behind: `yarn` 10/30" in text
+    assert "Past their nominal reach and so not ranked: `string` (at 8192)" in text
+    assert "The ceiling, the unmodified model at its own positions, scores 100%" in text
+
+
+def test_recommendation_names_a_method_only_when_its_lead_survives_holm():
+    contest = _contest()
+    rows, scores = _synthetic({"none": 30, "dca": 30, "rerope": 22, "yarn": 5})
+    dec = contest.recommendation(rows, scores, SPEED, "smollm2-135m-c2048")["retrieval"]
+    # dca against rerope: 8 discordant prompts all dca's, exact p = 2 / 2^8; Holm over two comparisons:
+    # the smaller p (yarn's, 2 / 2^25) doubled, the larger one as it is
+    assert dec["significant"] and dec["tied"] == ["dca"]
+    assert dec["tests"]["rerope"]["p"] == 2 / 2**8 and dec["tests"]["rerope"]["p_holm"] == 2 / 2**8
+    assert dec["tests"]["yarn"]["p_holm"] == 2 * 2 / 2**25
+    assert contest.decision_text(dec, True, SPEED).startswith("For retrieval use `dca`: `dca` 30/30")
+    # 5 discordant prompts: p = 0.0625 alone is not significant, so no method is named
+    rows, scores = _synthetic({"dca": 30, "rerope": 25})
+    dec = contest.recommendation(rows, scores, SPEED, "smollm2-135m-c2048")["retrieval"]
+    assert not dec["significant"] and dec["tied"] == ["dca", "rerope"]
+
+
+def test_systematic_misses_are_depths_where_a_method_always_fails_and_another_does_not():
+    contest = _contest()
+    rows, scores = _synthetic({"dca": 24, "rerope": 30, "string": 0}, fail_depth={"dca": 0.9})
+    misses = contest.systematic_misses(rows, scores, "smollm2-135m-c2048")
+    assert misses == [{"method": "dca", "length": 8192, "depth": 0.9, "trials": 6}]  # string: not ranked
+    text = contest.recommendation_text(contest.recommendation(rows, scores, SPEED, "smollm2-135m-c2048"), SPEED)
+    assert "`dca` at depth 0.9 of 8192 (0/6)" in text
+
+
+def test_committed_recommendation_follows_from_the_cells():
+    """Recompute, straight from the committed cell files and the stats module, the retrieval and perplexity
+    decisions that contest.json (and so the README) states: the pooled prompts, the exact tests, Holm."""
+    from zebra_llm.eval import stats
+
+    contest = _contest()
+    data = json.loads((contest.OUT_DIR / "contest.json").read_text())
+    cells = {}
+    for path in (contest.OUT_DIR / "cells").glob("*/*/*.json"):
+        cell = json.loads(path.read_text())
+        r = cell["row"]
+        cells[(r["model"], r["task"], r["method"], r["length"])] = cell["items"]
+    checked = 0
+    for model, rec in data["recommendations"].items():
+        for kind in ("retrieval", "perplexity"):
+            dec = rec[kind]
+            if dec is None:
+                continue
+            per = {}
+            for m in [dec["best"], *dec["tests"]]:
+                per[m] = {}
+                for task, length in dec["combos"]:
+                    for i in cells[(model, task, m, length)]:
+                        if task == "ppl":
+                            per[m][(task, length, i["doc"], i["start"])] = i["nll_sum"] / i["tokens"]
+                        elif task == "passkey":
+                            per[m][(task, length, i["depth"], i["trial"])] = float(bool(i["correct"]))
+                        else:
+                            per[m][(task, length, i["trial"])] = float(i["score"])
+            best, others = dec["best"], list(dec["tests"])
+            means = {m: sum(v.values()) / len(v) for m, v in per.items()}
+            assert means[best] == (max if kind == "retrieval" else min)(means.values())
+            if kind == "retrieval":
+                ps = [stats.paired_test(per[best], per[m])["p"] for m in others]
+            else:
+                ps = [stats.paired_t([per[m][k] - per[best][k] for k in per[best]])["p"] for m in others]
+            adjusted = stats.holm(ps)
+            tied = [best] + [m for m, p in zip(others, adjusted) if p >= 0.05]
+            assert dec["tied"] == tied and dec["significant"] == (tied == [best])
+            checked += 1
+    assert checked >= 2
 
 
 def test_speed_ratios_read_the_committed_runs():
@@ -108,3 +199,80 @@ def test_speed_ratios_read_the_committed_runs():
     speed = contest.speed_ratios()
     assert {"dca", "self_extend", "rerope", "string"} <= set(speed)
     assert all(0.5 < r["prefill"] < 3 and 0.5 < r["decode"] < 3 for r in speed.values())
+
+
+def _sim_argv(model_dir: Path, out: Path, methods=("none", "dca", "rerope", "string", "yarn+dca")) -> list:
+    return ["--no-report", "--model", str(model_dir), "--out-dir", str(out), "--heldout-dir", str(out / "heldout"),
+            "--trained-length", "64", "--multiples", "2", "4", "--methods", *methods,
+            "--tasks", "passkey", "ppl", "--ppl-docs", "2", "--passkey-trials", "2",
+            "--passkey-depths", "0.2", "0.8"]
+
+
+def _longer_tiny_model(tiny_model_dir: Path, target: Path, context: int = 256) -> Path:
+    """The tiny model with a real trained context of ``context`` tokens (a passkey prompt needs ~70)."""
+    shutil.copytree(tiny_model_dir, target)
+    config = json.loads((target / "config.json").read_text())
+    config["max_position_embeddings"] = context
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+def test_simulated_protocol_sets_every_method_up_for_the_simulated_trained_length(tiny_model_dir, tmp_path):
+    """--trained-length C: cells of model '<name>-cC', settings derived from C, `none` the real model
+    (ceiling, not ranked), STRING past its reach at C; the cells differ from the real protocol's."""
+    contest = _contest()
+    out = tmp_path / "contest"
+    model = _longer_tiny_model(tiny_model_dir, tmp_path / "tiny256")
+    assert contest.main(_sim_argv(model, out)) == 0
+    rows = json.loads((out / "contest.json").read_text())["rows"]
+    assert {r["model"] for r in rows} == {f"{contest.model_name(str(model))}-c64"}
+    by = {(r["task"], r["method"], r["length"]): r for r in rows}
+    assert len(by) == 5 * 2 * 2
+    for r in rows:
+        assert r["trained_context"] == 64 and r["model_trained_context"] == 256 and r["protocol"] == "simulated"
+        assert r["multiple"] in (2, 4)
+    assert by[("passkey", "none", 256)]["ceiling"] and not by[("passkey", "none", 256)]["past_nominal"]
+    assert by[("passkey", "string", 128)]["past_nominal"]  # c' + S - W = 64 + 21 - 10 = 75 < 128
+    assert not by[("passkey", "rerope", 256)]["past_nominal"]
+    assert set(by[("ppl", "dca", 256)]["spec"].split(":")[1].split(",")) == {"pretraining_length=64", "max_length=256"}
+    assert by[("ppl", "yarn+dca", 128)]["base"] == "yarn:factor=2,original_max_position_embeddings=64"
+    assert by[("ppl", "rerope", 128)]["applied"].startswith("apply_extension(rerope, trained_length=64)")
+    # DCA for c' = 64 is not the model itself at 256 tokens (it would be, at the real trained length)
+    assert by[("ppl", "dca", 256)]["value"] != by[("ppl", "none", 256)]["value"]
+    assert by[("passkey", "dca", 128)]["n"] == 4
+    # the real protocol's cells are elsewhere and unaffected
+    assert not (out / "cells" / contest.model_name(str(model))).exists()
+    # pairwise tests against the best in-reach method, on the shared prompts (2 depths x 2 trials)
+    ranked = [r for r in rows if r["task"] == "passkey" and r["length"] == 128 and "vs_best" in r]
+    assert ranked and all(r["vs_best"]["n_shared"] == 4 for r in ranked)
+
+
+def test_simulated_plans_derive_every_setting_from_the_simulated_trained_length():
+    """SmolLM2 (trained at 8192) as if trained at 2048: each method's plan at 4096 and 8192, and its reach."""
+    from zebra_llm.extensions.config import SelfExtendConfig, StringConfig
+    from zebra_llm.loading import load_config
+
+    contest = _contest()
+    config = load_config("smollm2")
+    sim = contest.simulated_config(config, 2048)
+    plans = {m: contest.method_plan(m, 8192, 8192, 2048) for m in contest.METHODS}
+    assert plans["none"].spec == "none:max_length=8192" and plans["none"].extension is None
+    for m in ("linear", "dynamic", "yarn"):
+        assert plans[m].spec == f"{m}:factor=4,original_max_position_embeddings=2048,max_length=8192"
+    assert plans["dca"].spec == "dca:pretraining_length=2048,max_length=8192"
+    assert plans["dca:temperature=true"].spec == "dca:pretraining_length=2048,temperature=true,max_length=8192"
+    assert plans["dca:preset=chunkllama"].spec == "dca:pretraining_length=1537,chunk_size=1280,max_length=8192"
+    assert plans["yarn+dca"].base == "yarn:factor=2,original_max_position_embeddings=2048"
+    assert plans["yarn+dca"].spec == "dca:pretraining_length=4096,max_length=8192"
+    for m in ("self_extend", "rerope", "string"):
+        assert plans[m].extension == (m, 2048) and plans[m].spec == "none:max_length=8192"
+    assert contest.method_plan("dynamic", 4096, 8192, 2048).spec.startswith("dynamic:factor=2,")
+    # reach at c' = 2048: STRING c' + S - W, SelfExtend (c' - W) G + W; DCA, ReRoPE and rope factors: any
+    s = StringConfig(2048)
+    assert contest.nominal_reach("string", sim) == 2048 + s.shifted_offset - s.local_value == 2595
+    assert contest.past_nominal("string", 4096, sim) and not contest.past_nominal("string", 4096, config)
+    assert contest.nominal_reach("self_extend", sim) == SelfExtendConfig(2048).max_length == 12800
+    assert [m for m in contest.BASE_METHODS if m != "none" and contest.past_nominal(m, 8192, sim)] == ["string"]
+    # the real protocol is as before: the model's own trained length
+    assert contest.method_plan("yarn+dca", 16384, 8192) == contest.Plan("dca:pretraining_length=16384,max_length=16384",
+                                                                         "yarn:factor=2")

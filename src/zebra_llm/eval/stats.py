@@ -15,6 +15,7 @@ McNemar's is the 0/1 case). Fisher's exact test compares two independent samples
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -134,6 +135,7 @@ def t_two_sided(t: float, df: int) -> float:
     return regularized_beta(df / 2, 0.5, df / (df + t * t))
 
 
+@functools.lru_cache(maxsize=256)
 def t_quantile_975(df: int) -> float:
     """The 0.975 quantile of Student's t (bisection on :func:`t_two_sided`)."""
     lo, hi = 0.0, 1000.0
