@@ -236,6 +236,13 @@ def docs_block(data: dict) -> str:
         f"{a['kv_heads']} key-value heads, vocabulary {a['vocab']}; Zebra: L = {a['group']}, window {a['window']}. "
         f"Activation memory: bytes saved for backward on the rank holding the most; CPU s: the busiest rank's "
         f"CPU seconds per step (median of {a['repeats']} after a warm-up).",
+    ]
+    loads = [f"N = {e['size']}: {e['load_average'][0]}-{e['load_average'][1]}" for e in entries if "load_average" in e]
+    if loads:
+        lines[-1] += (f" The machine was shared: its 1-minute load average ({'; '.join(loads)}, on "
+                      f"{data['machine'].split(', ')[-1]}) makes the wall times those of a busy machine; the CPU "
+                      "seconds count this run's work.")
+    lines += [
         "",
         "| model | N | tokens per rank | activation MiB per rank | vs N = 1 | step wall s | CPU s per rank (max) |",
         "|---|---|---|---|---|---|---|",
@@ -307,8 +314,10 @@ def main(argv=None) -> None:
         for size in a.sizes:
             if any(e["size"] == size for e in data["entries"]):
                 continue
-            t0 = time.perf_counter()
+            t0, load = time.perf_counter(), os.getloadavg()[0]
             entry = run_size(size, args)
+            # the machine's 1-minute load average before and after: wall times mean little on a busy machine
+            entry["load_average"] = [round(load, 1), round(os.getloadavg()[0], 1)]
             data["entries"].append(entry)
             a.out.parent.mkdir(parents=True, exist_ok=True)
             write_text_atomic(a.out, json.dumps(data, indent=1))

@@ -300,6 +300,7 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow  # ~30 s of CPU; the 2-process test above trains through the same library entry
 def test_torchrun_context_parallel_command_trains_like_one_process(tmp_path, single):
     """The command of docs/training.md, under torchrun."""
     _torchrun("--preset", "debug", "--window", "20", "--seq-len", "48", "--steps", "4", "--batch-size", "2",
