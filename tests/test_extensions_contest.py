@@ -75,6 +75,15 @@ def test_readme_block_is_generated_from_the_committed_results():
         "python benchmarks/extensions_contest.py --report-only --write-docs")
 
 
+def test_docs_block_is_generated_from_the_committed_results():
+    contest = _contest()
+    rows, scores = contest.load_cells(contest.OUT_DIR)
+    text = contest.DOCS.read_text(encoding="utf-8")
+    assert contest.fill_docs(text, contest.docs_text(rows, scores)) == text, (
+        "docs/extensions.md's recommendation block differs from docs/results/extensions/contest; run "
+        "python benchmarks/extensions_contest.py --report-only --write-docs")
+
+
 def test_readme_block_reports_no_retrieval_honestly():
     contest = _contest()
     base = {"model": "m", "trained_context": 256, "length": 2048, "n": 8}
@@ -118,7 +127,7 @@ def test_recommendation_names_the_tied_set_and_its_cheapest_member_when_no_lead_
     assert dec["tied"] == ["rerope", "dynamic", "dca"] and dec["cheapest"] == "dca" and dec["unmeasured"] == ["dynamic"]
     assert dec["tests"]["yarn"]["p_holm"] < 0.05 and "string" not in dec["tests"] and "none" not in dec["tests"]
     text = contest.recommendation_text(rec, SPEED)
-    assert "no method's lead is significant (passkey at 8192)" in text
+    assert "no method's lead is significant (passkey at 8192; n = 30 prompts per method)" in text
     assert "the best, `rerope` 30/30, ties with `dynamic` 29/30, `dca` 29/30" in text
     assert "`dca` is the cheapest by measured speed" in text and "(`dynamic` had no speed run)" in text
     assert "significantly behind: `yarn` 10/30" in text
@@ -135,7 +144,7 @@ def test_recommendation_names_a_method_only_when_its_lead_survives_holm():
     assert dec["significant"] and dec["tied"] == ["dca"]
     assert dec["tests"]["rerope"]["p"] == 2 / 2**8 and dec["tests"]["rerope"]["p_holm"] == 2 / 2**8
     assert dec["tests"]["yarn"]["p_holm"] == 2 * 2 / 2**25
-    assert contest.decision_text(dec, True, SPEED).startswith("For retrieval use `dca`: `dca` 30/30")
+    assert contest.decision_text(dec, True, SPEED).startswith("For retrieval use `dca`: `dca` 30/30 (passkey at 8192; n = 30")
     # 5 discordant prompts: p = 0.0625 alone is not significant, so no method is named
     rows, scores = _synthetic({"dca": 30, "rerope": 25})
     dec = contest.recommendation(rows, scores, SPEED, "smollm2-135m-c2048")["retrieval"]
