@@ -73,7 +73,9 @@ def _ordinary(module, query, key, value, attention_mask, scaling=None, dropout=0
     if extension_state(module) is not None:  # a Llama-family layer under DCA or another method
         return extension_attention_forward(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
     if dropout:
-        raise ValueError(f"context parallel attention has no attention dropout (got {dropout}); set attention_dropout=0")
+        raise ValueError(
+            f"context parallel attention has no attention dropout (got {dropout}); set config.attention_dropout=0"
+        )
     kpm = key_padding_mask(attention_mask, key, who="context parallel attention")
     window = kwargs.get("sliding_window")
     if window is not None:
@@ -246,6 +248,12 @@ class ContextParallel:
     def prepare(self, model) -> None:
         """Check the model and switch its attention implementation to ``"zebra_cp"`` (undone by :meth:`restore`)."""
         check_model(model)
+        import torch.distributed as dist
+
+        if self.size > 1 and dist.is_initialized():
+            # NCCL wants every rank of a group in its first call; the first exchange of a layer may be
+            # point to point between neighbours only
+            dist.barrier(group=self.group)
         hf = _hf_model(model)
         self._previous = hf.config._attn_implementation
         hf.set_attn_implementation(IMPLEMENTATION)

@@ -130,7 +130,8 @@ def setup(device: str = "auto", context_parallel: int = 1) -> DistEnv:
         from torch.distributed.device_mesh import init_device_mesh
 
         check_degree(context_parallel, world)
-        env.mesh = init_device_mesh(dev.type, (world // context_parallel, context_parallel), mesh_dim_names=("dp", "cp"))
+        shape = (world // context_parallel, context_parallel)
+        env.mesh = init_device_mesh(dev.type, shape, mesh_dim_names=("dp", "cp"))
         env.cp_size, env.cp_group = context_parallel, env.mesh["cp"].get_group()
     return env
 
