@@ -242,17 +242,20 @@ def docs_block(data: dict) -> str:
         lines[-1] += (f" The machine was shared: its 1-minute load average ({'; '.join(loads)}, on "
                       f"{data['machine'].split(', ')[-1]}) makes the wall times those of a busy machine; the CPU "
                       "seconds count this run's work.")
+    lines.append("")
+    cuda = any(b is not None for e in entries for r in e["runs"] for b in r["cuda_peak_bytes"])
     lines += [
-        "",
-        "| model | N | tokens per rank | activation MiB per rank | vs N = 1 | step wall s | CPU s per rank (max) |",
-        "|---|---|---|---|---|---|---|",
+        "| model | N | tokens per rank | activation MiB per rank | vs N = 1 | " + ("CUDA peak MiB | " if cuda else "")
+        + "step wall s | CPU s per rank (max) |",
+        "|---|---|---|---|---|---|---|" + ("---|" if cuda else ""),
     ]
     for e in entries:
         for r in e["runs"]:
             act = max(r["activation_bytes"])
             ratio = act / max(base[r["model"]]["activation_bytes"]) if r["model"] in base else float("nan")
+            peak = f"{_mib(max(r['cuda_peak_bytes']))} | " if cuda else ""
             lines.append(f"| {r['model']} | {e['size']} | {r['tokens_per_rank']} | {_mib(act)} | {ratio:.2f} | "
-                         f"{r['wall_s']:.2f} | {max(r['cpu_s']):.2f} |")
+                         f"{peak}{r['wall_s']:.2f} | {max(r['cpu_s']):.2f} |")
     lines += ["", "Bytes each rank sends per layer (forward + backward, the largest over the ranks), Zebra model:", "",
               "| N | sequence | tokens per rank | halo KiB per local layer | all-gather KiB per global layer |",
               "|---|---|---|---|---|"]
