@@ -542,14 +542,17 @@ def decide(pool: dict, retrieval: bool, speed: dict) -> dict:
     for m in others:
         tests[m]["p_holm"] = adjusted[m]
     tied = [best] + [m for m in others if adjusted[m] >= ALPHA]
-    measured = [m for m in tied if m in speed]
-    cheapest = min(measured, key=lambda m: (speed[m]["decode"], speed[m]["prefill"])) if measured else None
+    # the speed run (sequence length) that measured the most tied methods, the longest among equals
+    seq = max(speed, key=lambda n: (sum(m in speed[n] for m in tied), n)) if speed else None
+    at = speed.get(seq, {})
+    measured = [m for m in tied if m in at]
+    cheapest = min(measured, key=lambda m: (at[m]["decode"], at[m]["prefill"])) if measured else None
     n = {m: len(v) for m, v in scores.items()}
     values = {}
     if len(pool["combos"]) == 1:  # the cells' own values (token-weighted perplexity, accuracy)
         values = {m: pool["rows"][pool["combos"][0]][m]["value"] for m in pool["methods"]}
     return {"best": best, "significant": len(tied) == 1, "tied": tied, "cheapest": cheapest, "values": values,
-            "unmeasured": [m for m in tied if m not in speed], "mean": mean, "n": n, "tests": tests,
+            "speed_seq": seq, "cheapest_speed": at.get(cheapest), "unmeasured": [m for m in tied if m not in at], "mean": mean, "n": n, "tests": tests,
             "combos": pool["combos"], "out_of_reach": pool["out_of_reach"],
             "ceiling": {m: sum(v.values()) / len(v) for m, v in pool["ceiling"].items()}}
 
@@ -930,8 +933,9 @@ def decision_text(dec: dict, retrieval: bool, speed: dict) -> str:
             f"ties with " + (", ".join(_score(dec, m, retrieval) for m in tied) or "none") + "")
     if dec["cheapest"] is not None:
         c = dec["cheapest"]
-        text += (f"; of these, `{c}` is the cheapest by measured speed (prefill {speed[c]['prefill']:.2f}x, "
-                 f"decoding {speed[c]['decode']:.2f}x the unmodified model at 16k on CPU)")
+        r = dec["cheapest_speed"]
+        text += (f"; of these, `{c}` is the cheapest by measured speed (prefill {r['prefill']:.2f}x, "
+                 f"decoding {r['decode']:.2f}x the unmodified model at {dec['speed_seq']} tokens on CPU)")
         text += ", the one to use" if not dec["unmeasured"] else " of those with a speed run"
     if dec["unmeasured"]:
         text += f" ({', '.join(f'`{m}`' for m in dec['unmeasured'])} had no speed run)"
@@ -992,20 +996,15 @@ def readme_text(rows: list[dict], speed: dict | None = None, scores: dict | None
     return "\n\n".join(out)
 
 
-SPEED_FILES = ("speed_prefill_16k_cpu.json", "speed_decode_16k_cpu.json")
-
-
 def speed_ratios(root: Path = OUT_DIR.parent) -> dict:
-    """method -> {"prefill": ratio, "decode": ratio} at 16k on SmolLM2, from the committed speed runs."""
+    """seq -> method -> {"prefill": ratio, "decode": ratio}: SmolLM2's time ratios to the unmodified model
+    from the committed speed runs (``speed_*.json``), for the methods with both parts at that length."""
     out: dict = {}
-    for name in SPEED_FILES:
-        path = root / name
-        if not path.is_file():
-            continue
+    for path in sorted(root.glob("speed_*.json")):
         for row in json.loads(path.read_text(encoding="utf-8"))["rows"]:
-            if row["part"] in ("prefill", "decode") and row["seq"] == 16384 and row["variant"] != "unmodified":
-                out.setdefault(row["variant"], {})[row["part"]] = row["time_ratio"]
-    return {m: r for m, r in out.items() if "prefill" in r and "decode" in r}
+            if row["part"] in ("prefill", "decode") and row["variant"] != "unmodified":
+                out.setdefault(row["seq"], {}).setdefault(row["variant"], {})[row["part"]] = row["time_ratio"]
+    return {seq: {m: r for m, r in by.items() if "prefill" in r and "decode" in r} for seq, by in out.items()}
 
 
 def fill_readme(text: str, block: str, begin: str = BEGIN, end: str = END, name: str = "README.md") -> str:

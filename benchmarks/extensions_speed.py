@@ -10,7 +10,8 @@ measured call, glibc's ``MALLOC_MMAP_THRESHOLD_=65536``):
 1. **Prefill** of SmolLM2-135M (trained context 8192) on the first N tokens of ``_pydecimal.py``
    (``use_cache=True``, ``logits_to_keep=1``): unmodified (transformers' SDPA) against each method
    at its documented defaults for this model (``zebra_llm.extensions.config``): DCA (chunk 6144),
-   SelfExtend (G 8, W 1024), ReRoPE (w 1024), leaky ReRoPE (w 1024, k 16), STRING (S 2703, W 128).
+   SelfExtend (G 8, W 1024), ReRoPE (w 1024), leaky ReRoPE (w 1024, k 16), STRING (S 2703, W 128);
+   and transformers' dynamic NTK and YaRN rope scaling with ``factor = max(2, N / 8192)``.
 2. **Attention only** at SmolLM2's shapes (batch 1, 9 query / 3 key-value heads, head_dim 64):
    causal SDPA against the piecewise kernel with each method's spec, forward.
 3. **Decode** at a context of N tokens (``--decode N``): greedy decoding steps (one token per call,
@@ -48,7 +49,12 @@ METHODS = {
     "rerope": ("rerope", {}),
     "leaky_rerope": ("rerope", {"leak": 16.0}),
     "string": ("string", {}),
+    # transformers' rope scaling (zebra_llm.eval.methods), factor = max(2, seq / trained): the same attention
+    # kernel as the unmodified model, other frequencies (dynamic NTK recomputes them as the sequence grows)
+    "dynamic": ("rope", "dynamic"),
+    "yarn": ("rope", "yarn"),
 }
+ROPE_VARIANTS = ("dynamic", "yarn")
 TRAINED = 8192  # SmolLM2-135M
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "results" / "extensions"
@@ -83,15 +89,31 @@ def _smollm2_and_text(seq, args):
     return model, ids, device
 
 
+def rope_spec(variant: str, seq: int) -> str:
+    """The rope-scaling spec of ``variant`` for a sequence of ``seq`` tokens (at least 2x the trained length,
+    the factor the contest uses at 2x)."""
+    return f"{METHODS[variant][1]}:factor={max(2.0, seq / TRAINED):g}"
+
+
+def _apply(model, variant, seq):
+    """``model`` with ``variant`` put on it (in place for the extensions, rebuilt rotary for rope scaling)."""
+    from zebra_llm import apply_extension
+    from zebra_llm.eval.method_spec import MethodSpec
+
+    if METHODS[variant] is None:
+        return model
+    method, settings = METHODS[variant]
+    if method == "rope":
+        return MethodSpec.parse(rope_spec(variant, seq)).apply(model)
+    apply_extension(model, method, **settings)
+    return model
+
+
 def _model_case(variant, seq, args, out_q):
     import torch
 
-    from zebra_llm import apply_extension
-
     model, ids, device = _smollm2_and_text(seq, args)
-    if METHODS[variant] is not None:
-        method, settings = METHODS[variant]
-        apply_extension(model, method, **settings)
+    model = _apply(model, variant, seq)
 
     @torch.no_grad()
     def prefill(n=seq):
@@ -117,6 +139,8 @@ def _attention_case(variant, seq, args, out_q):
     k = torch.randn(1, 3, seq, 64, device=device, dtype=dtype)
     v = torch.randn(1, 3, seq, 64, device=device, dtype=dtype)
     inv_freq = 1.0 / (100000.0 ** (torch.arange(0, 64, 2, dtype=torch.float32) / 64))
+    if variant in ROPE_VARIANTS:  # their attention is causal SDPA itself: nothing of their own to time
+        return out_q.put(None)
     spec = None if METHODS[variant] is None else _spec(variant)
 
     def call():
@@ -134,6 +158,7 @@ def _attention_case(variant, seq, args, out_q):
 
 
 def _decode_case(variants, seq, args, out_q):
+    import copy
     import statistics
     import time
 
@@ -146,22 +171,27 @@ def _decode_case(variants, seq, args, out_q):
     with torch.no_grad():
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
     cache, first = output_cache(out), out.logits[:, -1:].argmax(-1)
+    # rope scaling rebuilds the rotary module: each such variant decodes on its own copy of the model
+    copies = {v: _apply(copy.deepcopy(model), v, seq) for v in variants if v in ROPE_VARIANTS}
     steps = {v: [] for v in variants}
     applied = False
     for _ in range(args["decode_rounds"]):
         for variant in variants:
-            if METHODS[variant] is None:
+            if variant in copies:
+                pass
+            elif METHODS[variant] is None:
                 if applied:
                     remove_extension(model)
             else:
                 method, settings = METHODS[variant]
                 apply_extension(model, method, **settings)  # replaces the method before it
-            applied = METHODS[variant] is not None
+            applied = applied if variant in copies else METHODS[variant] is not None
+            runner = copies.get(variant, model)
             token = first
             with torch.no_grad():
                 for step in range(args["decode_steps"] + 1):  # step 0 warms up
                     t0 = time.perf_counter()
-                    logits = model(input_ids=token, use_cache=True, **cache_kwargs(cache)).logits
+                    logits = runner(input_ids=token, use_cache=True, **cache_kwargs(cache)).logits
                     token = logits[:, -1:].argmax(-1)
                     _sync(device)
                     if step:
@@ -211,7 +241,9 @@ def main(argv=None) -> list[dict]:
 
     for seq in a.attention:
         for variant in a.variants:
-            record(_run(_attention_case, variant, seq, args))
+            r = _run(_attention_case, variant, seq, args)
+            if r is not None:
+                record(r)
     for seq in a.prefill:
         for variant in a.variants:
             record(_run(_model_case, variant, seq, args))

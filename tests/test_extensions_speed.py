@@ -20,3 +20,20 @@ def test_decode_case_times_every_variant_on_one_prefill():
     assert rows[0]["time_ratio"] == 1.0 and rows[1]["mem_ratio"] is None
     table = speed.table(rows)
     assert "| decode | 48 | dca |" in table and "— | — |" in table
+
+
+def test_rope_scaling_variants_decode_on_their_own_copy_and_prefill():
+    """dynamic / yarn rebuild the rotary module: they decode on a copy (the other variants keep theirs),
+    prefill like any method, and have no attention-only case (their kernel is causal SDPA)."""
+    speed = load_benchmark("extensions_speed")
+    assert speed.rope_spec("yarn", 16384) == "yarn:factor=2" and speed.rope_spec("dynamic", 32768) == "dynamic:factor=4"
+    q = ListQueue()
+    args = {"device": "cpu", "dtype": "float32", "threads": 0, "decode_steps": 2, "decode_rounds": 1, "repeats": 1}
+    speed._decode_case(["unmodified", "dynamic", "dca", "yarn"], 48, args, q)
+    (rows,) = q.items
+    assert [r["variant"] for r in rows] == ["unmodified", "dynamic", "dca", "yarn"]
+    assert all(r["steps"] == 2 and r["seconds"] > 0 for r in rows)
+    speed._model_case("yarn", 48, args, q)
+    assert q.items[-1]["variant"] == "yarn" and q.items[-1]["part"] == "prefill"
+    speed._attention_case("dynamic", 48, args, q)
+    assert q.items[-1] is None
