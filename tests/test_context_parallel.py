@@ -274,6 +274,12 @@ def test_refusals():
     model.config.rope_parameters = {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}
     with pytest.raises(ValueError, match="RoPE type 'dynamic'"):
         check_model(model)
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    gemma = Gemma2ForCausalLM(Gemma2Config(vocab_size=32, hidden_size=16, intermediate_size=16, num_hidden_layers=1,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=8))
+    with pytest.raises(ValueError, match="model_type 'gemma2' is not supported"):
+        check_model(gemma)
 
 
 def test_shard_batch_pads_and_shifts_on_the_whole_row():

@@ -43,6 +43,9 @@ from ..data.packing import IGNORE
 
 IMPLEMENTATION = "zebra_cp"
 LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")  # frequencies change with the sequence each rank sees
+# families whose attention is plain (causal, optionally sliding-window) softmax attention, which the kernels
+# compute; others carry more (Gemma's logit soft-capping, gpt-oss's sinks) that they would drop
+SUPPORTED_MODEL_TYPES = ("zebra", "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
 
 _ACTIVE: list[tuple[Shard, torch.Tensor | None]] = []  # the context-parallel step in progress, if any
 
@@ -220,6 +223,11 @@ def _hf_model(model):
 def check_model(model) -> None:
     """Refuse a model whose numbers context parallelism would change."""
     config = _hf_model(model).config
+    if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"engine.context_parallel: model_type {getattr(config, 'model_type', None)!r} is not supported; "
+            f"supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
     params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     kinds = [params] if "rope_type" in params or not params else list(params.values())
     for p in kinds:
