@@ -205,7 +205,9 @@ def _turn(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     half = cos.shape[-1]
     xf = x.to(cos.dtype)
     x1, x2 = xf[..., :half], xf[..., half : 2 * half]
-    if torch.is_grad_enabled() and x.requires_grad:
+    # Under torch.compile the expression form too: inductor (torch 2.13) fails to lower ``mul(..., out=view)``
+    # with symbolic shapes ("mul expected 2 arguments, got 3", issue 25.5), and fuses the expression anyway.
+    if (torch.is_grad_enabled() and x.requires_grad) or torch.compiler.is_compiling():
         turned = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, xf[..., 2 * half :]], dim=-1)
     else:  # no graph to keep: two fused passes per half into one buffer (decoding turns every key each step)
         turned = torch.empty(xf.shape, dtype=xf.dtype, device=xf.device)
