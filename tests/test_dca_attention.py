@@ -13,7 +13,7 @@ import torch
 
 from zebra_llm.attention import dca_attention
 from zebra_llm.attention import reference as R
-from zebra_llm.attention.dual_chunk import plan
+from zebra_llm.attention.specs import DCASpec
 
 from dca_tiny import one_thread  # noqa: F401 (fixture)
 from helpers import LargestTensor, max_abs_err, rel_err
@@ -138,8 +138,8 @@ def test_gradients_reach_every_block():
     """Keys of the intra, successive and inter blocks all get gradient from the last query."""
     q, k, v = qkv(1, 2, 1, 40, 40, 8, requires_grad=True)
     out = dca_attention(q, k, v, **_kw(8, 6, 10))
-    groups = plan(40, 40, 6)
-    assert {blk.relation for blk in groups[-1].blocks} == {"intra", "succ", "inter"}
+    groups = DCASpec(6, 10).plan(40, 40)
+    assert {DCASpec.regions[blk.region] for blk in groups[-1].blocks} == {"intra", "succ", "inter"}
     out[:, :, -1].sum().backward()
     for blk in groups[-1].blocks:
         assert k.grad[:, :, blk.k0 : blk.k1].abs().sum() > 0, blk

@@ -51,13 +51,13 @@ def test_within_one_chunk_equals_unmodified_model_and_removal_restores_it(family
     x = ids(seq=12)
     before = logits(model, x)
     apply_dca(model)  # chunk 12 = 3/4 of 16: the whole sequence is one chunk
-    assert model.config._attn_implementation == "dca"
+    assert model.config._attn_implementation == "zebra_extension"  # one implementation for every method
     assert max_abs_err(logits(model, x), before) <= 1e-5
     long_x = ids(seq=40)
     dca_long = logits(model, long_x)
     remove_dca(model)
     assert model.config._attn_implementation == "sdpa"
-    assert not hasattr(model.config, "zebra_dca")
+    assert not hasattr(model.config, "zebra_dca") and not hasattr(model.config, "zebra_extension")
     assert torch.equal(logits(model, x), before)
     assert max_abs_err(logits(model, long_x), dca_long) > 1e-3  # DCA really changed something
 
@@ -216,10 +216,31 @@ def test_settings_survive_save_pretrained(tmp_path):
     x = ids(seq=33)
     expected = logits(model, x)
     model.save_pretrained(tmp_path)
-    assert AutoConfig.from_pretrained(tmp_path).zebra_dca["chunk_size"] == 5
+    saved = AutoConfig.from_pretrained(tmp_path).zebra_extension  # the one config key of every method
+    assert saved["method"] == "dca" and saved["chunk_size"] == 5
     reloaded = apply_dca(AutoModelForCausalLM.from_pretrained(tmp_path).eval(), temperature=False)
     assert dca_config(reloaded) == DCAConfig(16, 5, False, 16)  # chunk_size 5 came from the saved config
     assert max_abs_err(logits(reloaded, x), expected) <= 1e-5
+
+
+def test_settings_saved_under_the_old_key_are_read(tmp_path):
+    """Models saved before DCA became one extension method kept its settings under config.zebra_dca."""
+    from transformers import AutoModelForCausalLM
+
+    model = apply_dca(tiny_model("qwen2"), chunk_size=5, temperature=False)
+    x = ids(seq=33)
+    expected = logits(model, x)
+    remove_dca(model)
+    model.config.zebra_dca = {"pretraining_length": 16, "chunk_size": 5, "temperature": False,
+                              "temperature_length": 16, "previous_attn_implementation": "sdpa"}
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert dca_config(reloaded) == DCAConfig(16, 5, False, 16)
+    apply_dca(reloaded)
+    assert not hasattr(reloaded.config, "zebra_dca") and reloaded.config.zebra_extension["chunk_size"] == 5
+    assert max_abs_err(logits(reloaded, x), expected) <= 1e-5
+    remove_dca(reloaded)
+    assert reloaded.config._attn_implementation == "sdpa"
 
 
 def test_reapplying_keeps_the_original_implementation():

@@ -40,7 +40,7 @@ def test_spec_typed_options():
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("foo", "unknown method 'foo'; known methods are none, linear, dynamic, yarn, dca, self_extend, rerope, string, zebra"),
+        ("foo", "unknown method 'foo'; known methods are none, linear, dynamic, yarn, dca, self_extend, rerope, string, sinks, zebra"),
         ("yarn", "factor is required"),
         ("yarn:factr=4", "unknown option 'factr'; allowed options are factor"),
         ("linear:factor=0.5", "factor must be >= 1"),

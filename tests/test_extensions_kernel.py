@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from zebra_llm.attention.piecewise import piecewise_attention
-from zebra_llm.attention.specs import DCASpec, ReRoPESpec, SelfExtendSpec, StringSpec
+from zebra_llm.attention.specs import DCASpec, ReRoPESpec, SelfExtendSpec, SinksSpec, StringSpec
 
 from helpers import max_abs_err, rand_qkv, rel_err
 
@@ -21,6 +21,9 @@ SPECS = {
     "rerope_logn": ReRoPESpec(5, logn_length=8),
     "leaky_rerope": ReRoPESpec(5, leak=4.0),
     "string": StringSpec(9, 3, attention_factor=1.0693),
+    "sinks": SinksSpec(2, 6, 9),  # window < distance limit: sinks exact, then capped
+    "sinks_capped": SinksSpec(3, 8, 5),  # window >= limit (LM-Infinite's own setting): every sink capped
+    "sinks_window_only": SinksSpec(0, 5, 5),  # no sinks: a sliding window
 }
 
 
@@ -54,7 +57,7 @@ def test_cache_splits_and_padding_match_reference(name):
     assert max_abs_err(fast, ref) <= 1e-5
 
 
-@pytest.mark.parametrize("name", ["dca", "self_extend", "leaky_rerope", "string"])
+@pytest.mark.parametrize("name", ["dca", "self_extend", "leaky_rerope", "string", "sinks", "sinks_capped"])
 def test_gradients_match_reference_in_float64(name):
     """float64 end to end: the log-sum-exp is kept in float64 (it was saved as float32 before)."""
     torch.manual_seed(2)
@@ -126,7 +129,7 @@ def test_flex_log_sum_exp_request_follows_the_torch_version(monkeypatch):
     """AuxRequest/return_aux exist from torch 2.9; older torch (pyproject admits 2.6) has return_lse."""
     from torch.nn.attention import flex_attention as fa
 
-    from zebra_llm.attention.dual_chunk import _flex_lse_kwargs
+    from zebra_llm.attention._flex import flex_lse_kwargs as _flex_lse_kwargs
 
     assert "return_aux" in _flex_lse_kwargs()
 
@@ -142,7 +145,7 @@ def test_flex_log_sum_exp_request_follows_the_torch_version(monkeypatch):
         raise AssertionError("not called")
 
     monkeypatch.setattr(fa, "flex_attention", older_flex)
-    with pytest.raises(ValueError, match="backend 'flex' for DCA needs FlexAttention's log-sum-exp"):
+    with pytest.raises(ValueError, match="backend 'flex' for the piecewise methods needs FlexAttention's log-sum-exp"):
         _flex_lse_kwargs()
 
 

@@ -32,6 +32,7 @@ SETTINGS = {
     "rerope": dict(window=5),
     "leaky_rerope": dict(window=5, leak=4.0),
     "string": dict(shifted_offset=7, local_value=3),
+    "sinks": dict(n_sink=2, window=6, distance_limit=9),
 }
 METHOD = {"leaky_rerope": "rerope"}
 
@@ -115,7 +116,7 @@ def test_cached_decoding_and_chunked_prefill_match_full_forward(name):
         assert max_abs_err(torch.cat(pieces, dim=1), full) <= 1e-4, step
 
 
-@pytest.mark.parametrize("name", ["self_extend", "leaky_rerope", "string"])
+@pytest.mark.parametrize("name", ["self_extend", "leaky_rerope", "string", "sinks"])
 def test_gradients_match_reference(name):
     model = apply(tiny_model("llama"), name)
     model.train()
@@ -235,7 +236,7 @@ def test_defaults_from_the_trained_length_and_config_readback():
     apply_extension(model, "rerope", trained_length=64)
     assert extension_config(model)[1].window == 8
     apply_extension(model, "dca")
-    assert extension_config(model)[0] == "dca" and not hasattr(model.config, "zebra_extension")
+    assert extension_config(model)[0] == "dca" and model.config.zebra_extension["method"] == "dca"
     remove_extension(model)
     assert model.config._attn_implementation == "sdpa" and extension_config(model) is None
 
@@ -265,7 +266,7 @@ def test_gpt_oss_refused_clearly_and_exports():
         remove_extension(tiny_model("llama"))
 
 
-@pytest.mark.parametrize("name", ["self_extend", "leaky_rerope", "string"])
+@pytest.mark.parametrize("name", ["self_extend", "leaky_rerope", "string", "sinks"])
 def test_settings_survive_save_pretrained(name, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -177,3 +177,49 @@ def flex_run(
         scale=scale,
         enable_gqa=q.shape[1] != k.shape[1],
     )
+
+
+# --- the log-sum-exp, for kernels that merge FlexAttention blocks (the piecewise methods) -----------
+
+
+def flex_lse_kwargs() -> dict:
+    """How this torch asks FlexAttention for the log-sum-exp.
+
+    ``return_aux=AuxRequest(lse=True)`` exists from torch 2.9; torch 2.5-2.8 have
+    ``return_lse=True`` (deprecated in 2.9); anything older has no FlexAttention
+    log-sum-exp at all.
+    """
+    import inspect
+
+    from torch.nn.attention import flex_attention as fa
+
+    params = inspect.signature(fa.flex_attention).parameters
+    if "return_aux" in params and hasattr(fa, "AuxRequest"):
+        return {"return_aux": fa.AuxRequest(lse=True)}
+    if "return_lse" in params:
+        return {"return_lse": True}
+    raise ValueError(
+        f"backend 'flex' for the piecewise methods needs FlexAttention's log-sum-exp (torch >= 2.5), this is "
+        f"torch {torch.__version__}; use backend 'sdpa'"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def causal_block_mask(n: int, device: str):
+    """The top-left causal block mask of an ``n x n`` block (reused by every layer and step)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    compiled = device.startswith("cuda") and n * n > _EAGER_MASK_PAIRS
+    make = _compiled_create_block_mask() if compiled else create_block_mask
+    return make(lambda b, h, q_idx, kv_idx: kv_idx <= q_idx, B=None, H=None, Q_LEN=n, KV_LEN=n, device=device)
+
+
+def flex_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, scale: float):
+    """One FlexAttention block, ``(out, lse)``: compiled on CUDA (dynamic shapes: block sizes change with the
+    chunk index and the length), eager elsewhere (tests; no backward on CPU)."""
+    require_flex()
+    mask = causal_block_mask(q.shape[2], str(q.device)) if causal else None
+    fn = compiled_flex() if q.device.type == "cuda" else _eager_flex
+    result = fn(q, k, v, block_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1], **flex_lse_kwargs())
+    out, aux = result
+    return out, (aux.lse if hasattr(aux, "lse") else aux)

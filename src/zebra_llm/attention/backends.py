@@ -1,22 +1,27 @@
 """Kernel choice, made in one place.
 
 A backend is *how* attention is computed; the variant (global, local,
-global_approx) says *which* keys each query sees. Every variant registers one
-implementation per backend it supports; ``resolve`` picks one for the inputs
-at hand.
+global_approx, piecewise: every training-free extension method, each a spec of
+``specs.py``) says *which* keys each query sees and at which positions. Every
+variant registers one implementation per backend it supports; ``resolve`` picks
+one for the inputs at hand.
 
 Backends:
   ``sdpa``        PyTorch ``scaled_dot_product_attention``; local variants use a
                   blocked band formulation, O(seq * window). Works everywhere.
-  ``sdpa_stacked`` Dual Chunk Attention only: the three query copies side by
-                  side in one SDPA call per block of queries (see ``dca.py``).
-  ``flex``        FlexAttention with a block-sparse mask (compiled on CUDA).
+  ``tiled``       piecewise only: its blocks by plain matrix products in float32 (any device).
+  ``sdpa_stacked`` piecewise only, for plans of disjoint query groups without boundary
+                  masks (DCA's): one query copy per region side by side in one SDPA call
+                  per block of queries (see ``piecewise.py``).
+  ``flex``        FlexAttention with a block-sparse mask (compiled on CUDA); the piecewise
+                  blocks merged through its log-sum-exp.
   ``flash_attn``  flash-attn's ``window_size`` (CUDA, fp16/bf16, no padding mask;
-                  install the ``flash`` extra).
+                  install the ``flash`` extra); the piecewise blocks merged through its
+                  log-sum-exp, inference only (that log-sum-exp carries no gradient).
   ``reference``   the dense oracle in ``reference.py`` (O(seq^2); debugging only).
   ``auto``        the fastest backend for the device, variant and pass in ``MEASURED`` among those
                   usable here; without a measurement: flash_attn when it applies, else flex on
-                  CUDA, else sdpa.
+                  CUDA, else sdpa. The same rule for every variant.
 
 Force one with the ``backend=`` argument, with ``use_backend(name)`` as a
 context manager, with ``set_backend(name)``, or with the environment variable
@@ -34,19 +39,23 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-BACKENDS = ("auto", "sdpa", "sdpa_stacked", "flex", "flash_attn", "reference")
+BACKENDS = ("auto", "sdpa", "tiled", "sdpa_stacked", "flex", "flash_attn", "reference")
 
 _IMPLS: dict[tuple[str, str], Callable] = {}
+_NO_GRAD: set[tuple[str, str]] = set()  # implementations that compute no gradient (forward only)
 _current: contextvars.ContextVar[str | None] = contextvars.ContextVar("zebra_attention_backend", default=None)
 
 
-def register(variant: str, backend: str) -> Callable[[Callable], Callable]:
-    """Decorator: register ``fn`` as ``variant``'s implementation on ``backend``."""
+def register(variant: str, backend: str, *, grad: bool = True) -> Callable[[Callable], Callable]:
+    """Decorator: register ``fn`` as ``variant``'s implementation on ``backend`` (``grad=False``: it
+    computes no gradient, so ``resolve`` refuses it where one is needed and ``auto`` passes it over)."""
     if backend not in BACKENDS or backend == "auto":
         raise ValueError(f"backend must be one of {BACKENDS[1:]}, got {backend!r}")
 
     def deco(fn: Callable) -> Callable:
         _IMPLS[(variant, backend)] = fn
+        if not grad:
+            _NO_GRAD.add((variant, backend))
         return fn
 
     return deco
@@ -111,6 +120,14 @@ def supported(variant: str) -> list[str]:
     return [b for (v, b) in _IMPLS if v == variant]
 
 
+def implements(variant: str, backend: str) -> bool:
+    return (variant, backend) in _IMPLS
+
+
+def _needs_grad(q: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and q.requires_grad
+
+
 def resolve(variant: str, backend: str | None, q: torch.Tensor, *, padded: bool) -> Callable:
     """Pick ``variant``'s implementation for these inputs.
 
@@ -131,11 +148,16 @@ def resolve(variant: str, backend: str | None, q: torch.Tensor, *, padded: bool)
                 "backend 'flash_attn' needs CUDA tensors in float16 or bfloat16 and no key padding mask, "
                 f"got device={q.device.type}, dtype={q.dtype}, padded={padded}"
             )
+    if (variant, name) in _NO_GRAD and _needs_grad(q):
+        raise ValueError(
+            f"backend {name!r} computes {variant!r} attention without gradients; "
+            f"use {_auto(variant, q, padded=padded)!r} to train"
+        )
     return impl
 
 
 def _usable(variant: str, name: str, q: torch.Tensor, *, padded: bool) -> bool:
-    if (variant, name) not in _IMPLS:
+    if (variant, name) not in _IMPLS or ((variant, name) in _NO_GRAD and _needs_grad(q)):
         return False
     if name == "flash_attn":
         return flash_attn_available() and q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and not padded
@@ -145,19 +167,14 @@ def _usable(variant: str, name: str, q: torch.Tensor, *, padded: bool) -> bool:
 
 
 def _auto(variant: str, q: torch.Tensor, *, padded: bool) -> str:
-    pass_ = "fwd+bwd" if torch.is_grad_enabled() and q.requires_grad else "fwd"
+    pass_ = "fwd+bwd" if _needs_grad(q) else "fwd"
     measured = MEASURED.get((q.device.type, variant, pass_), {})
     usable = [name for name in measured if _usable(variant, name, q, padded=padded)]
     if usable:
         return min(usable, key=measured.__getitem__)
     if q.device.type == "cuda":
-        if (
-            (variant, "flash_attn") in _IMPLS
-            and flash_attn_available()
-            and q.dtype in (torch.float16, torch.bfloat16)
-            and not padded
-        ):
+        if _usable(variant, "flash_attn", q, padded=padded):
             return "flash_attn"
-        if (variant, "flex") in _IMPLS and flex_available():
+        if _usable(variant, "flex", q, padded=padded):
             return "flex"
     return "sdpa"

@@ -15,8 +15,7 @@ below ``c`` (the local window ``w = c - s`` keeps precise distances).
 
 Everything here is integer bookkeeping on plain tensors: the dense reference
 (``reference.dca_attention``) reads relative positions from
-:func:`relative_positions`; the fast kernels (``dca.py``) use the
-per-relation query rotations from :func:`query_shift`.
+:func:`relative_positions`; the kernel runs ``specs.DCASpec``, built on these rules.
 """
 
 from __future__ import annotations
@@ -27,7 +26,8 @@ RELATIONS = ("intra", "succ", "inter")
 
 
 def check_geometry(chunk_size, pretraining_length, temperature_length=None) -> tuple[int, int | None]:
-    """Validate DCA's geometry, the one definition of it (``DCAConfig``, the kernel and its spec call it):
+    """Validate DCA's geometry, the one definition of it (building ``specs.DCASpec`` runs it, which ``DCAConfig``
+    does once; ``DCAConfig.check_settings`` asks it about ``chunk_size`` alone before the model is known):
     ``chunk_size`` (s) and ``pretraining_length`` (c) integers with ``1 <= s < c``; ``temperature_length``
     None or an integer >= 1. ``pretraining_length=None``: not known yet (it defaults to the model's trained
     context), so ``chunk_size`` is checked alone."""

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import torch
 
 from ._checks import check_key_padding_mask, check_qkv, resolve_scale
+from .backends import default_backend, implements, register, resolve
 
 KEY_TILE = 4096  # keys per matrix product on the ``tiled`` backend: bounds its [rows, keys] scores
 GROUP_ROWS = 768  # query rows per near group on distance plans: bounds the boundary masks; from 768 query
@@ -107,7 +108,8 @@ class PiecewiseSpec:
         return None
 
     def region_of(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        """Region index of each pair (broadcast ``i`` against ``j``; meaningful for ``j <= i``)."""
+        """Region index of each pair (broadcast ``i`` against ``j``; meaningful for ``j <= i``); ``-1`` for a
+        pair the rule hides (a key the query does not see at all)."""
         raise NotImplementedError
 
     def plan(self, n_keys: int, n_queries: int) -> list[Group]:
@@ -134,19 +136,10 @@ class PiecewiseSpec:
         return rel
 
 
-def distance_plan(n_keys: int, n_queries: int, boundary: int, rows: int = GROUP_ROWS) -> list[Group]:
-    """The plan of a rule with two regions split by distance: 0 (near) for ``i - j < boundary``,
-    1 (far) for ``i - j >= boundary``.
-
-    Near: query groups of at most ``min(rows, boundary)`` rows, each with its keys
-    ``(i - boundary, i]``: a masked band (keys near for some of the group's rows only,
-    ``[a - boundary + 1, b - boundary)``), the keys near for all of them, and the causal
-    diagonal block. Far: *one* group of every query with a far key (ranks ``i >= boundary``)
-    against keys ``[0, n_keys - boundary)``: query ``i`` sees keys ``j <= i - boundary``,
-    which is a top-left causal square (after a block every row sees in full when the
-    queries start past the boundary). The far group overlaps the near groups' rows; the
-    kernel merges every block of a query row, whichever group it comes in.
-    """
+def band_groups(n_keys: int, n_queries: int, boundary: int, rows: int = GROUP_ROWS) -> list[Group]:
+    """Query groups of at most ``min(rows, boundary)`` rows, each with its keys ``(i - boundary, i]`` in
+    region 0: a masked band (keys near for some of the group's rows only, ``[a - boundary + 1, b -
+    boundary)``), the keys near for all of them, and the causal diagonal block."""
     step = max(1, min(rows, boundary))
     first = n_keys - n_queries
     groups = []
@@ -163,6 +156,21 @@ def distance_plan(n_keys: int, n_queries: int, boundary: int, rows: int = GROUP_
                 blocks.append(Block(0, band1, a))
             blocks.append(Block(0, a, b, "causal"))
         groups.append(Group(a - first, b - first, a, tuple(blocks)))
+    return groups
+
+
+def distance_plan(n_keys: int, n_queries: int, boundary: int, rows: int = GROUP_ROWS) -> list[Group]:
+    """The plan of a rule with two regions split by distance: 0 (near) for ``i - j < boundary``,
+    1 (far) for ``i - j >= boundary``.
+
+    Near: :func:`band_groups`. Far: *one* group of every query with a far key (ranks ``i >= boundary``)
+    against keys ``[0, n_keys - boundary)``: query ``i`` sees keys ``j <= i - boundary``,
+    which is a top-left causal square (after a block every row sees in full when the
+    queries start past the boundary). The far group overlaps the near groups' rows; the
+    kernel merges every block of a query row, whichever group it comes in.
+    """
+    groups = band_groups(n_keys, n_queries, boundary, rows)
+    first = n_keys - n_queries
     f = max(first, boundary)  # the first query with a far key
     if f < n_keys:
         if n_keys - f == 1:
@@ -172,6 +180,23 @@ def distance_plan(n_keys: int, n_queries: int, boundary: int, rows: int = GROUP_
             far = (Block(1, 0, f - boundary), square) if f > boundary else (square,)
         groups.append(Group(f - first, n_keys - first, f, far))
     return groups
+
+
+def region_blocks(spec: "PiecewiseSpec", r0: int, r1: int, k0: int, k1: int, regions) -> list[Block]:
+    """Blocks of keys ``[k0, k1)`` for query ranks ``[r0, r1)``, one per region of ``regions`` that has a
+    pair there: ``full`` where every pair of the block is in it, else a ``mask`` block. For a few keys
+    (the region is looked up on the whole ``[rows, keys]`` grid)."""
+    i = torch.arange(r0, r1)[:, None]
+    j = torch.arange(k0, k1)[None, :]
+    region = torch.where(j <= i, spec.region_of(i, j), -1)
+    blocks = []
+    for r in regions:
+        at = region == r
+        if bool(at.all()):
+            blocks.append(Block(r, k0, k1))
+        elif bool(at.any()):
+            blocks.append(Block(r, k0, k1, "mask"))
+    return blocks
 
 
 # --- rotations and merging -----------------------------------------------------------------------
@@ -501,7 +526,31 @@ def _tiled_block(qb, kb, vb, *, kind, allowed, scale):
     return acc
 
 
-def _run_tiled(q, k, v, spec, groups, inv_freq, scale):
+def _flex_block(qb, kb, vb, *, kind, allowed, scale):
+    """One block on FlexAttention (its log-sum-exp carries gradients on CUDA); a boundary block (at most
+    ``GROUP_ROWS`` square) by :func:`_tiled_block` with its small mask."""
+    if kind == "mask":
+        return _tiled_block(qb, kb, vb, kind=kind, allowed=allowed, scale=scale)
+    from ._flex import flex_with_lse
+
+    return flex_with_lse(qb, kb, vb, causal=kind == "causal", scale=scale)
+
+
+def _flash_attn_block(qb, kb, vb, *, kind, allowed, scale):
+    """One block on flash-attn (``[B, S, H, D]`` layout; its log-sum-exp ``[B, H, S]``, no gradient through
+    it); a boundary block by :func:`_tiled_block`."""
+    if kind == "mask":
+        return _tiled_block(qb, kb, vb, kind=kind, allowed=allowed, scale=scale)
+    from flash_attn import flash_attn_func
+
+    out, lse, _ = flash_attn_func(qb.transpose(1, 2), kb.transpose(1, 2), vb.transpose(1, 2), softmax_scale=scale,
+                                  causal=kind == "causal", return_attn_probs=True)
+    return out.transpose(1, 2), lse
+
+
+def _run_blocks(q, k, v, spec, groups, inv_freq, scale, block_fn):
+    """Every group and block of the plan through ``block_fn(qb, kb, vb, kind=, allowed=, scale=) -> (out,
+    lse)``, merged differentiably (autograd keeps each block's weights)."""
     keys = _Keys(spec, k, inv_freq, groups)
     parts = []  # (q0, q1, (out, lse)) of each group
     for g in groups:
@@ -512,8 +561,8 @@ def _run_tiled(q, k, v, spec, groups, inv_freq, scale):
             if allowed is not None and not bool(allowed.any()):
                 continue
             qb = rotate(qg, _query_shift(spec, g, blk, keys, q.device), inv_freq)
-            acc = merge(acc, _tiled_block(qb, keys.block(blk), v[:, :, blk.k0 : blk.k1], kind=blk.kind,
-                                          allowed=allowed, scale=scale))
+            acc = merge(acc, block_fn(qb, keys.block(blk), v[:, :, blk.k0 : blk.k1], kind=blk.kind,
+                                      allowed=allowed, scale=scale))
         if acc is not None:
             parts.append((g.q0, g.q1, acc))
     # groups may share rows (a distance plan's far group): merge, differentiably, per stretch of rows
@@ -528,9 +577,107 @@ def _run_tiled(q, k, v, spec, groups, inv_freq, scale):
     return torch.cat(outs, dim=2)
 
 
-# --- entry point ---------------------------------------------------------------------------------
+STACKED_BLOCK = 512  # query rows per SDPA call of ``sdpa_stacked``: bounds its [rows, keys] mask
 
-BACKENDS = ("auto", "sdpa", "tiled", "reference")
+
+def _run_stacked(q, k, v, spec, groups, inv_freq, scale):
+    """``sdpa_stacked``: per query group, one query copy per region side by side along ``head_dim`` and each
+    key, turned to its block's region, in that region's slot of a zero-padded key (values padded likewise),
+    so one ordinary SDPA call per block of rows scores every key in its region. For plans whose groups do
+    not share rows and carry no boundary masks (DCA's); R regions make the products R times wider."""
+    if any(blk.kind == "mask" for g in groups for blk in g.blocks) or any(
+        a.q1 > b.q0 for a, b in zip(groups, groups[1:])
+    ):
+        raise ValueError(
+            f"backend 'sdpa_stacked' needs a plan of disjoint query groups without boundary masks (DCA's); "
+            f"{spec.name}'s plan has them: use 'sdpa'"
+        )
+    batch, heads, seq_q, dim = q.shape
+    heads_kv, n_keys = k.shape[1], k.shape[2]
+    first = n_keys - seq_q
+    n_regions = len(spec.regions)
+    ranks = torch.arange(first, n_keys)
+    # offsets cancel: queries and keys keep their ordinary rotation plus the turn to the region's positions
+    copies = [rotate(q, (spec.query_positions(r, ranks).to(torch.float64) - ranks).to(q.device), inv_freq)
+              for r in range(n_regions)]
+    q_all = torch.cat(copies, dim=-1)  # (B, Hq, Sq, R*D)
+    turned = [rotate(k, key_shift(spec, r, 0, n_keys).to(k.device), inv_freq) for r in range(n_regions)]
+    v_all = torch.nn.functional.pad(v, (0, (n_regions - 1) * dim))  # the fused CPU kernel needs equal widths
+    outs = []
+    for g in groups:
+        end = g.r0 + g.q1 - g.q0  # keys [0, end) can be visible to the group
+        k_all = k.new_zeros(batch, heads_kv, end, n_regions * dim)
+        seen = torch.zeros(end, dtype=torch.bool, device=q.device)
+        for blk in g.blocks:
+            r = blk.region
+            k_all[:, :, blk.k0 : blk.k1, r * dim : (r + 1) * dim] = turned[r][:, :, blk.k0 : blk.k1]
+            seen[blk.k0 : blk.k1] = True
+        kj = torch.arange(end, device=q.device)
+        for r0 in range(g.q0, g.q1, STACKED_BLOCK):
+            r1 = min(g.q1, r0 + STACKED_BLOCK)
+            qi = torch.arange(first + r0, first + r1, device=q.device)[:, None]
+            o = torch.nn.functional.scaled_dot_product_attention(
+                q_all[:, :, r0:r1], k_all, v_all[:, :, :end], attn_mask=(kj[None, :] <= qi) & seen[None, :],
+                scale=scale, enable_gqa=heads != heads_kv,
+            )
+            outs.append(o[..., :dim])
+    return torch.cat(outs, dim=2)
+
+
+# --- backends (registered in backends.py with the other variants: the same choice and ``auto`` rule) ----
+
+
+def _prepared(q, k, spec):
+    """The queries scaled by the spec's logit multiplier, and the plan."""
+    n_keys = k.shape[2]
+    ranks = torch.arange(n_keys - q.shape[2], n_keys)
+    factor = spec.query_scale(ranks)
+    if factor is not None:
+        q = (q.to(_acc_dtype(q.dtype)) * factor.to(q.device, _acc_dtype(q.dtype))[:, None]).to(q.dtype)
+    return q, spec.plan(n_keys, q.shape[2])
+
+
+@register("piecewise", "sdpa")
+def _piecewise_sdpa(q, k, v, *, spec, inv_freq, scale, position_offset):
+    """PyTorch's CPU flash kernel per block (exact backward); ``tiled`` off the CPU."""
+    q, groups = _prepared(q, k, spec)
+    if q.device.type == "cpu" and _cpu_flash_ops() is not None:
+        return _MergedBlocks.apply(q, k, v, spec, groups, inv_freq, scale)
+    return _run_blocks(q, k, v, spec, groups, inv_freq, scale, _tiled_block)
+
+
+@register("piecewise", "tiled")
+def _piecewise_tiled(q, k, v, *, spec, inv_freq, scale, position_offset):
+    q, groups = _prepared(q, k, spec)
+    return _run_blocks(q, k, v, spec, groups, inv_freq, scale, _tiled_block)
+
+
+@register("piecewise", "sdpa_stacked")
+def _piecewise_stacked(q, k, v, *, spec, inv_freq, scale, position_offset):
+    q, groups = _prepared(q, k, spec)
+    return _run_stacked(q, k, v, spec, groups, inv_freq, scale)
+
+
+@register("piecewise", "flex")
+def _piecewise_flex(q, k, v, *, spec, inv_freq, scale, position_offset):
+    q, groups = _prepared(q, k, spec)
+    return _run_blocks(q, k, v, spec, groups, inv_freq, scale, _flex_block)
+
+
+@register("piecewise", "flash_attn", grad=False)
+def _piecewise_flash_attn(q, k, v, *, spec, inv_freq, scale, position_offset):
+    q, groups = _prepared(q, k, spec)
+    return _run_blocks(q, k, v, spec, groups, inv_freq, scale, _flash_attn_block)
+
+
+@register("piecewise", "reference")
+def _piecewise_reference(q, k, v, *, spec, inv_freq, scale, position_offset):
+    from .reference import piecewise_attention as dense
+
+    return dense(q, k, v, spec=spec, inv_freq=inv_freq, position_offset=position_offset, scale=scale)
+
+
+# --- entry point ---------------------------------------------------------------------------------
 
 
 def piecewise_attention(
@@ -551,7 +698,7 @@ def piecewise_attention(
         q: ``[batch, heads_q, seq_q, head_dim]`` with RoPE applied at each query's position.
         k, v: ``[batch, heads_kv, seq_kv, head_dim]``; ``k`` with RoPE applied. The queries are
             the last ``seq_q`` real keys.
-        spec: the method's :class:`PiecewiseSpec`.
+        spec: the method's :class:`PiecewiseSpec` (built, and so checked, once: by the method's config).
         inv_freq: the model's rotary inverse frequencies ``[rotary_dim / 2]`` (transformers'
             ``rotate_half`` layout; dims past ``rotary_dim`` are not rotated).
         position_offset: int or ``[batch]``: row ``b``'s real token of rank ``r`` was rotated
@@ -559,47 +706,32 @@ def piecewise_attention(
         scale: score scale, default ``1/sqrt(head_dim)``.
         key_padding_mask: optional ``[batch, seq_kv]`` bool, True for real tokens. Ranks count
             real tokens, so a left-padded row equals the row alone.
-        backend: ``sdpa`` (CPU flash blocks; ``tiled`` elsewhere), ``tiled``, ``reference``,
-            or ``auto``/``None`` (the ``use_backend`` choice when it is one of these, else ``sdpa``).
+        backend: one of ``backends.supported("piecewise")`` (``sdpa``: CPU flash blocks, ``tiled``
+            elsewhere; ``tiled``; ``sdpa_stacked``; ``flex``; ``flash_attn``; ``reference``), or
+            ``auto``/``None``: the ``use_backend`` choice, else the ``auto`` rule every variant follows
+            (a chosen backend this variant lacks counts as ``auto``).
 
     Returns the output with ``q``'s shape and dtype (zeros for padding queries).
     """
-    from .backends import default_backend
-
     check_qkv(q, k, v)
     if not isinstance(spec, PiecewiseSpec):
         raise ValueError(f"spec must be a PiecewiseSpec, got {type(spec).__name__}")
     inv_freq = check_inv_freq(inv_freq, q.shape[-1]).to(q.device)
     kpm = check_key_padding_mask(key_padding_mask, k)
     offsets = check_offsets(position_offset, q.shape[0], q.device)
-    name = backend if backend is not None else default_backend()
-    if name not in BACKENDS:
-        if backend is not None:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        name = "auto"  # a backend chosen for other variants (flex, flash_attn): this kernel's own default
+    name = backend
+    if name is None:
+        name = default_backend()
+        if name != "auto" and not implements("piecewise", name):
+            name = "auto"  # a backend chosen for other variants only
+    # every row runs on its own real tokens (per_row), so no call of the kernel sees a padding mask
+    impl = resolve("piecewise", name, q, padded=False)
     if q.shape[2] == 0:
         return q.new_zeros(q.shape)
-    scale = resolve_scale(scale, q.shape[-1])
-    solve = functools.partial(_solve, spec=spec, inv_freq=inv_freq, scale=scale, backend=name)
+    solve = functools.partial(impl, spec=spec, inv_freq=inv_freq, scale=resolve_scale(scale, q.shape[-1]))
     if kpm is None:
         return solve(q, k, v, position_offset=offsets)
     return per_row(solve, q, k, v, kpm, offsets)
-
-
-def _solve(q, k, v, *, spec, inv_freq, scale, backend, position_offset):
-    if backend == "reference":
-        from .reference import piecewise_attention as dense
-
-        return dense(q, k, v, spec=spec, inv_freq=inv_freq, position_offset=position_offset, scale=scale)
-    n_keys = k.shape[2]
-    ranks = torch.arange(n_keys - q.shape[2], n_keys)
-    factor = spec.query_scale(ranks)
-    if factor is not None:
-        q = (q.to(_acc_dtype(q.dtype)) * factor.to(q.device, _acc_dtype(q.dtype))[:, None]).to(q.dtype)
-    groups = spec.plan(n_keys, q.shape[2])
-    if backend in ("sdpa", "auto") and q.device.type == "cpu" and _cpu_flash_ops() is not None:
-        return _MergedBlocks.apply(q, k, v, spec, groups, inv_freq, scale)
-    return _run_tiled(q, k, v, spec, groups, inv_freq, scale)
 
 
 def check_inv_freq(inv_freq, head_dim: int) -> torch.Tensor:
@@ -648,8 +780,10 @@ __all__ = [
     "Group",
     "KEY_TILE",
     "PiecewiseSpec",
+    "band_groups",
     "distance_plan",
     "merge",
+    "region_blocks",
     "per_row",
     "piecewise_attention",
     "rotate",

@@ -224,8 +224,9 @@ def piecewise_attention(q, k, v, *, spec, inv_freq, position_offset=0, scale=Non
     (``q``, ``k`` carry RoPE at ``position_offset[b] + rank``), and the score of query
     ``i`` and key ``j`` is the query rotated by ``M[i, j]`` (``M =
     spec.relative_positions(n_real)``; fractional values are fractional angles)
-    against the un-rotated key, so RoPE sees exactly that relative position. The
-    logits of query ``i`` are multiplied by ``spec.query_scale`` when it has one.
+    against the un-rotated key, so RoPE sees exactly that relative position (``M < 0``:
+    the key is hidden from the query). The logits of query ``i`` are multiplied
+    by ``spec.query_scale`` when it has one.
     O(seq^2 * distinct relative positions) time: tests only.
     """
     check_qkv(q, k, v)
@@ -250,7 +251,7 @@ def piecewise_attention(q, k, v, *, spec, inv_freq, position_offset=0, scale=Non
         k0 = rope_rotate(k[b][:, slots], -(offsets[b] + k_ranks), inv_freq).repeat_interleave(groups, 0)
         v0 = v[b][:, slots].to(torch.float64).repeat_interleave(groups, 0)
         rel = spec.relative_positions(n).to(q.device)[n - m :]  # (m, n)
-        causal = k_ranks[None, :] <= q_ranks[:, None]
+        causal = (k_ranks[None, :] <= q_ranks[:, None]) & (rel >= 0)  # -1: a pair the rule hides
         scores = torch.full((heads, m, n), float("-inf"), dtype=torch.float64, device=q.device)
         for r in rel[causal].unique().tolist():
             at_r = (rel == r) & causal

@@ -17,6 +17,10 @@ are ranks (the ``r``-th real token of a row has rank ``r``). The dense oracle
   ``i / k + w - w / k``, key at ``j / k``: fractional angles).
 * :class:`StringSpec`: STRING (An et al., 2024, arXiv 2410.18745, github.com/HKUNLP/STRING,
   ``string_for_llama.py``): ``d < S``: ``d``; else ``d - S + W`` (query at ``i - S + W``).
+* :class:`SinksSpec`: attention sinks with LM-Infinite's Lambda-shaped mask and distance limit (Han et
+  al., NAACL 2024, arXiv 2308.16137, github.com/Glaciohound/LM-Infinite, ``models/llama.py``): a query
+  sees the first ``n_sink`` tokens and its last ``window`` keys, nothing else; ``d < window``: ``d``;
+  a sink farther away: ``min(d, L)`` (query at ``L``, key at 0 where ``d >= L``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import math
 import torch
 
 from .dca_positions import check_geometry, query_positions as dca_query_positions, temperature_factor
-from .piecewise import Block, Group, PiecewiseSpec, distance_plan
+from .piecewise import Block, Group, PiecewiseSpec, band_groups, distance_plan, region_blocks
 
 
 def _int(name: str, value, minimum: int) -> int:
@@ -231,4 +235,50 @@ class StringSpec(PiecewiseSpec):
         return distance_plan(n_keys, n_queries, self.shifted_offset)
 
 
-__all__ = ["DCASpec", "ReRoPESpec", "SelfExtendSpec", "StringSpec"]
+class SinksSpec(PiecewiseSpec):
+    """Attention sinks on a Lambda-shaped mask with a distance limit (LM-Infinite's rule).
+
+    Query ``i`` sees keys ``i - window < j <= i`` (region ``window``, exact distances) and the first
+    ``n_sink`` tokens (the attention sinks of StreamingLLM, Xiao et al., ICLR 2024, arXiv 2309.17453; LM-
+    Infinite's ``global_branch``) at ``min(d, distance_limit)``: exact below the limit (region ``sink``),
+    ``distance_limit`` from it on (region ``capped``: query at ``distance_limit``, key at 0, as the official
+    code's "stationary" query and un-rotated key). Every other key is hidden. LM-Infinite runs Llama-2
+    (trained on 4096) with ``local_branch 4096``, ``global_branch 100``, ``limit_distance 4096``.
+    StreamingLLM's rule differs in the sinks' positions only: it places the rolling cache's keys at their
+    cache slots, so a sink ``j`` sits at ``min(i, n_sink + window - 1) - j``; this spec follows LM-Infinite.
+    """
+
+    name = "sinks"
+    regions = ("window", "sink", "capped")
+
+    def __init__(self, n_sink: int, window: int, distance_limit: int):
+        self.n_sink = _int("n_sink", n_sink, 0)
+        self.window = _int("window", window, 1)
+        self.distance_limit = _int("distance_limit", distance_limit, 1)
+
+    def query_positions(self, region, ranks):
+        return torch.full_like(ranks, self.distance_limit) if region == 2 else ranks
+
+    def key_positions(self, region, ranks):
+        return torch.zeros_like(ranks) if region == 2 else ranks
+
+    def key_offset(self, region):
+        return None if region == 2 else 0
+
+    def region_of(self, i, j):
+        d = i - j
+        sink = torch.where(d < self.distance_limit, 1, 2)
+        return torch.where(d < self.window, 0, torch.where(j < self.n_sink, sink, -1))
+
+    def plan(self, n_keys, n_queries):
+        """Near groups of :func:`band_groups` (the window); each group's sinks past the window, by region."""
+        groups = []
+        for g in band_groups(n_keys, n_queries, self.window):
+            r1 = g.r0 + g.q1 - g.q0
+            sinks_end = min(self.n_sink, max(0, r1 - self.window))  # sinks out of the window for some row
+            extra = region_blocks(self, g.r0, r1, 0, sinks_end, (1, 2)) if sinks_end else []
+            groups.append(Group(g.q0, g.q1, g.r0, tuple(extra) + g.blocks))
+        return groups
+
+
+__all__ = ["DCASpec", "ReRoPESpec", "SelfExtendSpec", "SinksSpec", "StringSpec"]

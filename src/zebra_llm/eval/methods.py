@@ -13,6 +13,7 @@ A spec is ``name`` or ``name:key=value,key=value``:
                                       SelfExtend (Jin et al., 2024)
     rerope:window=4096                ReRoPE (Su, 2023); leak=16 for leaky ReRoPE
     string                            STRING (An et al., 2024), shifted_offset / local_value
+    sinks:n_sink=4,window=2048        attention sinks on LM-Infinite's Lambda mask (Han et al., 2024)
     zebra:layer_group_size=4,window=512
                                       conversion to Zebra layerwise grouped local-global attention
 
@@ -31,24 +32,31 @@ the rope-scaling methods, ``(c - W) * G + W`` for SelfExtend, ``c + S - W`` for 
 positions stay inside the trained range at any length). Past the limit a method's output says
 nothing useful and the run would only burn time, so evaluations refuse it;
 ``max_length=N`` on any spec sets the limit explicitly.
+
+A model saved after ``apply_extension`` carries its method's settings, which a spec of that method runs
+(and its label records: ``method_spec.MethodSpec.for_model``); a spec of another method, or with other
+settings, is refused unless it says ``override_saved=true``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from zebra_llm.config_io import ConfigError, build
-from zebra_llm.dca import DCAConfig, apply_dca, resolve_config
-from zebra_llm.extensions import apply_extension
-from zebra_llm.extensions.config import check_settings, make_config
+from zebra_llm.extensions import apply_extension, resolve
+from zebra_llm.extensions.config import CONFIGS as EXTENSION_CONFIGS
 from zebra_llm.loading import trained_context
 from zebra_llm.modeling import convert_to_zebra
 from zebra_llm.modeling.configuration_zebra import LayerSettingError, check_layer_settings
 
 # How far past its nominal context a method may be asked to go by default.
 DEFAULT_LIMIT_MULTIPLE = 4
+# Options of every method that are about the evaluation, not the method's settings: the length limit, and
+# running a method other than (or settings other than) the one a model was saved with.
+SPEC_OPTIONS = ("max_length", "override_saved")
 
 
 # ---------------------------------------------------------------- option parsing
@@ -142,6 +150,7 @@ def methods_help() -> str:
 @dataclass(frozen=True)
 class NoneOptions:
     max_length: int | None = None
+    override_saved: bool | None = None
 
     def __post_init__(self):
         _check_max_length(self.max_length)
@@ -167,6 +176,7 @@ class RopeScalingOptions:
     factor: float | None = None
     original_max_position_embeddings: int | None = None
     max_length: int | None = None
+    override_saved: bool | None = None
 
     def __post_init__(self):
         if self.factor is None:
@@ -301,180 +311,88 @@ def _rebuild_rotary_embeddings(model) -> int:
     return len(targets)
 
 
-# --- DCA and Zebra
+# --- the training-free extension methods (zebra_llm.extensions): one adapter, options from each config
 
 
-@dataclass(frozen=True)
-class DCAOptions:
-    pretraining_length: int | None = None
-    chunk_size: int | None = None
-    temperature: bool | None = None  # None: off, unless the model carries a vLLM DCA config
-    preset: str | None = None
-    max_length: int | None = None
+class ExtensionMethod(Method):
+    """A method of ``zebra_llm.extensions.config.CONFIGS``: its options are its config's settings (each
+    ``None`` by default: from the model), checked by the config's own ``check_settings`` when the spec
+    is parsed; the config itself is built once the model's config is known (:meth:`config`) and handed
+    to ``apply_extension`` as it is."""
 
-    def __post_init__(self):
-        if self.preset is not None:
-            object.__setattr__(self, "preset", self.preset.strip().lower())
-        # DCAConfig's own checks, as far as they go without the model (its trained context).
-        DCAConfig.check_settings(self.pretraining_length, self.chunk_size, preset=self.preset)
-        _check_max_length(self.max_length)
-
-
-@register_method
-class DualChunkAttention(Method):
-    """Dual Chunk Attention: training-free extension by chunked relative positions (An et al., 2024)."""
-
-    name = "dca"
-    options_type = DCAOptions
+    config_type: ClassVar[type]
 
     @classmethod
-    def apply(cls, model, options):
+    def settings(cls, options) -> dict:
+        return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)
+                if f.name not in SPEC_OPTIONS and getattr(options, f.name) is not None}
+
+    @classmethod
+    def config(cls, model_config, options, *, use_saved: bool | None = None):
+        """The method's config on a model with ``model_config``: its saved settings of this method (unless
+        ``override_saved``, or ``use_saved=False``) and its trained context for the defaults."""
+        if use_saved is None:
+            use_saved = not options.override_saved
         try:
-            result = apply_dca(model, **cls._settings(options))
+            return resolve(model_config, cls.name, cls.settings(options), use_saved=use_saved)
         except ValueError as e:
-            raise ValueError(f"method dca: {e}") from None
-        return model if result is None else result
+            raise ValueError(f"method {cls.name}: {e}") from None
 
-    @classmethod
-    def _settings(cls, options) -> dict:
-        return dict(
-            pretraining_length=options.pretraining_length,
-            chunk_size=options.chunk_size,
-            temperature=options.temperature,
-            preset=None if options.preset == "paper" else options.preset,
-        )
-
-    @classmethod
-    def check_config(cls, config, options) -> None:
-        try:
-            resolve_config(config, **cls._settings(options))
-        except ValueError as e:
-            raise ValueError(f"method dca: {e}") from None
-
-    @classmethod
-    def nominal_context(cls, config, options) -> int | None:
-        return None  # DCA keeps every relative distance inside the trained range at any length
-
-    @classmethod
-    def limit_reason(cls, config, options) -> str:
-        return "its max_length option"
-
-
-# --- SelfExtend, ReRoPE, STRING (zebra_llm.extensions; settings validated there by name)
-
-
-def _extension_settings(options) -> dict:
-    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)
-            if f.name != "max_length" and getattr(options, f.name) is not None}
-
-
-def _check_extension_options(method: str, options) -> None:
-    """The extension's own checks (``extensions.config.check_settings``), so a bad option fails before
-    the model is loaded; the checks against the model's trained length follow in :meth:`_Extension.config`."""
-    check_settings(method, _extension_settings(options))  # the caller names the method in the error
-    _check_max_length(options.max_length)
-
-
-class _Extension(Method):
     @classmethod
     def check_config(cls, config, options) -> None:
         cls.config(config, options)
 
     @classmethod
-    def config(cls, model_config, options):
-        try:
-            return make_config(cls.name, trained_context(model_config), _extension_settings(options))
-        except ValueError as e:
-            raise ValueError(f"method {cls.name}: {e}") from None
-
-    @classmethod
     def apply(cls, model, options):
+        cfg = cls.config(model.config, options)
         try:
-            result = apply_extension(model, cls.name, **_extension_settings(options))
+            return apply_extension(model, cfg)
         except ValueError as e:
             raise ValueError(f"method {cls.name}: {e}") from None
-        return model if result is None else result
-
-
-# The option records of SelfExtend, ReRoPE and STRING share a shape: each is its method's own list of
-# `-m name:key=value` options (what --help and errors name), checked by the extension's own check_settings.
-@dataclass(frozen=True)
-class SelfExtendOptions:
-    group_size: int | None = None
-    neighbor_window: int | None = None
-    scale_base: int | None = None
-    max_length: int | None = None
-
-    def __post_init__(self):
-        _check_extension_options("self_extend", self)
-
-
-@register_method
-class SelfExtend(_Extension):
-    """SelfExtend: neighbour window kept, grouped positions beyond (Jin et al., ICML 2024)."""
-
-    name = "self_extend"
-    options_type = SelfExtendOptions
-
-    @classmethod
-    def nominal_context(cls, config, options) -> int:
-        return cls.config(config, options).max_length
-
-
-@dataclass(frozen=True)
-class ReRoPEOptions:
-    window: int | None = None
-    leak: float | None = None
-    logn: bool | None = None
-    max_length: int | None = None
-
-    def __post_init__(self):
-        _check_extension_options("rerope", self)
-
-
-@register_method
-class ReRoPE(_Extension):
-    """ReRoPE (and leaky ReRoPE with ``leak``): distances past the window clamped (Su, 2023)."""
-
-    name = "rerope"
-    options_type = ReRoPEOptions
 
     @classmethod
     def nominal_context(cls, config, options) -> int | None:
-        cfg = cls.config(config, options)
-        if cfg.leak is None:
-            return None  # every relative position is at most the window, at any length
-        return int((cfg.trained_length - cfg.window) * cfg.leak + cfg.window)
+        return cls.config(config, options).reach  # None: every relative position stays inside the trained range
 
     @classmethod
     def limit_reason(cls, config, options) -> str:
-        if cls.nominal_context(config, options) is None:
+        if getattr(options, "max_length", None) is None and cls.nominal_context(config, options) is None:
             return "its max_length option"
         return super().limit_reason(config, options)
 
 
-@dataclass(frozen=True)
-class StringOptions:
-    shifted_offset: int | None = None
-    local_value: int | None = None
-    attention_factor: float | None = None
-    max_length: int | None = None
+def _extension_options(method: str, config_type: type) -> type:
+    """The options record of an extension method: every setting of its config (and ``preset`` for DCA),
+    each ``None`` by default, plus ``max_length``; checked by the config's ``check_settings``."""
+    hints = typing.get_type_hints(config_type)
+    names = [f.name for f in dataclasses.fields(config_type)] + [  # DCA's preset (its trained length is c)
+        n for n in getattr(config_type, "SETTINGS", ()) if n not in hints and n != "trained_length"]
+    specs = [(n, hints.get(n, str) | None, dataclasses.field(default=None)) for n in names]
+    specs += [(n, int | None if n == "max_length" else bool | None, dataclasses.field(default=None))
+              for n in SPEC_OPTIONS]
 
     def __post_init__(self):
-        _check_extension_options("string", self)
+        if getattr(self, "preset", None) is not None:
+            object.__setattr__(self, "preset", self.preset.strip().lower())
+        config_type.check_settings({n: getattr(self, n) for n in names if getattr(self, n) is not None})
+        _check_max_length(self.max_length)
+
+    return dataclasses.make_dataclass(
+        f"{config_type.__name__.removesuffix('Config')}Options",
+        specs,
+        namespace={"__post_init__": __post_init__, "__module__": __name__}, frozen=True,
+    )
 
 
-@register_method
-class String(_Extension):
-    """STRING: the least-trained distances replaced by shifted well-trained ones (An et al., 2024)."""
+def _register_extensions() -> None:
+    for name, config_type in EXTENSION_CONFIGS.items():
+        register_method(type(f"{config_type.__name__.removesuffix('Config')}Method", (ExtensionMethod,), {
+            "__doc__": (config_type.__doc__ or "").strip().splitlines()[0], "name": name,
+            "config_type": config_type, "options_type": _extension_options(name, config_type),
+        }))
 
-    name = "string"
-    options_type = StringOptions
 
-    @classmethod
-    def nominal_context(cls, config, options) -> int:
-        cfg = cls.config(config, options)
-        return cfg.trained_length + cfg.shifted_offset - cfg.local_value
+_register_extensions()
 
 
 @dataclass(frozen=True)
@@ -484,6 +402,7 @@ class ZebraOptions:
     window: int | None = None
     approx_chunk_size: int | None = None
     max_length: int | None = None
+    override_saved: bool | None = None
 
     def __post_init__(self):
         try:  # ZebraConfig's own checks, so a bad setting fails before the model is loaded

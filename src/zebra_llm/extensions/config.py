@@ -18,7 +18,15 @@ string          ``shifted_offset``     HKUNLP/STRING README: ``int(0.33 * L)``, 
                 0.33c
                 ``local_value`` 128    same (``small_local_value=128``); capped at S/2 when S < 256
                 ``attention_factor``   ``string_for_llama.py``: ``0.1 * ln 2 + 1``
+sinks           ``n_sink`` 100         LM-Infinite's Llama-2 command (``--global_branch 100``);
+                                       capped at c/16 (ours) for models trained on < 1600 tokens
+                ``window`` c           same (``--local_branch 4096`` for c = 4096)
+                ``distance_limit`` c   same (``--limit_distance 4096``)
 ==============  =====================  ==========================================================
+
+Every method is one config class here (``DCAConfig`` in ``extensions/dca.py``) with the same few members
+(``check_settings`` before the model is known, ``from_model``, ``spec``, ``to_dict`` / ``from_dict``), and
+one line of :data:`CONFIGS`.
 """
 
 from __future__ import annotations
@@ -26,7 +34,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from ..attention.specs import DCASpec, ReRoPESpec, SelfExtendSpec, StringSpec
+from ..attention.specs import ReRoPESpec, SelfExtendSpec, SinksSpec, StringSpec
+from .dca import DCAConfig
 
 STRING_ATTENTION_FACTOR = 0.1 * math.log(2) + 1
 
@@ -50,10 +59,68 @@ def _check_known(method: str, cls, settings: dict, extra: tuple[str, ...] = ()) 
         raise ValueError(f"unknown {method} setting(s) {unknown}; allowed: {sorted(known)}")
 
 
-# The three configs below share a shape (trained length, defaults derived from it, the spec's checks):
-# each lists its method's own settings and the source of each default, which a base class would hide.
+class _FromTrainedLength:
+    """What the configs of the methods whose defaults follow from the trained length share: building one
+    for a model, the saved form, and the checks before the model is known. Each config lists its own
+    fields and the source of each default."""
+
+    display: str  # the method's name in messages
+    method: str  # its registry name
+    NEEDED: tuple[str, ...] = ()  # settings that fix the rule without the trained length
+
+    @classmethod
+    def check_settings(cls, settings: dict) -> None:
+        """Check what can be checked of ``settings`` before the trained length is known (names and each
+        value's own range; those against the trained length follow when the config is built), so a bad
+        option fails before a model is loaded, with the same message."""
+        _check_known(cls.method, cls, settings, ("trained_length",))
+        cls._check_alone({k: v for k, v in settings.items() if k != "trained_length"})
+
+    @classmethod
+    def from_model(cls, model_config, settings: dict, saved: dict | None = None):
+        """The config for a model: ``trained_length=`` or the model's trained context for the defaults.
+        ``saved``: this method's settings from an earlier ``apply_extension`` (kept by
+        ``save_pretrained``): no settings reuse them as they are; settings given are taken with the saved
+        trained length for the others' defaults (a saved default derived from another setting is not
+        carried over)."""
+        from ..loading import trained_context
+
+        settings = dict(settings)
+        trained = settings.pop("trained_length", None)
+        if trained is None and saved is not None:
+            saved = dict(saved)
+            trained = saved.pop("trained_length")
+            return cls.build(trained, settings or saved)
+        return cls.build(trained_context(model_config) if trained is None else trained, settings)
+
+    @classmethod
+    def build(cls, trained_length: int, settings: dict):
+        _check_known(cls.method, cls, settings)
+        return cls(trained_length=trained_length, **settings)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def explicit_spec(cls, settings: dict):
+        """The spec from settings that give the geometry in full, without the trained length (the rule
+        does not depend on it; only the defaults, the range checks against it and ReRoPE's log-n scaling
+        do)."""
+        _check_known(cls.method, cls, settings)
+        missing = [name for name in cls.NEEDED if settings.get(name) is None]
+        if missing:
+            raise ValueError(f"{cls.method}: give {', '.join(f'{m}=' for m in missing)} or trained_length= "
+                             f"(the model's trained context, from which the defaults follow)")
+        return cls._spec_alone(settings)
+
+
 @dataclass(frozen=True)
-class SelfExtendConfig:
+class SelfExtendConfig(_FromTrainedLength):
     """SelfExtend (Jin et al., ICML 2024, arXiv 2401.01325).
 
     ``group_size`` G and ``neighbor_window`` W: distances below W are kept, larger ones
@@ -61,6 +128,8 @@ class SelfExtendConfig:
     ``(n - W) / G + W``, so a model trained on ``c`` tokens reaches ``(c - W) * G + W``
     (:attr:`max_length`). ``scale_base``: optional log scaling of queries (off).
     """
+
+    method, display, NEEDED = "self_extend", "SelfExtend", ("neighbor_window",)
 
     trained_length: int
     group_size: int = 8
@@ -79,17 +148,32 @@ class SelfExtendConfig:
     def max_length(self) -> int:
         return (self.trained_length - self.neighbor_window) * self.group_size + self.neighbor_window
 
+    @property
+    def reach(self) -> int:
+        """The longest sequence the method is meant for (its largest position stays below ``c``)."""
+        return self.max_length
+
     def spec(self) -> SelfExtendSpec:
         return SelfExtendSpec(self.group_size, self.neighbor_window, self.scale_base)
 
+    @classmethod
+    def _check_alone(cls, settings):  # the spec checks each value; a missing window gets its smallest valid one
+        cls._spec_alone({"neighbor_window": 1, **settings})
+
+    @classmethod
+    def _spec_alone(cls, settings):
+        return SelfExtendSpec(settings.get("group_size", 8), settings["neighbor_window"], settings.get("scale_base"))
+
 
 @dataclass(frozen=True)
-class ReRoPEConfig:
+class ReRoPEConfig(_FromTrainedLength):
     """ReRoPE and leaky ReRoPE (Su, 2023, github.com/bojone/rerope).
 
     ``window`` w: distances below w are kept, larger ones become w (or, with ``leak`` k,
     ``w + (d - w) / k``). ``logn``: the official log-n query scaling with the trained length.
     """
+
+    method, display, NEEDED = "rerope", "ReRoPE", ("window",)
 
     trained_length: int
     window: int | None = None
@@ -105,18 +189,35 @@ class ReRoPEConfig:
         if self.window >= c:
             raise ValueError(f"window must be smaller than the trained length {c}, got {self.window}")
 
+    @property
+    def reach(self) -> int | None:
+        """None for ReRoPE (every relative position is at most the window); leaky: ``(c - w) * k + w``."""
+        return None if self.leak is None else int((self.trained_length - self.window) * self.leak + self.window)
+
     def spec(self) -> ReRoPESpec:
         return ReRoPESpec(self.window, self.leak, self.trained_length if self.logn else None)
 
+    @classmethod
+    def _check_alone(cls, settings):
+        cls._spec_alone({"window": 1, **settings})
+
+    @classmethod
+    def _spec_alone(cls, settings):
+        _bool("logn", settings.get("logn", True))
+        # the log-n query scaling needs the trained length but leaves the positions unchanged
+        return ReRoPESpec(settings["window"], settings.get("leak"), None)
+
 
 @dataclass(frozen=True)
-class StringConfig:
+class StringConfig(_FromTrainedLength):
     """STRING (An et al., 2024, arXiv 2410.18745, github.com/HKUNLP/STRING).
 
     Distances of at least ``shifted_offset`` S are shifted down to ``d - S + local_value``,
     so the least-trained S positions are never used; ``attention_factor`` multiplies
     every logit by its square, as the official code does.
     """
+
+    method, display, NEEDED = "string", "STRING", ("shifted_offset", "local_value")
 
     trained_length: int
     shifted_offset: int | None = None
@@ -134,98 +235,144 @@ class StringConfig:
         if self.shifted_offset >= c:
             raise ValueError(f"shifted_offset must be smaller than the trained length {c}, got {self.shifted_offset}")
 
+    @property
+    def reach(self) -> int:
+        """``c + S - W``: the length whose largest shifted distance is ``c - 1``."""
+        return self.trained_length + self.shifted_offset - self.local_value
+
     def spec(self) -> StringSpec:
         return StringSpec(self.shifted_offset, self.local_value, self.attention_factor)
 
 
-NON_DCA_CONFIGS = {"self_extend": SelfExtendConfig, "rerope": ReRoPEConfig, "string": StringConfig}
-DCA_SETTINGS = ("pretraining_length", "chunk_size", "temperature", "temperature_length", "preset", "trained_length")
-METHODS = ("dca", "self_extend", "rerope", "string")
 
-
-def check_method(method) -> str:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    return method
-
-
-def check_settings(method: str, settings: dict) -> None:
-    """Check what can be checked of ``method``'s settings (not ``dca``: ``DCAConfig.check_settings``)
-    before the model, and so its trained length, is known: the names and each value's own range. The
-    checks against the trained length follow in :func:`make_config`. So a bad option fails before a
-    model is loaded, with the same message."""
-    cls = NON_DCA_CONFIGS[check_method(method)]
-    _check_known(method, cls, settings)
-    if method == "self_extend":
-        # the spec checks each value; a missing neighbor_window gets its smallest valid value
-        SelfExtendSpec(settings.get("group_size", 8), settings.get("neighbor_window", 1), settings.get("scale_base"))
-    elif method == "rerope":
-        _bool("logn", settings.get("logn", True))
-        ReRoPESpec(settings.get("window", 1), settings.get("leak"))
-    else:
+    @classmethod
+    def _check_alone(cls, settings):
         local = settings.get("local_value", 0)
         offset = settings.get("shifted_offset")
         if offset is None:  # the smallest offset a valid local_value allows
             offset = local if isinstance(local, int) and not isinstance(local, bool) and local >= 1 else 1
-        StringSpec(offset, local, settings.get("attention_factor", STRING_ATTENTION_FACTOR))
+        cls._spec_alone({**settings, "shifted_offset": offset, "local_value": local})
+
+    @classmethod
+    def _spec_alone(cls, settings):
+        return StringSpec(settings["shifted_offset"], settings["local_value"],
+                          settings.get("attention_factor", STRING_ATTENTION_FACTOR))
+
+
+@dataclass(frozen=True)
+class SinksConfig(_FromTrainedLength):
+    """Attention sinks with LM-Infinite's Lambda-shaped mask and distance limit (Han et al., NAACL 2024,
+    arXiv 2308.16137; the sinks of StreamingLLM, Xiao et al., ICLR 2024, arXiv 2309.17453).
+
+    A query sees the first ``n_sink`` tokens and its last ``window`` keys; a sink farther than
+    ``distance_limit`` is seen at that distance. ``window`` and ``distance_limit`` at most the trained
+    length, so no relative position exceeds it. Rule: ``attention.specs.SinksSpec``.
+    """
+
+    method, display, NEEDED = "sinks", "sinks", ("window", "distance_limit")
+
+    trained_length: int
+    n_sink: int | None = None
+    window: int | None = None
+    distance_limit: int | None = None
+
+    def __post_init__(self):
+        c = _int("trained_length", self.trained_length, 2)
+        if self.n_sink is None:
+            object.__setattr__(self, "n_sink", min(100, max(1, c // 16)))
+        for name in ("window", "distance_limit"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, c)
+        self.spec()
+        for name in ("window", "distance_limit"):
+            if getattr(self, name) > c:
+                raise ValueError(f"{name} must be at most the trained length {c}, got {getattr(self, name)}")
+
+    @property
+    def reach(self) -> None:
+        """None: no relative position exceeds the window or the distance limit, at any length."""
+        return None
+
+    def spec(self) -> SinksSpec:
+        return SinksSpec(self.n_sink, self.window, self.distance_limit)
+
+    @classmethod
+    def _check_alone(cls, settings):
+        cls._spec_alone({"window": 1, "distance_limit": 1, **settings})
+
+    @classmethod
+    def _spec_alone(cls, settings):
+        return SinksSpec(settings.get("n_sink", 100), settings["window"], settings["distance_limit"])
+
+
+#: The registry: method name -> its config class (the method's spec comes from ``config.spec()``).
+CONFIGS = {
+    "dca": DCAConfig,
+    "self_extend": SelfExtendConfig,
+    "rerope": ReRoPEConfig,
+    "string": StringConfig,
+    "sinks": SinksConfig,
+}
+METHODS = tuple(CONFIGS)
+NON_DCA_CONFIGS = {name: cls for name, cls in CONFIGS.items() if name != "dca"}  # kept for callers
+
+
+def check_method(method) -> str:
+    if method not in CONFIGS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    return method
+
+
+def config_class(method):
+    return CONFIGS[check_method(method)]
+
+
+def check_settings(method: str, settings: dict) -> None:
+    """Check what can be checked of ``method``'s settings before the model, and so its trained length, is
+    known: the names and each value's own range (the rest when the config is built)."""
+    config_class(method).check_settings(settings)
 
 
 def make_config(method: str, trained_length: int, settings: dict):
-    """The validated config of ``method`` (not ``dca``) for a model trained on ``trained_length`` tokens."""
-    cls = NON_DCA_CONFIGS[check_method(method)]
-    _check_known(method, cls, settings)
-    return cls(trained_length=trained_length, **settings)
+    """The validated config of ``method`` for a model trained on ``trained_length`` tokens."""
+    cls = config_class(method)
+    if cls is DCAConfig:
+        cls.check_settings(settings)
+        return DCAConfig.from_settings(**{"trained_length": trained_length, **settings})
+    return cls.build(trained_length, settings)
 
 
 def config_to_dict(config) -> dict:
-    return asdict(config)
+    return config.to_dict()
 
 
 def spec_for(method: str, **settings):
-    """The :class:`PiecewiseSpec` of ``method`` from explicit settings (``trained_length`` or
-    ``pretraining_length`` gives the defaults; without it the method's geometry must be given in
-    full, and ReRoPE's log-n scaling, which needs the trained length, is left out)."""
-    check_method(method)
-    if method == "dca":
-        from ..dca import DCAConfig
-
-        unknown = sorted(set(settings) - set(DCA_SETTINGS))
-        if unknown:
-            raise ValueError(f"unknown dca setting(s) {unknown}; allowed: {sorted(DCA_SETTINGS)}")
-        cfg = DCAConfig.from_settings(**settings)
-        return DCASpec(cfg.chunk_size, cfg.pretraining_length, cfg.temperature_length if cfg.temperature else None)
+    """The :class:`PiecewiseSpec` of ``method`` from explicit settings (``trained_length`` or, for ``dca``,
+    ``pretraining_length`` gives the defaults; without it the method's geometry must be given in full,
+    and ReRoPE's log-n scaling, which needs the trained length, is left out)."""
+    cls = config_class(method)
+    if cls is DCAConfig:
+        cls.check_settings(settings)
+        return DCAConfig.from_settings(**settings).spec()
     settings = dict(settings)
     trained = settings.pop("trained_length", None)
     if trained is not None:
-        return make_config(method, trained, settings).spec()
-    # Without the trained length the geometry must be given in full; the rule itself does not
-    # depend on the trained length (only the defaults, the range checks against it and ReRoPE's
-    # log-n scaling do).
-    cls = NON_DCA_CONFIGS[method]
-    _check_known(method, cls, settings)
-    needed = {"self_extend": ("neighbor_window",), "rerope": ("window",), "string": ("shifted_offset", "local_value")}[method]
-    missing = [name for name in needed if settings.get(name) is None]
-    if missing:
-        raise ValueError(f"{method}: give {', '.join(f'{m}=' for m in missing)} or trained_length= "
-                         f"(the model's trained context, from which the defaults follow)")
-    if method == "self_extend":
-        return SelfExtendSpec(settings.get("group_size", 8), settings["neighbor_window"], settings.get("scale_base"))
-    if method == "rerope":
-        _bool("logn", settings.get("logn", True))
-        # the log-n query scaling needs the trained length but leaves the positions unchanged
-        return ReRoPESpec(settings["window"], settings.get("leak"), None)
-    return StringSpec(settings["shifted_offset"], settings["local_value"],
-                      settings.get("attention_factor", STRING_ATTENTION_FACTOR))
+        return cls.build(trained, settings).spec()
+    return cls.explicit_spec(settings)
 
 
 __all__ = [
+    "CONFIGS",
+    "DCAConfig",
     "METHODS",
     "ReRoPEConfig",
     "STRING_ATTENTION_FACTOR",
     "SelfExtendConfig",
+    "SinksConfig",
     "StringConfig",
     "check_method",
     "check_settings",
+    "config_class",
     "make_config",
     "spec_for",
 ]

@@ -6,8 +6,8 @@ Guide: docs/models-and-caches.md.
 * ``masks``: mask functions for ``AttentionMaskInterface`` (a ``[batch, kv_len]`` padding mask, no
   ``seq x seq`` tensor) and the checks attention functions make on what they receive.
 * ``zebra_attention``: the ``"zebra"`` implementation of Zebra models (one kernel per layer type).
-* ``extension``: DCA, SelfExtend, ReRoPE and STRING on a loaded model (``"dca"`` and
-  ``"zebra_extension"``; on a Zebra model its global layers), installed and removed.
+* ``extension``: DCA, SelfExtend, ReRoPE, STRING and sinks on a loaded model (``"zebra_extension"``; on a
+  Zebra model its global layers), installed and removed.
 
 :func:`register` (run on ``import zebra_llm``) registers the attention functions and their mask
 functions under those names. The ``global_approx`` cache layers register themselves by being defined
@@ -28,7 +28,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 from .compat import CACHE_FIELD, CACHE_KWARG, cache_kwargs, merge_cache_kwargs, output_cache
-from .extension import DCA_IMPLEMENTATION, EXTENSION_IMPLEMENTATION, extension_attention_forward
+from .extension import EXTENSION_IMPLEMENTATION, extension_attention_forward
 from .masks import extension_mask_interface, key_padding_mask, padding_mask_interface
 from .zebra_attention import IMPLEMENTATION as ZEBRA_IMPLEMENTATION
 from .zebra_attention import zebra_attention_forward
@@ -36,7 +36,6 @@ from .zebra_attention import zebra_attention_forward
 # name -> (attention function, mask function)
 IMPLEMENTATIONS = {
     ZEBRA_IMPLEMENTATION: (zebra_attention_forward, padding_mask_interface),
-    DCA_IMPLEMENTATION: (extension_attention_forward, extension_mask_interface),
     EXTENSION_IMPLEMENTATION: (extension_attention_forward, extension_mask_interface),
 }
 

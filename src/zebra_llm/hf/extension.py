@@ -1,13 +1,13 @@
-"""Training-free context extension (DCA, SelfExtend, ReRoPE, STRING) on a transformers model: the
+"""Training-free context extension (DCA, SelfExtend, ReRoPE, STRING, sinks) on a transformers model: the
 attention function, and putting it on and off a loaded model.
 
-``install`` keeps the method's :class:`ExtensionState` on the attention modules it applies to, records
-the settings on the model config (``config.zebra_dca`` for DCA, ``config.zebra_extension`` for the
-others, so ``save_pretrained`` keeps them) and switches the model's attention implementation:
+``install`` keeps the method's :class:`ExtensionState` (its config and the spec the kernel runs) on the
+attention modules it applies to, records the settings on the model config (``config.zebra_extension``,
+``{"method": ..., **settings}``, so ``save_pretrained`` keeps them; models saved before kept DCA's under
+``config.zebra_dca``, read as the same) and switches the model's attention implementation:
 
-* Llama, Mistral, Qwen2/3 and the families with per-layer ``layer_types``: ``"dca"`` or
-  ``"zebra_extension"`` (one function, :func:`extension_attention_forward`, under both names so the
-  config says which method runs). ``sliding_attention`` layers keep their window there;
+* Llama, Mistral, Qwen2/3 and the families with per-layer ``layer_types``: ``"zebra_extension"``
+  (:func:`extension_attention_forward`, every method). ``sliding_attention`` layers keep their window there;
 * Zebra models keep their own ``"zebra"`` implementation: only the ``global`` layers carry the state,
   and ``zebra_attention_forward`` sends a layer that has it here.
 
@@ -35,16 +35,18 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention import dca_attention, global_attention, local_attention
+from ..attention import global_attention, local_attention
 from ..attention.piecewise import piecewise_attention
 from .masks import key_padding_mask, written_keys
 
-DCA_IMPLEMENTATION = "dca"
-EXTENSION_IMPLEMENTATION = "zebra_extension"  # SelfExtend, ReRoPE, STRING
-METHOD_IMPLEMENTATIONS = (DCA_IMPLEMENTATION, EXTENSION_IMPLEMENTATION)  # what install switches to
-DCA_CONFIG_KEY = "zebra_dca"
+EXTENSION_IMPLEMENTATION = "zebra_extension"  # every method
+DCA_IMPLEMENTATION = EXTENSION_IMPLEMENTATION  # the name DCA had, kept for callers
+# what install switches to; "dca" was DCA's own name before, so a config carrying it goes back to the default
+METHOD_IMPLEMENTATIONS = (EXTENSION_IMPLEMENTATION, "dca")
 EXTENSION_CONFIG_KEY = "zebra_extension"
-CONFIG_KEYS = (DCA_CONFIG_KEY, EXTENSION_CONFIG_KEY)
+LEGACY_DCA_CONFIG_KEY = "zebra_dca"  # DCA's settings in models saved before: read, never written
+DCA_CONFIG_KEY = EXTENSION_CONFIG_KEY
+CONFIG_KEYS = (EXTENSION_CONFIG_KEY, LEGACY_DCA_CONFIG_KEY)
 _STATE = "_zebra_extension"  # the attribute of an attention module holding its ExtensionState
 SUPPORTED_MODEL_TYPES = (
     "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "zebra",
@@ -63,10 +65,10 @@ class ExtensionState:
     """What the attention function needs besides its arguments (kept on each attention module)."""
 
     name: str  # the method, as error messages name it ("DCA", "SelfExtend", ...)
-    config: object  # DCAConfig, or the method's config
+    config: object  # the method's config (extensions.config.CONFIGS)
     rotary: tuple  # (rotary embedding module,): a tuple so nn.Module does not register it as a child
     inv_freq_name: str = "inv_freq"  # the buffer full-attention layers rotate with
-    spec: object = None  # the PiecewiseSpec of a non-DCA method
+    spec: object = None  # the PiecewiseSpec the kernel runs (config.spec(), built once)
     nope_full: bool = False  # full-attention layers carry no RoPE (Cohere2): plain causal attention there
 
     def inv_freq(self, device) -> torch.Tensor:
@@ -86,9 +88,9 @@ def default_implementation(model_config) -> str:
     return "zebra" if model_config.model_type == "zebra" else "sdpa"
 
 
-def install(model, config_key: str, implementation: str, state: ExtensionState, saved: dict) -> None:
+def install(model, state: ExtensionState, saved: dict) -> None:
     """Put ``state`` on the attention modules the method applies to, record ``saved`` on the config
-    under ``config_key``, switch the implementation (a Zebra model keeps ``"zebra"``).
+    under ``config.zebra_extension``, switch the implementation (a Zebra model keeps ``"zebra"``).
 
     Only one method is active at a time: installing one replaces any other (the ordinary
     implementation from before the first is kept to go back to).
@@ -112,11 +114,11 @@ def install(model, config_key: str, implementation: str, state: ExtensionState, 
         # trained context); other families: every layer, sliding ones keep their window
         if not zebra or module.attention_type == "global":
             module.__dict__[_STATE] = state
-    setattr(config, config_key, {**saved, "previous_attn_implementation": previous})
-    model.set_attn_implementation("zebra" if zebra else implementation)
+    setattr(config, EXTENSION_CONFIG_KEY, {**saved, "previous_attn_implementation": previous})
+    model.set_attn_implementation("zebra" if zebra else EXTENSION_IMPLEMENTATION)
 
 
-def uninstall(model, config_key: str):
+def uninstall(model, config_key: str = EXTENSION_CONFIG_KEY):
     """Undo :func:`install`: the previous implementation comes back, the state and settings go."""
     config = model.config
     saved = getattr(config, config_key)
@@ -129,8 +131,8 @@ def uninstall(model, config_key: str):
 
 
 def extension_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """The function registered as ``"dca"`` and ``"zebra_extension"`` with transformers'
-    ``AttentionInterface`` (and called by ``zebra_attention_forward`` on a Zebra model's global layers).
+    """The function registered as ``"zebra_extension"`` with transformers' ``AttentionInterface`` (and
+    called by ``zebra_attention_forward`` on a Zebra model's global layers).
 
     query: ``[B, Hq, Sq, D]`` rotated at ``position_ids``; key, value: ``[B, Hkv, Skv, D]`` (all cached
     keys); attention_mask: the ``[B, Skv]`` padding mask of ``extension_mask_interface`` or ``None``.
@@ -157,18 +159,8 @@ def extension_attention_forward(module, query, key, value, attention_mask, scali
         return out.transpose(1, 2).contiguous(), None
     batch, _, seq_q, _ = query.shape
     offset = position_offset(kwargs.get("position_ids"), kpm, seq_q, key.shape[2], batch, query.device)
-    inv_freq = state.inv_freq(query.device)
-    if state.spec is None:  # DCA: its own backends (sdpa, sdpa_stacked, flex, reference)
-        cfg = state.config
-        out = dca_attention(
-            query, key, value, inv_freq=inv_freq, chunk_size=cfg.chunk_size,
-            pretraining_length=cfg.pretraining_length, position_offset=offset,
-            temperature_length=cfg.temperature_length if cfg.temperature else None, scale=scaling,
-            key_padding_mask=kpm,
-        )
-    else:
-        out = piecewise_attention(query, key, value, spec=state.spec, inv_freq=inv_freq, position_offset=offset,
-                                  scale=scaling, key_padding_mask=kpm)
+    out = piecewise_attention(query, key, value, spec=state.spec, inv_freq=state.inv_freq(query.device),
+                              position_offset=offset, scale=scaling, key_padding_mask=kpm)
     return out.transpose(1, 2).contiguous(), None
 
 
