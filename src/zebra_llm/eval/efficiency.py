@@ -286,8 +286,9 @@ def run_bench(config: BenchConfig, output=None, *, resume: bool = True, progress
     results = ResultsFile(output, kind="bench", config=asdict(config), identity=config.identity(),
                           key_fields=("method", "length"), resume=resume)
     # Fail fast on a length a method does not support, before any measurement.
-    check_plan(config.model, config.methods, config.lengths, exempt=("none",))
-    cases = [(m, n) for n in config.lengths for m in config.methods if results.get(method=m, length=n) is None]
+    # the specs as they run (a saved method's settings in the label, issue 25.2)
+    methods = [str(m) for m in check_plan(config.model, config.methods, config.lengths, exempt=("none",))]
+    cases = [(m, n) for n in config.lengths for m in methods if results.get(method=m, length=n) is None]
     bar = progress_bar(total=len(cases), desc="bench", enable=progress)
     for method, length in cases:
         bar.set_postfix_str(f"{method} @ {length}")
@@ -299,6 +300,6 @@ def run_bench(config: BenchConfig, output=None, *, resume: bool = True, progress
         gc.collect()
         bar.update(1)
     bar.close()
-    keep = {(m, n) for m in config.methods for n in config.lengths}
+    keep = {(m, n) for m in methods for n in config.lengths}
     results.set_summary([r for r in summarize_bench(results.items) if (r["method"], r["length"]) in keep])
     return results.data

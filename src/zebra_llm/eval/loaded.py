@@ -9,7 +9,9 @@ from typing import Any
 import torch
 
 from ..loading import load_model, trained_context
+from ..extensions import extension_config
 from .method_spec import MethodSpec, check_limit
+from .methods import ExtensionMethod
 
 
 @dataclass
@@ -55,6 +57,7 @@ def load_with_method(
             model_spec, dtype=dtype, device=device, attn_implementation=attn_implementation, strict=strict
         )
         source = str(model_spec)
+    spec = spec.for_model(model.config)  # the settings that run, in its label (a model's saved method)
     # Limits are defined on the unmodified model (rope scaling rewrites max_position_embeddings).
     trained = trained_context(model.config)
     limit = spec.max_length(model.config)
@@ -72,6 +75,9 @@ def load_with_method(
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "device": str(next(model.parameters()).device),
     }
+    applied = extension_config(model) if issubclass(spec.method, ExtensionMethod) else None
+    if applied is not None:  # every setting that ran, defaults included
+        info["settings"] = {"method": applied[0], **applied[1].to_dict()}
     return LoadedModel(model, tokenizer, spec, source, info)
 
 

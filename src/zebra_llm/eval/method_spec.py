@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .methods import METHODS, Method, _format_value
+from .methods import METHODS, SPEC_OPTIONS, ExtensionMethod, Method, _format_value
 
 @dataclass(frozen=True)
 class MethodSpec:
@@ -60,6 +60,45 @@ class MethodSpec:
         """Apply the method to a loaded model (in place where possible); returns the model to use."""
         return self.method.apply(model, self.options)
 
+    def for_model(self, model_config) -> "MethodSpec":
+        """This spec as it runs on a model with ``model_config``, its label naming what runs.
+
+        A model saved after ``apply_extension`` carries its method's settings (``config.zebra_extension``).
+        A spec of that method runs them: the result is the spec with every setting that differs from what
+        the same spec gives on the model without them written out (``dca`` on a model saved with
+        ``chunk_size=40`` is ``dca:chunk_size=40``). A spec of another method, or whose settings give
+        another config than the saved one, is refused (``ValueError``) unless it has
+        ``override_saved=true``, which runs the spec as written, without the saved settings. A model
+        without saved settings: the spec itself.
+        """
+        from zebra_llm.extensions import saved_settings
+
+        saved = saved_settings(model_config)
+        if saved is None or self.options.override_saved:
+            return self
+        method, settings = saved
+        described = ",".join(f"{k}={_format_value(v)}" for k, v in sorted(settings.items()) if v is not None)
+        if self.name != method:
+            raise ValueError(
+                f"method {self}: the model was saved with method {method} ({described}); run {method} on it, "
+                f"or add override_saved=true to the spec to run {self.name} instead"
+            )
+        assert issubclass(self.method, ExtensionMethod)
+        runs = self.method.config(model_config, self.options)
+        saved_config = type(runs).from_dict(settings)
+        if runs != saved_config:
+            raise ValueError(
+                f"method {self}: the model was saved with {method}:{described}, and this spec runs other "
+                f"settings; leave them out to run the saved ones, or add override_saved=true"
+            )
+        plain = self.method.config(model_config, self.options, use_saved=False)
+        names = [f.name for f in dataclasses.fields(self.options) if f.name not in SPEC_OPTIONS]
+        differ = {n: getattr(runs, n) for n in names if hasattr(runs, n) and getattr(runs, n) != getattr(plain, n)}
+        if not differ:
+            return self
+        options = dataclasses.replace(self.options, **differ)
+        return MethodSpec(self.name, options, tuple(sorted(set(self.given) | set(differ))))
+
     def max_length(self, config) -> int | None:
         """The longest sequence this method may be evaluated at on a model with ``config`` (the
         unmodified model's config; None: no limit)."""
@@ -101,18 +140,24 @@ def parse_methods(specs) -> list[MethodSpec]:
     return out
 
 
-def check_plan(model_spec, methods, lengths, *, exempt=()) -> None:
-    """Refuse, before any work, a length above a method's limit (``exempt``: specs not checked)."""
+def check_plan(model_spec, methods, lengths, *, exempt=()) -> list[MethodSpec]:
+    """Refuse, before any work, a spec that contradicts the model's saved method and a length above a
+    method's limit (``exempt``: specs whose limit is not checked). Returns the specs as they run on this
+    model (:meth:`MethodSpec.for_model`: saved settings written out), the labels of their results."""
     from zebra_llm.loading import model_config
 
     config = model_config(model_spec)  # the config only: no weights are read
+    resolved = []
     for m in methods:
         spec = MethodSpec.parse(m)
+        runs = spec.for_model(config)
+        resolved.append(runs)
         if str(spec) in exempt:
             continue
-        spec.method.check_config(config, spec.options)
+        runs.method.check_config(config, runs.options)
         for n in lengths:
-            spec.check_length(config, n)
+            runs.check_length(config, n)
+    return resolved
 
 
 __all__ = ["MethodSpec", "check_limit", "check_plan", "parse_methods"]

@@ -348,8 +348,9 @@ def run_ruler(config: RulerConfig, output=None, *, resume: bool = True, progress
     if not model_objects:
         check_plan(config.model, methods, config.lengths)
     hay = None
-    for spec in methods:
+    for i, spec in enumerate(methods):
         loaded = load_for_run(config, spec, model_objects)
+        spec = methods[i] = loaded.method  # as it runs: a saved method's settings in the label (issue 25.2)
         for n in config.lengths:
             loaded.check_length(n)
         results.set_model(str(spec), {"source": loaded.source, "method": spec.to_dict(), **loaded.info})
