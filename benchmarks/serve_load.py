@@ -54,6 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.add_argument("--prefix-cache", type=int, default=4, help="the server's --prefix-cache (0: off)")
+    p.add_argument("--same-length", action="store_true",
+                   help="every prompt the same number of tokens (sent as token ids): a decode batch without padding")
     p.add_argument("--output", type=Path, default=RESULTS / "load_smollm2_cpu.json")
     p.add_argument("--note", default="", help="recorded with the results (machine load, ...)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -107,7 +109,7 @@ class PeakRSS:
         self.peak = max(self.peak, self.now())
 
 
-def one_request(client, prompt: str, max_tokens: int) -> dict:
+def one_request(client, prompt: "str | list[int]", max_tokens: int) -> dict:
     sent = time.perf_counter()
     first, tokens = None, 0
     stream = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=max_tokens, temperature=0,
@@ -184,6 +186,20 @@ def run_level(url: str, prompts: list[str], concurrency: int, max_tokens: int, e
     }
 
 
+def questions(tokenizer, shared: str, level: int, n: int, same_length: bool) -> list:
+    """The level's prompts: the shared prompt and a question of each request's own. With ``same_length``
+    they are token ids of one length (the question's last token differs), so the decode batch needs no
+    padding; otherwise text, whose lengths differ by a few tokens, as real traffic's do."""
+    if not same_length:
+        return [shared + f"\n\n# Question {level}.{i}: which function above is the longest, and why?\n"
+                for i in range(n)]
+    head = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    ids = head + tokenizer(shared + "\n\n# Question: which function above is the longest, and why? Answer ",
+                           add_special_tokens=False)["input_ids"]
+    letters = [tokenizer.convert_tokens_to_ids(t) for t in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"]
+    return [ids + [letters[(level + i) % len(letters)], letters[i // len(letters) % len(letters)]] for i in range(n)]
+
+
 def child(args) -> None:
     import torch
 
@@ -207,10 +223,10 @@ def child(args) -> None:
             data = json.loads(args.output.read_text())
             if any(r["method"] == method and r["concurrency"] == c for r in data["rows"]):
                 continue
-            prompts = [shared + f"\n\n# Question {c}.{i}: which function above is the longest, and why?\n"
-                       for i in range(args.requests)]
+            prompts = questions(loaded.tokenizer, shared, c, args.requests, args.same_length)
             row = {"method": method, **run_level(server.url, prompts, c, args.max_tokens, engine)}
-            row["prompt_tokens"] = len(loaded.tokenizer(prompts[0], add_special_tokens=False)["input_ids"]) + 1
+            row["prompt_tokens"] = (len(prompts[0]) if args.same_length else
+                                    len(loaded.tokenizer(prompts[0], add_special_tokens=False)["input_ids"]) + 1)
             row["warmup_s"] = warm["latency"]
             data = json.loads(args.output.read_text())
             data["rows"].append(row)
@@ -232,7 +248,8 @@ def main(args) -> None:
     from zebra_llm.io import write_json_atomic
 
     settings = {k: getattr(args, k) for k in ("model", "methods", "concurrency", "requests", "prompt_tokens",
-                                              "max_tokens", "source", "threads", "prefix_cache")}
+                                              "max_tokens", "source", "threads", "prefix_cache",
+                                              "same_length")}
     if args.output.exists():
         data = json.loads(args.output.read_text())
         if data["settings"] != settings:
@@ -254,7 +271,8 @@ def _forwarded(args) -> list[str]:
             "--concurrency", ",".join(map(str, args.concurrency)), "--requests", str(args.requests),
             "--prompt-tokens", str(args.prompt_tokens), "--max-tokens", str(args.max_tokens), "--source", args.source,
             "--threads", str(args.threads), "--device", args.device, "--dtype", args.dtype,
-            "--prefix-cache", str(args.prefix_cache), "--output", str(args.output)]
+            "--prefix-cache", str(args.prefix_cache), "--output", str(args.output)] + \
+        (["--same-length"] if args.same_length else [])
 
 
 # ------------------------------------------------------------------ the table
@@ -269,7 +287,9 @@ def table(data: dict) -> str:
     by = {(r["method"], r["concurrency"]): r for r in rows}
     s = data["settings"]
     lines = [
-        f"{s['model']}, shared prompt of {s['prompt_tokens']} tokens + a short question, {s['max_tokens']} output "
+        f"{s['model']}, shared prompt of {s['prompt_tokens']} tokens + a short question "
+        f"({'every prompt the same length: no padding' if s.get('same_length') else 'lengths differ by a few tokens'}), "
+        f"{s['max_tokens']} output "
         f"tokens per request (greedy, end-of-sequence ignored), {s['requests']} requests per level, "
         f"{data['device']} {data['dtype']}, {s['threads']} torch thread(s), {data['cpus']} CPUs, torch "
         f"{data['torch']}, transformers {data['transformers']}" + (f"; {data['note']}" if data.get("note") else ""),
