@@ -93,6 +93,50 @@ def _other_shape(ck: Path, c: Ctx) -> None:
     save_file(weights, ck / "model.safetensors", metadata={"format": "pt"})
 
 
+def _edit_weights(c: Ctx, edit: Callable[[dict], None]) -> Path:
+    """A copy of the tiny model whose model.safetensors went through ``edit``."""
+    from safetensors.torch import load_file, save_file
+
+    model = c.model_copy()
+    weights = load_file(model / "model.safetensors")
+    edit(weights)
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    return model
+
+
+def _drop_mlp(weights: dict) -> None:
+    for k in [k for k in weights if k.startswith("model.layers.1.mlp.")]:
+        del weights[k]
+
+
+def _widen_mlp(weights: dict) -> None:
+    k = "model.layers.0.mlp.up_proj.weight"
+    weights[k] = torch.zeros(weights[k].shape[0] * 2, weights[k].shape[1])
+
+
+def _edit_config(c: Ctx, **fields) -> Path:
+    """A copy of the tiny model with ``config.json`` fields replaced."""
+    model = c.model_copy()
+    config = json.loads((model / "config.json").read_text())
+    config.update(fields)
+    (model / "config.json").write_text(json.dumps(config))
+    return model
+
+
+def _sharded_outside(c: Ctx) -> Path:
+    """A model whose safetensors index names a shard in the parent directory."""
+    model = c.model_copy()
+    (model / "model.safetensors").rename(c.tmp / "elsewhere.safetensors")
+    index = {"metadata": {}, "weight_map": {"model.embed_tokens.weight": "../elsewhere.safetensors"}}
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    return model
+
+
+def _ppl(model: Path, c: Ctx, *flags: str) -> list:
+    return ["eval", "ppl", "--model", model, "--lengths", "16", "--max-docs", "1", "-o", c.tmp / "ppl.json",
+            "--no-progress", "--no-figure", *flags]
+
+
 def _perplexity_of_one_token(c: Ctx):
     from transformers import AutoModelForCausalLM
 
@@ -189,6 +233,63 @@ CASES = [
                     "-o", c.tmp / "ppl.json"],
          2, "stride (32) must not exceed the window length (16): a larger stride leaves the tokens between windows "
             "unscored"),
+    Case("weights-missing", "`zebra eval ppl --model DIR` whose `model.safetensors` lacks some weights",
+         lambda c: _ppl(_edit_weights(c, _drop_mlp), c), 2,
+         "3 weight(s) missing from the files: model.layers.1.mlp.down_proj.weight, model.layers.1.mlp.gate_proj.weight, "
+         "model.layers.1.mlp.up_proj.weight; loading would initialise the missing ones at random. Fix the files, or "
+         "pass --allow-missing-weights (strict=False)"),
+    Case("weights-unexpected", "`zebra generate --model DIR` whose `model.safetensors` holds an extra tensor",
+         lambda c: ["generate", "hi", "--model", _edit_weights(c, lambda w: w.update(extra=torch.zeros(3))),
+                    "--max-new-tokens", "1"], 2,
+         "1 weight(s) not used by the model: extra; loading would ignore the unused ones"),
+    Case("weights-other-shape", "`zebra convert DIR OUT`, a weight's shape differs from `config.json`",
+         lambda c: ["convert", _edit_weights(c, _widen_mlp), c.tmp / "out"], 2,
+         "1 weight(s) of another shape than config.json says: model.layers.0.mlp.up_proj.weight ((128, 32) in the "
+         "files, (64, 32) in the config)"),
+    Case("config-negative-size", "`zebra eval ppl --model DIR` with `hidden_size: -1` in `config.json`",
+         lambda c: _ppl(_edit_config(c, hidden_size=-1), c), 2,
+         "config.json: hidden_size must be a positive integer, got -1"),
+    Case("config-heads-indivisible", "`config.json` with a hidden size the heads do not divide (no `head_dim`)",
+         lambda c: _ppl(_edit_config(c, hidden_size=30, head_dim=None), c), 2,
+         "config.json describes no valid model: The hidden size (30) is not a multiple of the number of attention "
+         "heads (4)"),
+    Case("config-unknown-activation", "`config.json` with `hidden_act: nosuch` (an impossible architecture)",
+         lambda c: _ppl(_edit_config(c, hidden_act="nosuch"), c), 2,
+         "config.json describes no model transformers can build: 'nosuch' is not a name transformers knows"),
+    Case("config-too-large", "`config.json` whose parameters cannot fit in memory (`hidden_size: 4194304`)",
+         lambda c: _ppl(_edit_config(c, hidden_size=2**22, intermediate_size=2**22, head_dim=2**20), c), 2,
+         "parameters in float32: "),
+    Case("no-weights-generate", "`zebra generate --model DIR`, a directory with `config.json` but no weights",
+         lambda c: ["generate", "hi", "--model", (c.model_copy(), (c.tmp / "model" / "model.safetensors").unlink(),
+                                                 c.tmp / "model")[-1]], 2,
+         "has a config.json but no weights (model.safetensors, model.safetensors.index.json or pytorch_model.bin)"),
+    Case("index-shard-outside", "`zebra eval ppl --model DIR` whose safetensors index names `../elsewhere.safetensors`",
+         lambda c: _ppl(_sharded_outside(c), c), 2,
+         "names the shard '../elsewhere.safetensors', outside the model directory"),
+    Case("convert-no-such-path", "`zebra convert no/such/model OUT` (offline, a path that does not exist)",
+         lambda c: ["convert", "nosuch/model", c.tmp / "out"], 2,
+         "model: nosuch/model is not a local path (nothing exists there) and cannot be loaded as a hub name"),
+    Case("dca-settings-no-such-path", "`zebra dca settings no/such` (offline, a path that does not exist)",
+         lambda c: ["dca", "settings", "no/such"], 2,
+         "model: no/such is not a local path (nothing exists there) and cannot be loaded as a hub name"),
+    Case("export-dest-exists", "`zebra export SRC OUT` where OUT exists",
+         lambda c: ["export", c.model_copy(), c.write("taken/keep.txt", "keep me").parent], 2,
+         "already exists (a directory); pass --overwrite (overwrite=True) to replace it"),
+    Case("export-dest-is-src", "`zebra export SRC SRC --overwrite`",
+         lambda c: ["export", c.model_copy(), c.tmp / "model", "--overwrite"], 2, "is the source"),
+    Case("set-int-exponent", "`zebra train pretrain --set data.seq_len=1e9`",
+         lambda c: ["train", "pretrain", "--set", "data.seq_len=1e9", "-o", c.tmp / "out"], 2,
+         "data.seq_len must be an integer (digits only, no exponent or decimal point), got '1e9'"),
+    Case("seq-len-beyond-memory", "`zebra train pretrain --set data.seq_len=1000000000000`",
+         lambda c: ["train", "pretrain", "--model-config", write_tiny_llama_config(c.tmp), "--set",
+                    "data.seq_len=1000000000000", "-o", c.tmp / "out", "--no-progress"], 2,
+         "data.seq_len=1000000000000: one micro-batch of "),
+    Case("experiment-only-unknown", "`zebra experiment zebra_strategies --only nosuch`",
+         lambda c: ["experiment", "zebra_strategies", "--only", "nosuch", "--out", c.tmp / "exp"], 2,
+         "--only: 'nosuch' is not a cell of zebra_strategies"),
+    Case("experiment-report-only-bad-set", "`zebra experiment zebra_strategies --report-only --set nosuch=1`",
+         lambda c: ["experiment", "zebra_strategies", "--report-only", "--set", "nosuch=1", "--out", c.tmp / "exp"],
+         2, "nosuch is not a known field"),
     Case("perplexity-one-token", "Python: `perplexity(model, torch.tensor([5]))`",
          _perplexity_of_one_token, "ValueError",
          "perplexity: input_ids has 1 token(s) per sequence; at least score_from + 1 = 2 are needed"),
@@ -297,8 +398,17 @@ def render_page() -> str:
         "  status 2) before the update, keeping the newest checkpoint as the last good one and writing no",
         "  `final/`; `train.nonfinite=skip` drops such updates and counts them (`skipped_steps` in",
         "  `metrics.jsonl`, which is strict JSON: non-finite numbers are `null`).",
-        "- `zebra convert` never writes over its source (or into it, or over a directory holding it), and",
-        "  replaces an existing output only with `--overwrite`.",
+        "- `zebra convert` and `zebra export` never write over their source (or into it, or over a directory",
+        "  holding it), and replace an existing output only with `--overwrite`.",
+        "- Every command that loads a model (eval, generate, convert, export, train, the server) refuses weights",
+        "  that transformers would repair silently: missing from the files, not used by the model, or of another",
+        "  shape than `config.json` says (the first three are named). `--allow-missing-weights` (`strict=False`",
+        "  of `load_model`) loads such a model anyway, with a warning.",
+        "- Integer settings take digits only (`1e9` and `4.0` are refused), and sizes are checked against the",
+        "  memory there is before anything is allocated: a model's parameters (counted without allocating) and",
+        "  one training micro-batch's tokens.",
+        "- `zebra eval` resumes an output file only with items produced by the same model files, method",
+        "  settings, tokens and library version; others are recomputed, and the run says how many were reused.",
         "",
     ])
 
