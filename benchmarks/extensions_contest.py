@@ -110,6 +110,17 @@ class Plan(NamedTuple):
         return " + ".join(parts)
 
 
+def _as_applied(length: int) -> str:
+    """The evaluated spec of a model that already has its method applied: ``none`` with the length guard,
+    told to run the model as it is where the evaluations know saved methods (``override_saved``)."""
+    from zebra_llm.eval import MethodSpec
+
+    try:
+        return str(MethodSpec.parse(f"none:max_length={length},override_saved=true"))
+    except ValueError:  # an evaluation registry without saved-method checks
+        return f"none:max_length={length}"
+
+
 def _in_eval_registry(label: str) -> bool:
     from zebra_llm.eval.methods import METHODS as REGISTRY
 
@@ -125,7 +136,7 @@ def method_plan(label: str, length: int, trained: int, simulated: int | None = N
     guard = f"max_length={length}"
     if simulated is None:
         if label in EXTENSION_LABELS and not _in_eval_registry(label):
-            return Plan(f"none:{guard}", extension=(label, None))
+            return Plan(_as_applied(length), extension=(label, None))
         base, spec = method_specs(label, length, trained)
         return Plan(spec, base)
     c = simulated
@@ -146,7 +157,7 @@ def method_plan(label: str, length: int, trained: int, simulated: int | None = N
         cfg = DCAConfig.chunkllama(c)
         return Plan(f"dca:pretraining_length={cfg.pretraining_length},chunk_size={cfg.chunk_size},{guard}")
     if label in EXTENSION_LABELS:
-        return Plan(f"none:{guard}", extension=(label, c))
+        return Plan(_as_applied(length), extension=(label, c))
     raise ValueError(f"method label {label!r}: not one of {', '.join(METHODS)}")
 
 
