@@ -159,6 +159,33 @@ def test_prefix_cache_reuses_a_shared_prefix_exactly(models):
         warm.stop()
 
 
+@pytest.mark.parametrize("method", ["dca", "none"])
+def test_batched_prefill_tails_equal_each_prompt_alone(models, method):
+    """Short prompts, and long ones whose prefix is cached, arriving together are prefilled in one
+    forward (rows cut to a common number of new tokens, left padding only): same tokens as alone."""
+    lm = models(method)
+    shared = _prompts((80,), seed=5)[0]
+    short = _prompts((3, 17, 40, 9), seed=6)
+    tails = [shared + t for t in _prompts((2, 30, 11), seed=7)]
+    params = SamplingParams(max_tokens=8, temperature=0)
+    engine = Engine(lm.model, lm.tokenizer, prefix_cache=2).start()
+    try:
+        _run(engine, [shared + [7]], params)  # caches the shared prefix
+        prompts = short + tails
+        alone = [_run(engine, [p], params)[0][0] for p in prompts]
+        together, _ = _run(engine, prompts, params)
+        assert together == alone
+        assert max(engine.snapshot_stats()["tail_batch_sizes"]) >= 4
+    finally:
+        engine.stop()
+    for ids, tokens in zip(prompts[:1] + prompts[-1:], alone[:1] + alone[-1:]):
+        x = torch.tensor([ids])
+        ref = lm.model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=8,
+                                do_sample=False, pad_token_id=0)[0, len(ids):].tolist()
+        eos = engine.eos_ids & set(ref)
+        assert tokens == (ref[: min(ref.index(t) for t in eos)] if eos else ref)
+
+
 def test_snapshot_prefix_rules(models):
     lm = models("dca")
     cache, _ = _prefill(lm.model, list(range(3, 23)))

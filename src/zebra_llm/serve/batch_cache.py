@@ -201,6 +201,17 @@ class Snapshot:
         layers = _layers(cache)
         return cls(tuple(ids), tuple((layer.keys, layer.values) for layer in layers), not has_sliding_layers(cache))
 
+    @classmethod
+    def from_row(cls, ids, cache, row: int) -> "Snapshot":
+        """Row ``row`` of a batched cache whose row holds ``ids`` in its last ``len(ids)`` slots (left
+        padding before), copied so the snapshot does not keep the whole batch alive."""
+        n = len(ids)
+        layers = _layers(cache)
+        if has_sliding_layers(cache):
+            raise ValueError("cache: rows of a cache with sliding-window layers are not snapshot")
+        return cls(tuple(ids), tuple((layer.keys[row: row + 1, :, -n:].clone(), layer.values[row: row + 1, :, -n:].clone())
+                                     for layer in layers), True)
+
     def usable_prefix(self, ids) -> int:
         """How many leading tokens of ``ids`` this snapshot can provide (at most ``len(ids) - 1``: the
         last prompt token is always computed, its logits start the generation)."""

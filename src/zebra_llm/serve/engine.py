@@ -30,9 +30,11 @@ from typing import Callable
 import torch
 
 from ..hf.compat import cache_kwargs, output_cache
-from .batch_cache import BatchCache, Snapshot
+from .batch_cache import BatchCache, Snapshot, _left_pad, has_sliding_layers
 
 log = logging.getLogger(__name__)
+
+TAIL = 64  # prompt tokens left (after the prefix cache) up to which requests are prefilled together
 
 
 class QueueFull(RuntimeError):
@@ -122,6 +124,7 @@ class EngineStats:
     prefilling: int = 0
     steps: int = 0
     batch_sizes: collections.Counter = field(default_factory=collections.Counter)
+    tail_batch_sizes: collections.Counter = field(default_factory=collections.Counter)  # batched prefill tails
     prefix_hits: int = 0
     prefix_tokens_reused: int = 0
     requests_done: int = 0
@@ -152,6 +155,8 @@ class Engine:
         self.prefill_chunk = prefill_chunk if exact_prefix else 1 << 62
         self.prefix_cache = prefix_cache if exact_prefix else 0
         self.eos_ids = _eos_ids(model, tokenizer)
+        # batched tails cut caches to a shorter prefix: exact without sliding-window layers only
+        self._batched_tails = exact_prefix and not has_sliding_layers(self._new_cache())
         self.stats = EngineStats()
         self._waiting: collections.deque[GenerationRequest] = collections.deque()
         self._prefilling: list[_Prefill] = []
@@ -218,7 +223,8 @@ class Engine:
             return {"waiting": len(self._waiting), "prefilling": len(self._prefilling), "active": len(self._rows),
                     "steps": s.steps, "requests_done": s.requests_done, "prefix_hits": s.prefix_hits,
                     "prefix_tokens_reused": s.prefix_tokens_reused,
-                    "batch_sizes": dict(sorted(s.batch_sizes.items())), "max_batch": self.max_batch,
+                    "batch_sizes": dict(sorted(s.batch_sizes.items())),
+                    "tail_batch_sizes": dict(sorted(s.tail_batch_sizes.items())), "max_batch": self.max_batch,
                     "max_queue": self.max_queue, "accepting": self._accepting and not self._stop}
 
     # ------------------------------------------------------------------ the engine thread
@@ -275,24 +281,38 @@ class Engine:
         return DynamicCache(config=self.model.config)
 
     def _prefill_some(self) -> None:
-        joining: list[tuple[GenerationRequest, object, torch.Tensor]] = []
+        joining: list[tuple[list[GenerationRequest], BatchCache, torch.Tensor]] = []
         try:
             self._prefill_into(joining)
         finally:
             self._join(joining)
 
     def _prefill_into(self, joining: list) -> None:
+        """Prefill up to ``prefill_chunk`` prompt tokens: a long prompt alone, chunk by chunk, and the
+        short tails (at most ``TAIL`` tokens left, after the prefix cache) of several requests in one
+        batched forward (:meth:`_prefill_tails`)."""
         budget = self.prefill_chunk
-        while budget > 0:
+        tail_limit = min(TAIL, self.prefill_chunk) if self._batched_tails else 0
+        ready: list[_Prefill] = []
+        while True:
             if not self._prefilling:
                 with self._cond:
-                    if not self._waiting or len(self._rows) + len(joining) >= self.max_batch:
-                        return
+                    if not self._waiting or len(self._rows) + len(joining) + len(ready) >= self.max_batch:
+                        break
                     request = self._waiting.popleft()
                 self._prefilling.append(self._start_prefill(request))
             job = self._prefilling[0]
             ids = job.request.prompt_ids
-            n = min(budget, len(ids) - job.done)
+            left = len(ids) - job.done
+            if left <= tail_limit:
+                if left > budget:
+                    break
+                ready.append(self._prefilling.pop(0))
+                budget -= left
+                continue
+            if budget <= 0:
+                break
+            n = min(budget, left)
             chunk = torch.tensor([ids[job.done: job.done + n]], dtype=torch.long, device=self.device)
             positions = torch.arange(job.done, job.done + n, device=self.device)[None]
             out = self.model(input_ids=chunk, position_ids=positions, use_cache=True, logits_to_keep=1,
@@ -302,8 +322,59 @@ class Engine:
             budget -= n
             if job.done == len(ids):
                 self._prefilling.pop(0)
-                self._remember(job.request.prompt_ids, job.cache)
-                joining.append((job.request, job.cache, out.logits[0, -1]))
+                if self.prefix_cache:
+                    self._remember(Snapshot.take(ids, job.cache))
+                joining.append(([job.request], BatchCache.single(job.cache, len(ids), self.device),
+                                out.logits[:, -1]))
+        if ready:
+            joining.append(self._prefill_tails(ready))
+
+    def _prefill_tails(self, jobs: list[_Prefill]):
+        """The last tokens of several prompts in one forward, exact through left padding only.
+
+        With ``n`` the most tokens any job has left, each row's cache is cut to its prompt's first
+        ``max(0, len - n)`` tokens (a prefix cut is exact: the rows have no sliding-window layer) and the
+        row recomputes the rest: every row with a cache then has exactly ``n`` new tokens, and a row with
+        fewer is one with no cache, whose padding is all on the left. Rows: ``[padding | cache | new]``.
+        """
+        self.stats.tail_batch_sizes[len(jobs)] += 1
+        n = max(len(j.request.prompt_ids) - j.done for j in jobs)
+        cut = [max(0, len(j.request.prompt_ids) - n) for j in jobs]
+        width = max(cut)  # C: the cache slots of the batch
+        cache = self._new_cache()
+        if width:
+            template = jobs[cut.index(width)].cache.layers
+            for i, layer in enumerate(cache.layers):
+                keys, values = [], []
+                for job, c in zip(jobs, cut):
+                    if c:
+                        k, v = job.cache.layers[i].keys[:, :, :c], job.cache.layers[i].values[:, :, :c]
+                    else:
+                        k = template[i].keys.new_zeros(1, template[i].keys.shape[1], 0, template[i].keys.shape[3])
+                        v = template[i].values.new_zeros(1, template[i].values.shape[1], 0,
+                                                         template[i].values.shape[3])
+                    keys.append(_left_pad(k, width))
+                    values.append(_left_pad(v, width))
+                layer.lazy_initialization(keys[0], values[0])
+                layer.keys, layer.values = torch.cat(keys, dim=0), torch.cat(values, dim=0)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(jobs), n), pad, dtype=torch.long)
+        positions = torch.zeros(len(jobs), n, dtype=torch.long)
+        mask = torch.zeros(len(jobs), width + n, dtype=torch.bool)
+        for r, (job, c) in enumerate(zip(jobs, cut)):
+            new = job.request.prompt_ids[c:]
+            ids[r, n - len(new):] = torch.tensor(new)
+            positions[r, n - len(new):] = torch.arange(c, c + len(new))
+            mask[r, width - c: width] = True
+            mask[r, width + n - len(new):] = True
+        ids, positions, mask = ids.to(self.device), positions.to(self.device), mask.to(self.device)
+        out = self.model(input_ids=ids, attention_mask=mask.long(), position_ids=positions, use_cache=True,
+                         logits_to_keep=1, **cache_kwargs(cache))
+        cache = output_cache(out)
+        for r, job in enumerate(jobs if self.prefix_cache else ()):
+            self._remember(Snapshot.from_row(job.request.prompt_ids, cache, r))
+        batch = BatchCache(cache, mask, [len(j.request.prompt_ids) for j in jobs])
+        return [j.request for j in jobs], batch, out.logits[:, -1]
 
     def _start_prefill(self, request: GenerationRequest) -> _Prefill:
         cache = self._new_cache()
@@ -319,10 +390,9 @@ class Engine:
             self.stats.prefix_tokens_reused += best_n
         return _Prefill(request, cache, best_n)
 
-    def _remember(self, ids, cache) -> None:
+    def _remember(self, snap: Snapshot) -> None:
         if self.prefix_cache == 0:
             return
-        snap = Snapshot.take(ids, cache)
         self._snapshots[snap.ids] = snap
         self._snapshots.move_to_end(snap.ids)
         while len(self._snapshots) > self.prefix_cache:
@@ -330,20 +400,26 @@ class Engine:
 
     def _join(self, joining: list) -> None:
         """Requests whose prefill completed sample their first token; those not finished by it join the
-        decode batch together."""
-        rows = []
-        for request, cache, logits in joining:
-            token = self._sample(request, logits)
-            if not self._accept(request, token):
-                rows.append(BatchCache.single(cache, len(request.prompt_ids), self.device))
-                self._rows.append(request)
-                self._last_tokens.append(token)
-        if rows and self._batch is None:
-            self._batch, rows = rows[0], rows[1:]
-            if not rows:
+        decode batch, all in one concatenation."""
+        parts = []
+        for requests, batch, logits in joining:
+            keep = []
+            for i, request in enumerate(requests):
+                token = self._sample(request, logits[i])
+                if not self._accept(request, token):
+                    keep.append(i)
+                    self._rows.append(request)
+                    self._last_tokens.append(token)
+            if keep:
+                if len(keep) < len(requests):
+                    batch.keep(keep)
+                parts.append(batch)
+        if parts and self._batch is None:
+            self._batch, parts = parts[0], parts[1:]
+            if not parts:
                 self._batch.own()
-        if rows:
-            self._batch.append(rows)
+        if parts:
+            self._batch.append(parts)
 
     def _decode_step(self) -> None:
         batch = self._batch
