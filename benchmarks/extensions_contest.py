@@ -530,8 +530,9 @@ def _pool(rows: list[dict], scores: dict, model: str, retrieval: bool) -> dict |
         for m, r in have[c].items():
             if r.get("ceiling"):
                 ceiling.setdefault(m, {}).update({(c, k): v for k, v in scores[_key(r)].items()})
+    present = {r["method"] for r in mine}
     return {"combos": combos, "methods": cands, "out_of_reach": out_of_reach, "scores": pooled,
-            "ceiling": ceiling, "rows": have}
+            "ceiling": ceiling, "rows": have, "missing": [m for m in BASE_METHODS if m not in present]}
 
 
 def decide(pool: dict, retrieval: bool, speed: dict) -> dict:
@@ -564,7 +565,7 @@ def decide(pool: dict, retrieval: bool, speed: dict) -> dict:
         values = {m: pool["rows"][pool["combos"][0]][m]["value"] for m in pool["methods"]}
     return {"best": best, "significant": len(tied) == 1, "tied": tied, "cheapest": cheapest, "values": values,
             "speed_seq": seq, "cheapest_speed": at.get(cheapest), "unmeasured": [m for m in tied if m not in at], "mean": mean, "n": n, "tests": tests,
-            "combos": pool["combos"], "out_of_reach": pool["out_of_reach"],
+            "combos": pool["combos"], "out_of_reach": pool["out_of_reach"], "missing": pool["missing"],
             "ceiling": {m: sum(v.values()) / len(v) for m, v in pool["ceiling"].items()}}
 
 
@@ -931,7 +932,8 @@ def decision_text(dec: dict, retrieval: bool, speed: dict) -> str:
     what = "retrieval" if retrieval else "perplexity"
     ns = sorted(set(dec["n"].values()))
     where = (_where(dec["combos"]) + ("" if retrieval else " tokens") +
-             f"; n = {'/'.join(map(str, ns))} {'prompts' if retrieval else 'documents'} per method")
+             f"; n = {'/'.join(map(str, ns))} {'prompts' if retrieval else 'documents'} per method" +
+             ("; no cells yet for " + ", ".join(f"`{m}`" for m in dec["missing"]) if dec.get("missing") else ""))
     best = dec["best"]
     if dec["significant"]:
         worst = max(t["p_holm"] for t in dec["tests"].values())
