@@ -6,7 +6,9 @@ same models, lengths and prompts (perplexity by length, passkey, RULER tasks), o
     PYTHONPATH=$PWD/src python benchmarks/extensions_contest.py --model smollm2 --tasks passkey \\
         --multiples 1 --passkey-trials 2 --methods none dca self_extend     # SmolLM2 at 8k (slow on CPU)
     PYTHONPATH=$PWD/src python benchmarks/extensions_contest.py --model smollm2 --multiples 2 4  # 16k/32k: later
-    PYTHONPATH=$PWD/src python benchmarks/extensions_contest.py --report-only    # tables + figures from JSON
+    PYTHONPATH=$PWD/src python benchmarks/extensions_contest.py --model smollm2 --trained-length 2048 \
+        --multiples 2 4 --passkey-trials 6 --ruler-trials 30 --threads 1   # simulated c' = 2048: 4k and 8k
+    PYTHONPATH=$PWD/src python benchmarks/extensions_contest.py --report-only --write-docs  # tables, README
 
 A **cell** is (model, task, method, length). Each finished cell is written atomically to
 ``<out-dir>/cells/<model>/<task>/<method>@<length>.json`` (its items and its summary row) and is never
@@ -22,7 +24,16 @@ Methods (labels of the tables), at length N on a model trained at c tokens, f = 
 * ``dca`` (the paper's, no temperature), ``dca:temperature=true``, ``dca:preset=chunkllama``;
 * ``yarn+dca``: ``dca:pretraining_length=2c`` on a ``yarn:factor=2`` model, the stacking of
   ``benchmarks/dca_quality.py`` (the paper stacks DCA on PI/NTK-scaled models);
-* ``self_extend``, ``rerope``, ``string``: their library defaults for a model trained at c.
+* ``self_extend``, ``rerope``, ``string`` (and ``sinks`` once ``zebra_llm.extensions`` has it): their
+  library defaults for a model trained at c.
+
+**Simulated trained length** (``--trained-length C``): every method set up as if the model had been
+trained at c' = C (rope factors N / c' over an original context of c', DCA's ``pretraining_length`` c',
+the chunkllama geometry of c', ``apply_extension(..., trained_length=c')`` for the piecewise methods) and
+evaluated at multiples of c' that stay inside the model's real context, where ``none`` is the model at
+its own positions: the ceiling, shown and not ranked. Cells of model ``<name>-c<C>``. It measures what a
+method's position folding costs against the model's own positions, not true extrapolation
+(docs/extensions.md, "The simulated trained length").
 
 Every spec is given ``max_length=N``: that only lifts the evaluation guard of ``zebra_llm.eval.methods``
 (4x a method's nominal context), it changes no computation; rows past a method's nominal context are
@@ -31,7 +42,10 @@ flagged ``past_nominal``. Nothing was tuned on these texts.
 Statistics: perplexity is exp of the token-weighted mean NLL over n held-out documents, with a 95%
 interval from a t-interval over the documents' mean NLLs (exponentiated); accuracies (passkey, and the
 RULER tasks whose score is 0/1) get Wilson 95% intervals; RULER's fractional scores (multi-value tasks)
-use Wilson on the summed score as an approximation.
+use Wilson on the summed score as an approximation. Each row is tested against the best ranked method
+of its (model, task, length) on the shared prompts (``zebra_llm.eval.stats``: exact McNemar, a sign test
+for fractional scores, a paired t-test of per-document NLL for perplexity; Holm over the ranked methods),
+and :func:`recommendation` turns the cells into the README's and docs' sentences by the rule :data:`RULE`.
 
 Held-out text: perplexity runs on standard-library modules that are NOT in the training corpus
 (``zebra_llm.data.sources.STDLIB_MODULES``), copied to ``runs/contest-heldout/``.
