@@ -769,7 +769,8 @@ def depth_heatmap(model: str, depths: dict, path: Path) -> Path | None:
         for d, (found, trials) in per.items():
             i, j = methods.index(m), columns.index((n, d))
             grid[i, j] = 100 * found / trials
-            ax.text(j, i, f"{found}/{trials}", ha="center", va="center", fontsize=6)
+            ax.text(j, i, f"{found}/{trials}", ha="center", va="center", fontsize=6,
+                    color="black" if grid[i, j] >= 50 else "white")
     im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=100)
     ax.set_xticks(range(len(columns)), [f"{n}\n@{d:g}" for n, d in columns], fontsize=7)
     ax.set_yticks(range(len(methods)), methods)
