@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,3 +102,121 @@ def test_tokenize_documents_cached(tmp_path, monkeypatch, smollm2_dir):
     assert all(torch.equal(x, y) for x, y in zip(first, again))
     nobos = tokenize_documents(docs[:1], tok, add_bos=False)[0]
     assert torch.equal(nobos, first[0][1:])
+
+
+# ------------------------------------------------------------------ issue 24.3 / 24.4 / 25.4 / 25.6: what loading refuses
+
+
+def _model_copy(tiny_model_dir, tmp_path, edit=None, **config):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    model = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    if edit is not None:
+        weights = load_file(model / "model.safetensors")
+        edit(weights)
+        save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    if config:
+        data = json.loads((model / "config.json").read_text())
+        data.update(config)
+        (model / "config.json").write_text(json.dumps(data))
+    return model
+
+
+def test_missing_weights_are_refused_unless_asked(tiny_model_dir, tmp_path, caplog):
+    def drop(w):
+        del w["model.layers.0.self_attn.q_proj.weight"]
+
+    model = _model_copy(tiny_model_dir, tmp_path, drop)
+    with pytest.raises(ValueError, match=r"1 weight\(s\) missing from the files: model.layers.0.self_attn.q_proj.weight"):
+        load_model(model)
+    loaded, _ = load_model(model, strict=False)  # asked for explicitly: loads, and says so
+    assert "loaded anyway (strict=False)" in caplog.text
+    assert loaded.model.layers[0].self_attn.q_proj.weight.shape == (32, 32)
+
+
+def test_unexpected_and_mis_shaped_weights_are_refused(tiny_model_dir, tmp_path):
+    model = _model_copy(tiny_model_dir, tmp_path, lambda w: w.update({"model.norm.extra": torch.zeros(2)}))
+    with pytest.raises(ValueError, match=r"not used by the model: model.norm.extra; loading would ignore"):
+        load_model(model)
+
+    def widen(w):
+        w["lm_head.weight"] = torch.zeros(10, 32)
+
+    model = _model_copy(tiny_model_dir, tmp_path / "b", widen)
+    with pytest.raises(ValueError, match=r"another shape than config.json says: lm_head.weight \(\(10, 32\) in the files"):
+        load_model(model)
+
+
+def test_the_tied_smollm2_loads_strictly(load_smollm2):
+    model, _ = load_smollm2()  # lm_head is tied to the embeddings: not "missing"
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"hidden_size": -1}, "hidden_size must be a positive integer, got -1"),
+    ({"num_hidden_layers": 0}, "num_hidden_layers must be a positive integer, got 0"),
+    ({"num_key_value_heads": 3}, r"num_attention_heads \(4\) must be a multiple of num_key_value_heads \(3\)"),
+    ({"hidden_size": 30, "head_dim": None}, r"The hidden size \(30\) is not a multiple of the number of attention"),
+    ({"model_type": "nosuchmodel"}, "describes no model transformers knows"),
+    ({"hidden_act": "nosuch"}, "'nosuch' is not a name transformers knows"),
+])
+def test_impossible_configs_are_one_line_errors(tiny_model_dir, tmp_path, config, message):
+    from zebra_llm.loading import load_config
+
+    model = _model_copy(tiny_model_dir, tmp_path, **config)
+    with pytest.raises(ValueError, match=message) as e:
+        load_model(model)
+    assert "\n" not in str(e.value)
+    if "hidden_act" not in config:  # an activation is only looked up when the model is built
+        with pytest.raises(ValueError, match=message):
+            load_config(model)
+
+
+def test_a_model_larger_than_memory_is_refused_before_allocating(tiny_model_dir, tmp_path, monkeypatch):
+    import zebra_llm.loading as loading
+
+    model = _model_copy(tiny_model_dir, tmp_path)
+    monkeypatch.setattr(loading, "available_memory", lambda device=None: 1000)  # bytes
+    with pytest.raises(ValueError, match=r"its 3,\d{3},\d{3} parameters in float32: .* GiB needed, this machine has"):
+        load_model(model)
+
+
+def test_available_memory_and_the_check():
+    from zebra_llm.loading import available_memory, check_fits_in_memory
+
+    free = available_memory()
+    assert free is None or free > 0
+    check_fits_in_memory(1, "one byte")
+    if free is not None:
+        with pytest.raises(ValueError, match=r"^huge: .* GiB needed, this machine has"):
+            check_fits_in_memory(free * 2 + 2**30, "huge")
+
+
+def test_no_weights_and_shards_outside_the_directory(tiny_model_dir, tmp_path):
+    model = _model_copy(tiny_model_dir, tmp_path)
+    (model / "model.safetensors").rename(tmp_path / "outside.safetensors")
+    with pytest.raises(FileNotFoundError, match="has a config.json but no weights"):
+        load_model(model)
+    for name in ("../outside.safetensors", str(tmp_path / "outside.safetensors")):
+        index = {"weight_map": {"lm_head.weight": name}}
+        (model / "model.safetensors.index.json").write_text(json.dumps(index))
+        with pytest.raises(ValueError, match="outside the model directory"):
+            load_model(model)
+    (model / "link.safetensors").symlink_to(tmp_path / "outside.safetensors")  # a link out of it, too
+    (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"lm_head.weight": "link.safetensors"}}))
+    with pytest.raises(ValueError, match="outside the model directory"):
+        load_model(model)
+
+
+def test_a_relative_path_that_does_not_exist_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    from zebra_llm.loading import load_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"^model: models/mine does not exist \(models is a local directory"):
+        load_config("models/mine")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"not a local path.*HF_HUB_OFFLINE is set"):
+        load_model("nobody/nothing")

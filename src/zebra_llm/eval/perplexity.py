@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import gc
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from dataclasses import field as dc_field
@@ -39,7 +40,7 @@ from .loss import DEFAULT_LOSS_CHUNK, check_loss_path, token_nll
 from .loaded import load_for_run
 from .method_spec import MethodSpec, check_plan, parse_methods
 from .progress import progress_bar
-from .results import ResultsFile, group_rows
+from .results import ResultsFile, group_rows, model_fingerprint, produced_by, tokens_hash
 
 MODES = ("fixed", "windows", "buckets")
 BLOCK = 512  # positions per block of the per-position NLL sums
@@ -371,7 +372,14 @@ def run_perplexity(
             )
             segments = plan_segments(config, docs)
         results.set_model(str(spec), {"source": loaded.source, "method": spec.to_dict(), **loaded.info})
-        todo = [s for s in segments if results.get(method=str(spec), length=s.group, doc=s.name, start=s.start) is None]
+        # what produced each item: the model's files, the method as applied, the item's own tokens
+        weights = model_fingerprint(model_objects[str(spec)] if model_objects and str(spec) in model_objects
+                                    else config.model)
+        applied = {k: v for k, v in loaded.info.items() if k != "device"}  # a resume may move to another device
+        made = {s: produced_by(model=weights, method=[spec.to_dict(), applied],
+                               tokens=tokens_hash(docs.ids[s.doc][s.start:s.end])) for s in segments}
+        todo = [s for s in segments
+                if results.reuse(made[s], method=str(spec), length=s.group, doc=s.name, start=s.start) is None]
         if todo:
             check_loss_path(loaded.model)
             bar = progress_bar(total=sum(s.length for s in todo), desc=f"ppl {spec}", unit="tok", enable=progress)
@@ -379,11 +387,14 @@ def run_perplexity(
                 loaded.model, docs, todo, batch_size=config.batch_size, loss_chunk=config.loss_chunk
             ):
                 results.add({"method": str(spec), "length": seg.group, "doc": seg.name, "start": seg.start,
-                             "end": seg.end, "score_from": seg.score_from, **item})
+                             "end": seg.end, "score_from": seg.score_from, **item, "produced_by": made[seg]})
                 bar.update(seg.length)
             bar.close()
         del loaded
         gc.collect()
+    note = results.resume_note()
+    if note:
+        print(f"ppl: {note}", file=sys.stderr)
     # The summary covers this run's plan only (a resumed file may hold items of other plans).
     planned = {(str(m), s.group, s.name, s.start) for m in methods for s in segments}
     results.set_summary(summarize_perplexity(

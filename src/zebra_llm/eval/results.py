@@ -19,11 +19,20 @@ Layout::
 Re-running with the same output path reuses every item whose key is present;
 a different ``identity`` (another model, corpus, dtype, protocol) is refused
 instead of mixing incompatible numbers in one file.
+
+The path of a model or corpus is not its contents (issue 25, item 1): every item also records
+``produced_by``, short hashes of what produced it -- the model's files (:func:`model_fingerprint`:
+names, sizes and modification times of the files of its directory, and each safetensors header), the
+method's settings as applied, the tokens the item scored (:func:`tokens_hash`) and the library version.
+:meth:`ResultsFile.reuse` hands back an item only when all of them match; an item whose inputs changed
+(or that predates the record) is recomputed, and :meth:`ResultsFile.resume_note` says how many items
+were reused and how many recomputed, and why.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
@@ -55,6 +64,77 @@ def versions() -> dict[str, Any]:
         info["cuda_device"] = torch.cuda.get_device_name()
         info["cuda"] = torch.version.cuda
     return info
+
+
+def _digest(*parts) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def tokens_hash(ids) -> str:
+    """A short hash of a token sequence (a 1D tensor or a list of ints)."""
+    import torch
+
+    t = torch.as_tensor(ids, dtype=torch.int64).contiguous()
+    return _digest(t.numpy().tobytes())
+
+
+def _files_fingerprint(paths) -> list:
+    from ..loading import _MAX_HEADER
+
+    out = []
+    for path in sorted(paths):
+        st = path.stat()
+        entry = [path.name, st.st_size, st.st_mtime_ns]
+        if path.suffix == ".safetensors" and st.st_size >= 8:
+            with open(path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                entry.append(_digest(f.read(min(n, _MAX_HEADER))))  # names, shapes, dtypes, offsets, metadata
+        out.append(entry)
+    return out
+
+
+def model_fingerprint(model_spec) -> str:
+    """A short hash of what a model spec's weights are: for a directory, the names, sizes and
+    modification times of its files and each safetensors file's header; for a ``.gguf`` file its
+    size and time; for ``smollm2`` the packaged GGUF's; for a hub name the name. A ``(model,
+    tokenizer)`` pair or a model object is hashed by its parameters' values."""
+    from ..loading import ModelSource, smollm2_gguf
+
+    if isinstance(model_spec, tuple):
+        model_spec = model_spec[0]
+    if not isinstance(model_spec, (str, os.PathLike)):
+        import torch
+
+        h = hashlib.blake2b(digest_size=8)
+        for name, t in model_spec.state_dict().items():
+            h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
+    source = ModelSource.parse(model_spec)
+    if source.kind == "directory":
+        return _digest(_files_fingerprint(p for p in Path(source.location).iterdir() if p.is_file()))
+    if source.kind == "gguf":
+        return _digest(_files_fingerprint([Path(source.location)]))
+    if source.kind == "embedded":
+        return _digest("smollm2", _files_fingerprint([smollm2_gguf()]))
+    return _digest("hub", source.location)
+
+
+def produced_by(**parts) -> dict:
+    """The ``produced_by`` record of an item: each part hashed (strings of 16 hex digits kept as
+    they are), with the library version."""
+    import zebra_llm
+
+    out = {k: v if isinstance(v, str) and len(v) == 16 else _digest(v) for k, v in parts.items()}
+    out["zebra_llm"] = zebra_llm.__version__
+    return out
+
+
+_PART_NAMES = {"model": "the model's files", "method": "the method's settings", "tokens": "the scored tokens",
+               "zebra_llm": "the zebra_llm version", "prompt": "the prompt"}
 
 
 def _now() -> str:
@@ -119,6 +199,8 @@ class ResultsFile:
             self.data["items"] = old.get("items", [])
             self.data["models"] = old.get("models", {})
         self._index = {self._key(item): i for i, item in enumerate(self.data["items"])}
+        self.reused = 0
+        self.recomputed: dict[str, int] = {}  # why -> how many items
 
     def _key(self, item: dict) -> tuple:
         return tuple(json.dumps(_normalise(item.get(f)), sort_keys=True) for f in self.key_fields)
@@ -130,6 +212,38 @@ class ResultsFile:
     def get(self, **key) -> dict | None:
         i = self._index.get(self._key(key))
         return None if i is None else self.data["items"][i]
+
+    def reuse(self, produced: dict, **key) -> dict | None:
+        """The finished item of ``key`` if it was produced by ``produced`` (see :func:`produced_by`);
+        None when there is none, or when what produced it differs (the item is then recomputed and
+        counted, by what changed, for :meth:`resume_note`)."""
+        item = self.get(**key)
+        if item is None:
+            return None
+        old = item.get("produced_by")
+        produced = _normalise(produced)
+        if old == produced:
+            self.reused += 1
+            return item
+        if not isinstance(old, dict):
+            why = "written before results recorded what produced them"
+        else:
+            why = ", ".join(_PART_NAMES.get(k, k) for k in sorted(set(old) | set(produced))
+                            if old.get(k) != produced.get(k)) + " changed"
+        self.recomputed[why] = self.recomputed.get(why, 0) + 1
+        return None
+
+    def resume_note(self) -> str | None:
+        """``"reused 12 of 15 items of results/ppl.json; recomputed 3 (the model's files changed)"``,
+        or None when nothing was found in the file."""
+        stale = sum(self.recomputed.values())
+        if not self.reused and not stale:
+            return None
+        where = self.path if self.path is not None else "memory"
+        text = f"reused {self.reused} finished item(s) of {where}"
+        if stale:
+            text += "; recomputed " + "; ".join(f"{n} ({why})" for why, n in self.recomputed.items())
+        return text
 
     def add(self, item: dict) -> None:
         item = _normalise(item)
