@@ -160,7 +160,8 @@ def method_plan(label: str, length: int, trained: int, simulated: int | None = N
     if label in ("linear", "dynamic", "yarn"):
         return Plan(f"{label}:factor={factor:g},original_max_position_embeddings={c},{guard}")
     if label == "yarn+dca":
-        return Plan(f"dca:pretraining_length={2 * c},{guard}", base=f"yarn:factor=2,original_max_position_embeddings={c}")
+        return Plan(f"dca:pretraining_length={2 * c},{guard}",
+                    base=f"yarn:factor=2,original_max_position_embeddings={c}")
     if label == "dca":
         return Plan(f"dca:pretraining_length={c},{guard}")
     if label == "dca:temperature=true":
@@ -578,7 +579,8 @@ def decide(pool: dict, retrieval: bool, speed: dict) -> dict:
     if len(pool["combos"]) == 1:  # the cells' own values (token-weighted perplexity, accuracy)
         values = {m: pool["rows"][pool["combos"][0]][m]["value"] for m in pool["methods"]}
     return {"best": best, "significant": len(tied) == 1, "tied": tied, "cheapest": cheapest, "values": values,
-            "speed_seq": seq, "cheapest_speed": at.get(cheapest), "unmeasured": [m for m in tied if m not in at], "mean": mean, "n": n, "tests": tests,
+            "speed_seq": seq, "cheapest_speed": at.get(cheapest), "unmeasured": [m for m in tied if m not in at],
+            "mean": mean, "n": n, "tests": tests,
             "combos": pool["combos"], "out_of_reach": pool["out_of_reach"], "missing": pool["missing"],
             "ceiling": {m: sum(v.values()) / len(v) for m, v in pool["ceiling"].items()}}
 
@@ -660,7 +662,8 @@ def tables(rows: list[dict], depths: dict | None = None) -> str:
             ns = sorted({r["n"] for r in trows})
             what = "perplexity (lower is better)" if task == "ppl" else f"{task}: {trows[0]['metric']} %"
             out.append(f"**{model}, {what}**, n = {'/'.join(map(str, ns))} per cell, 95% interval in brackets\n")
-            out.append("| method | " + " | ".join(f"{n} ({n / trows[0]['trained_context']:g}x)" for n in lengths) + " |")
+            trained = trows[0]["trained_context"]
+            out.append("| method | " + " | ".join(f"{n} ({n / trained:g}x)" for n in lengths) + " |")
             out.append("|---|" + "---:|" * len(lengths))
             by = {(r["method"], r["length"]): r for r in trows}
             for m in [m for m in METHODS if any(r["method"] == m for r in trows)]:

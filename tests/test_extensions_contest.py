@@ -131,7 +131,8 @@ def test_recommendation_names_the_tied_set_and_its_cheapest_member_when_no_lead_
     assert "no method's lead is significant (passkey at 8192; n = 30 prompts per method; no cells yet for " \
            "`linear`, `dca:temperature=true`" in text
     assert "the best, `rerope` 30/30, ties with `dynamic` 29/30, `dca` 29/30" in text
-    assert "`dca` is the cheapest by measured speed (prefill 1.01x, decoding 1.00x the unmodified model at 16384" in text
+    assert ("`dca` is the cheapest by measured speed (prefill 1.01x, decoding 1.00x the unmodified model at "
+            "16384") in text
     assert "(`dynamic` had no speed run)" in text  # measured at another length only: not compared
     # a run that measures more of the tied methods wins: there dynamic is the cheapest
     both = {**SPEED, 4096: {"dynamic": {"prefill": 0.9, "decode": 0.9}, "dca": {"prefill": 1.0, "decode": 1.0},
@@ -152,7 +153,8 @@ def test_recommendation_names_a_method_only_when_its_lead_survives_holm():
     assert dec["significant"] and dec["tied"] == ["dca"]
     assert dec["tests"]["rerope"]["p"] == 2 / 2**8 and dec["tests"]["rerope"]["p_holm"] == 2 / 2**8
     assert dec["tests"]["yarn"]["p_holm"] == 2 * 2 / 2**25
-    assert contest.decision_text(dec, True, SPEED).startswith("For retrieval use `dca`: `dca` 30/30 (passkey at 8192; n = 30")
+    text = contest.decision_text(dec, True, SPEED)
+    assert text.startswith("For retrieval use `dca`: `dca` 30/30 (passkey at 8192; n = 30")
     # 5 discordant prompts: p = 0.0625 alone is not significant, so no method is named
     rows, scores = _synthetic({"dca": 30, "rerope": 25})
     dec = contest.recommendation(rows, scores, SPEED, "smollm2-135m-c2048")["retrieval"]
