@@ -107,3 +107,18 @@ def test_results_file_reuse_in_memory():
     assert results.reuse(produced_by(model="other", tokens="t"), k=1) is None
     assert results.reuse(made, k=2) is None  # never computed: not counted
     assert results.resume_note() == "reused 1 finished item(s) of memory; recomputed 1 (the model's files changed)"
+
+
+def test_passkey_items_are_keyed_by_the_model_files_too(setup, capfd):
+    from zebra_llm.eval.passkey import run_passkey
+    from zebra_llm.eval.retrieval import RetrievalConfig
+
+    model, data, config, out = setup
+    cfg = RetrievalConfig(model=str(model), lengths=[130], depths=[0.5], trials=2, max_new_tokens=2)
+    run_passkey(cfg, out.with_name("pk.json"), progress=False)
+    capfd.readouterr()
+    run_passkey(cfg, out.with_name("pk.json"), progress=False)
+    assert "passkey: reused 2 finished item(s)" in capfd.readouterr().err
+    _scale_a_weight(model)
+    run_passkey(cfg, out.with_name("pk.json"), progress=False)
+    assert "recomputed 2 (the model's files changed)" in capfd.readouterr().err

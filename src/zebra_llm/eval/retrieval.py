@@ -22,6 +22,7 @@ import copy
 import gc
 import random
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from dataclasses import field as dc_field
@@ -33,7 +34,7 @@ from ..hf import CACHE_KWARG
 from .loaded import LoadedModel, load_for_run
 from .method_spec import MethodSpec, check_plan, parse_methods
 from .progress import progress_bar
-from .results import ResultsFile, group_rows
+from .results import ResultsFile, group_rows, model_fingerprint, produced_by, tokens_hash
 
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -269,21 +270,31 @@ def run_retrieval(
         for n in config.lengths:
             loaded.check_length(n)
         results.set_model(str(spec), {"source": loaded.source, "method": spec.to_dict(), **loaded.info})
-        cells = []
+        # what produced each item (issue 25.1): the model's files, the method as applied, the prompt's tokens
+        weights = model_fingerprint(model_objects[str(spec)] if model_objects and str(spec) in model_objects
+                                    else config.model)
+        applied = [spec.to_dict(), {k: v for k, v in loaded.info.items() if k != "device"}]
+        made, cells = {}, []
         for n in config.lengths:
             for d in config.depths:
+                for t in range(config.trials):
+                    prompt = task.build(loaded.tokenizer, n, d, trial_rng(config.seed, n, d, t))
+                    made[n, d, t] = produced_by(model=weights, method=applied, tokens=tokens_hash(prompt.ids))
                 todo = [t for t in range(config.trials)
-                        if results.get(method=str(spec), length=n, depth=d, trial=t) is None]
+                        if results.reuse(made[n, d, t], method=str(spec), length=n, depth=d, trial=t) is None]
                 if todo:
                     cells.append((n, d, todo))
         bar = progress_bar(total=sum(len(c[2]) for c in cells), desc=f"{task.name} {spec}", enable=progress)
         for n, d, todo in cells:
             for item in _run_cell(task, loaded, config, n, d, todo):
-                results.add(item)
+                results.add({**item, "produced_by": made[n, d, item["trial"]]})
                 bar.update(1)
         bar.close()
         del loaded
         gc.collect()
+    note = results.resume_note()
+    if note:
+        print(f"{task.name}: {note}", file=sys.stderr)
     keep = {str(m) for m in methods}
     results.set_summary(
         [r for r in summarize_retrieval(results.items) if r["method"] in keep and r["length"] in config.lengths]
