@@ -547,7 +547,7 @@ def _pool(rows: list[dict], scores: dict, model: str, retrieval: bool) -> dict |
                 ceiling.setdefault(m, {}).update({(c, k): v for k, v in scores[_key(r)].items()})
     present = {r["method"] for r in mine}
     return {"combos": combos, "methods": cands, "out_of_reach": out_of_reach, "scores": pooled,
-            "ceiling": ceiling, "rows": have, "missing": [m for m in BASE_METHODS if m not in present]}
+            "ceiling": ceiling, "rows": have, "missing": [m for m in METHODS if m not in present]}
 
 
 def decide(pool: dict, retrieval: bool, speed: dict) -> dict:
