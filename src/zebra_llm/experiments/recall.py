@@ -69,6 +69,7 @@ class RecallGridConfig:
     sweep_lengths: list[int] | None = None  # None: the sweep at every training length
     warmup_steps: int = 50
     weight_decay: float = 0.0
+    beta2: float = 0.999  # torch's AdamW default, as Zoology trains; the LM configs use 0.95
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     valid_examples: int = 256
     test_examples: int = 256
@@ -254,7 +255,7 @@ def _train_cfg(cfg: RecallGridConfig, lr: float, seed: int, run_dir: Path):
         "model": {"preset": "debug"},  # unused: the model is built by train_run's build_model
         "data": {"seq_len": 2},  # unused: the stages are the recall examples
         "optim": {"lr": lr, "warmup_steps": cfg.warmup_steps, "decay": "cosine", "min_lr_ratio": 0.1,
-                  "weight_decay": cfg.weight_decay},
+                  "weight_decay": cfg.weight_decay, "beta2": cfg.beta2},
         "train": {"steps": cfg.steps, "batch_size": cfg.batch_size, "seed": seed, "output_dir": str(run_dir),
                   "save_every": cfg.eval_every, "keep_checkpoints": 1, "resume": True, "progress": False,
                   "log_every": 1},
