@@ -66,16 +66,14 @@ def extension_mask_interface(batch_size: int, q_length: int, kv_length: int, q_o
     As :func:`padding_mask_interface`, except for fixed-size caches
     (``StaticCache``: the layer holds more slots than were written): the mask then covers
     the written slots only (all True without an ``attention_mask``), which tells the
-    attention function where the keys end. Sliding layers of a fixed-size cache keep a
-    rolling buffer whose slots are not in sequence order: refused.
+    attention function where the keys end. A sliding layer of a fixed-size cache
+    (``StaticSlidingWindowLayer``) is the same until its buffer is full: the written slots
+    come first, in sequence order; once full it hands back its keys in order, as a
+    dynamic sliding layer does. So the one rule (issue 25, item 5): fixed-size caches
+    work under every extension, sliding-window layers included, at any prompt length.
     """
     written = int(q_offset) + q_length - int(kv_offset)
     if kv_offset == 0 and written < kv_length:
-        if local_size is not None:
-            raise ValueError(
-                "cache: a fixed-size cache (StaticCache) with sliding-window layers is not supported under a "
-                "context-extension method; use the default DynamicCache"
-            )
         if attention_mask is None:
             return torch.ones(batch_size, written, dtype=torch.bool)
         if attention_mask.dim() != 2:
