@@ -175,9 +175,9 @@ def test_key_rotation_tables_kept_between_calls_stay_right():
     """Decoding turns the same key ranks at every step, so their cos/sin tables are cached: a table grown
     for a longer sequence, a spec with other settings, other frequencies and another dtype must never be
     served a table that is not theirs."""
-    from zebra_llm.attention import piecewise
+    from zebra_llm.attention import rotation
 
-    piecewise._KEY_TABLES.clear()
+    rotation._KEY_TABLES.clear()
     torch.manual_seed(5)
     other_freq = 1.0 / (500.0 ** (torch.arange(0, 16, 2, dtype=torch.float32) / 16))
     cases = [(SelfExtendSpec(3, 5), INV_FREQ), (SelfExtendSpec(4, 5), INV_FREQ), (SelfExtendSpec(3, 5), other_freq),
@@ -189,25 +189,25 @@ def test_key_rotation_tables_kept_between_calls_stay_right():
                 fast = piecewise_attention(q, k, v, spec=spec, inv_freq=freq)
                 ref = piecewise_attention(q, k, v, spec=spec, inv_freq=freq, backend="reference")
                 assert max_abs_err(fast, ref) <= (1e-5 if dtype == torch.float32 else 1e-10), (spec.name, n, dtype)
-    assert 0 < len(piecewise._KEY_TABLES) <= piecewise.KEY_TABLES_KEPT
+    assert 0 < len(rotation._KEY_TABLES) <= rotation.KEY_TABLES_KEPT
 
 
 def test_key_rotation_reads_frequencies_once_and_again_after_an_in_place_change():
     """The frequencies' values key the tables; they are read once per tensor, and an in-place change of the
     tensor (its version moves) is seen: the tables then follow the new frequencies."""
-    from zebra_llm.attention import piecewise
+    from zebra_llm.attention import rotation
 
-    piecewise._KEY_TABLES.clear()
+    rotation._KEY_TABLES.clear()
     freq = INV_FREQ.clone()
     spec = SelfExtendSpec(3, 5)
     q, k, v = rand_qkv(1, 4, 2, 1, 16, seq_kv=30)
     piecewise_attention(q, k, v, spec=spec, inv_freq=freq)
-    assert piecewise._FREQ_VALUES[id(freq)][2] == tuple(INV_FREQ.tolist())
+    assert rotation._FREQ_VALUES[id(freq)][2] == tuple(INV_FREQ.tolist())
     freq.mul_(0.5)  # e.g. a rope module rescaling its buffer in place
     fast = piecewise_attention(q, k, v, spec=spec, inv_freq=freq)
     ref = piecewise_attention(q, k, v, spec=spec, inv_freq=freq, backend="reference")
     assert max_abs_err(fast, ref) <= 1e-5
-    assert piecewise._FREQ_VALUES[id(freq)][2] == tuple((INV_FREQ * 0.5).tolist())
+    assert rotation._FREQ_VALUES[id(freq)][2] == tuple((INV_FREQ * 0.5).tolist())
 
 
 def test_rotation_without_a_graph_equals_the_differentiable_one():

@@ -42,3 +42,42 @@ def test_extension_settings_are_refused_by_the_extension_config_before_a_model_i
     with pytest.raises(ValueError) as parsed:
         MethodSpec.parse(f"{method}:{text}")  # no model here: the check needs none
     assert str(parsed.value) == f"method {method}: {own.value}"
+
+
+def test_dca_geometry_is_checked_once_on_the_way_to_the_kernel(monkeypatch):
+    """`-m dca:chunk_size=48`: chunk_size's own range when the spec is parsed (the model, and so c, is not known
+    yet), the geometry once when the config is built for the model (DCASpec), never in a forward (the layers
+    run the spec they were given)."""
+    import sys
+    from collections import OrderedDict
+    from pathlib import Path
+
+    import torch
+
+    from zebra_llm.eval import methods
+
+    import zebra_llm.attention.specs as specs
+    import zebra_llm.extensions.dca as dca
+    from zebra_llm.attention.dca_positions import check_geometry
+    from zebra_llm.eval import load_with_method
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from eval_helpers import tiny_llama
+
+    calls = []
+
+    def counted(*args):
+        calls.append(args)
+        return check_geometry(*args)
+
+    monkeypatch.setattr(specs, "check_geometry", counted)
+    monkeypatch.setattr(dca, "check_geometry", counted)
+    monkeypatch.setattr(methods, "_BUILT", OrderedDict())  # configs built by earlier tests
+    spec = MethodSpec.parse("dca:chunk_size=48")
+    assert calls == [(48, None)]
+    loaded = load_with_method((tiny_llama(100), None), spec)
+    assert calls[1:] == [(48, 64, 64)]
+    with torch.no_grad():
+        for _ in range(2):
+            loaded.model(torch.randint(0, 100, (1, 150)))
+    assert len(calls) == 2

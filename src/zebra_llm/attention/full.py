@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from . import masks, reference
 from ._checks import check_key_padding_mask, check_qkv, resolve_scale
+from ._cpu_flash import cpu_flash_ops, merge_rows_
 from ._flex import flex_run
 from .backends import register, resolve
 
@@ -175,15 +176,8 @@ class _Segment:
     k1: int
 
 
-def _cpu_flash():
-    ops = torch.ops.aten
-    fwd = getattr(ops, "_scaled_dot_product_flash_attention_for_cpu", None)
-    bwd = getattr(ops, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
-    return None if fwd is None or bwd is None else (fwd, bwd)
-
-
 def _merged_kernel_applies(q: torch.Tensor) -> bool:
-    return q.device.type == "cpu" and _cpu_flash() is not None
+    return q.device.type == "cpu" and cpu_flash_ops() is not None
 
 
 def _blocks(seg: _Segment):
@@ -213,7 +207,7 @@ class _CausalSegments(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, segments, own, scale):
-        fwd, _ = _cpu_flash()
+        fwd, _ = cpu_flash_ops()
         wide = torch.promote_types(q.dtype, torch.float32)
         groups = q.shape[1] // k.shape[1]
         out = q.new_zeros(q.shape)
@@ -226,13 +220,10 @@ class _CausalSegments(torch.autograd.Function):
                 acc_out = acc_lse = None
                 for keys, causal in parts:
                     o, l = fwd(qb, k[rows, :, keys], v[rows, :, keys], 0.0, causal, scale=scale)
-                    o, l = o.to(wide), l.to(wide)
                     if acc_out is None:
-                        acc_out, acc_lse = o, l
-                        continue
-                    new = torch.logaddexp(acc_lse, l)
-                    acc_out.mul_(torch.exp(acc_lse - new)[..., None]).add_(o * torch.exp(l - new)[..., None])
-                    acc_lse = new
+                        acc_out, acc_lse = o.to(wide), l.to(wide)
+                    else:
+                        merge_rows_(acc_out, acc_lse, slice(None), (o, l))
                 out[rows, :, qs] = acc_out.to(q.dtype)
                 lse[rows, :, qs] = acc_lse
         ctx.save_for_backward(q, k, v, out, lse)
@@ -241,7 +232,7 @@ class _CausalSegments(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        _, bwd = _cpu_flash()
+        _, bwd = cpu_flash_ops()
         q, k, v, out, lse = ctx.saved_tensors
         segments, own, scale = ctx.plan
         wide = lse.dtype

@@ -24,6 +24,7 @@ import torch
 
 from . import masks, reference
 from ._checks import check_key_padding_mask, check_positive_int, check_qkv, resolve_scale
+from ._cpu_flash import cpu_flash_ops
 from ._flex import flex_run
 from .backends import register, resolve
 from .full import _global_sdpa
@@ -135,7 +136,7 @@ class _FlashBandSummaries(torch.autograd.Function):
         out, lse = band_forward(q, repeat_kv(k, groups), repeat_kv(v, groups), window, scale, block)
         r0, mask = _summary_mask(q.shape[2], k.shape[2], k_sum.shape[2], window, chunk_size, q.dtype, q.device)
         if r0 < q.shape[2]:
-            flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+            flash = cpu_flash_ops()[0]
             o_s, l_s = flash(q[:, :, r0:], repeat_kv(k_sum, groups), repeat_kv(v_sum, groups), 0.0, False,
                              attn_mask=mask, scale=scale)
             l_b = lse[:, :, r0:]
@@ -160,7 +161,7 @@ class _FlashBandSummaries(torch.autograd.Function):
                                    ctx.window, ctx.scale, ctx.block)
         ks, vs = repeat_kv(k_sum, groups), repeat_kv(v_sum, groups)
         if r0 < q.shape[2]:
-            back = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+            back = cpu_flash_ops()[1]
             gq, dk_sum, dv_sum = back(grad_out[:, :, r0:], q[:, :, r0:], ks, vs, out[:, :, r0:].contiguous(),
                                       lse[:, :, r0:].contiguous(), 0.0, False, attn_mask=mask, scale=ctx.scale)
             dq[:, :, r0:] += gq

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from . import masks, reference
 from ._checks import check_key_padding_mask, check_positive_int, check_qkv, resolve_scale
+from ._cpu_flash import cpu_flash_ops
 from ._flex import flex_run
 from .backends import register, resolve
 from .full import _global_sdpa
@@ -282,7 +283,7 @@ def band_forward(q, kr, vr, window, scale, block):
     the CPU flash kernel, piece by piece: ``(out, lse)``, ``lse`` the log-sum-exp of each query's scores."""
     out = torch.empty_like(q)
     lse = q.new_empty(q.shape[:3], dtype=torch.float64 if q.dtype == torch.float64 else torch.float32)
-    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    flash = cpu_flash_ops()[0]
     for kind, q0, q1 in _band_pieces(q.shape[2], kr.shape[2], window, block):
         qp, krange, mask = _piece_views(kind, q0, q1, q, kr, window, block, q.dtype)
         o, l = flash(qp, _key_windows(kr, krange, block), _key_windows(vr, krange, block), 0.0, False,
@@ -302,7 +303,7 @@ def band_backward(grad_out, q, kr, vr, out, lse, window, scale, block):
     dq = torch.empty_like(q)
     dk = torch.zeros_like(kr)
     dv = torch.zeros_like(vr)
-    back = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+    back = cpu_flash_ops()[1]
     for kind, q0, q1 in _band_pieces(q.shape[2], kr.shape[2], window, block):
         qp, krange, mask = _piece_views(kind, q0, q1, q, kr, window, block, q.dtype)
         op, _, _ = _piece_views(kind, q0, q1, out, kr, window, block, q.dtype)

@@ -1,4 +1,6 @@
-"""One kernel for piecewise relative positions (training-free context extension).
+"""One kernel for piecewise relative positions (training-free context extension): the plan executed, and its
+backends. The rule language (:class:`PiecewiseSpec`, blocks, plans) lives with the methods in ``specs.py``,
+the rotations in ``rotation.py``, the CPU flash kernel and the log-sum-exp merge in ``_cpu_flash.py``.
 
 Every training-free extension method this library ships (DCA, SelfExtend,
 ReRoPE with its leaky variant, STRING) replaces RoPE's relative distance
@@ -43,293 +45,16 @@ matrix alone.
 from __future__ import annotations
 
 import functools
-import threading
-import weakref
-from collections import OrderedDict
-from dataclasses import dataclass
 
 import torch
 
 from ._checks import check_key_padding_mask, check_qkv, resolve_scale
+from ._cpu_flash import NO_KEY_LSE, acc_dtype as _acc_dtype, cpu_flash_ops, merge, merge_rows_
 from .backends import default_backend, implements, register, resolve
+from .rotation import _turn, key_rotation, key_shift, rotate
+from .specs import GROUP_ROWS, Block, Group, PiecewiseSpec, band_groups, distance_plan, region_blocks
 
 KEY_TILE = 4096  # keys per matrix product on the ``tiled`` backend: bounds its [rows, keys] scores
-GROUP_ROWS = 768  # query rows per near group on distance plans: bounds the boundary masks; from 768 query
-# rows PyTorch's CPU flash kernel works in 256-row tiles (64 below), about a quarter faster per pair
-
-
-@dataclass(frozen=True)
-class Block:
-    """Keys ``[k0, k1)`` of one region for a query group.
-
-    ``kind``: ``"full"`` (every query sees every key of the block), ``"causal"``
-    (the square diagonal block, top-left causal), or ``"mask"`` (a boundary:
-    which pairs belong to ``region`` comes from ``spec.region_of``).
-    """
-
-    region: int
-    k0: int
-    k1: int
-    kind: str = "full"
-
-
-@dataclass(frozen=True)
-class Group:
-    """Query rows ``[q0, q1)`` of the call, of ranks ``r0 .. r0 + q1 - q0 - 1``."""
-
-    q0: int
-    q1: int
-    r0: int
-    blocks: tuple[Block, ...]
-
-
-class PiecewiseSpec:
-    """A relative-position rule as regions with query/key position maps.
-
-    Subclasses set ``name`` and ``regions`` and implement the maps, ``region_of``
-    and ``plan``. Positions are ranks: the ``r``-th real token of a row (the
-    first real token has rank 0). ``integral`` says whether every position is an
-    integer (``relative_positions`` is then a long tensor).
-    """
-
-    name: str = "piecewise"
-    regions: tuple[str, ...] = ()
-    integral: bool = True
-
-    def query_positions(self, region: int, ranks: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def key_positions(self, region: int, ranks: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def key_offset(self, region: int) -> int | None:
-        """``c`` when ``key_positions(region, j) == j + c`` for every rank ``j``; ``None`` when not known
-        (the kernel then checks each block's keys). A spec states it where it holds, to save that check."""
-        return None
-
-    def region_of(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        """Region index of each pair (broadcast ``i`` against ``j``; meaningful for ``j <= i``); ``-1`` for a
-        pair the rule hides (a key the query does not see at all)."""
-        raise NotImplementedError
-
-    def plan(self, n_keys: int, n_queries: int) -> list[Group]:
-        """Groups and blocks for the last ``n_queries`` of ``n_keys`` real tokens."""
-        raise NotImplementedError
-
-    def query_scale(self, ranks: torch.Tensor) -> torch.Tensor | None:
-        """Logit multiplier per query (``[len(ranks)]`` float64), or ``None`` for none."""
-        return None
-
-    def relative_positions(self, seq_len: int) -> torch.Tensor:
-        """``[seq_len, seq_len]``: what RoPE sees for query ``i`` and key ``j``; ``-1`` above the diagonal."""
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 0:
-            raise ValueError(f"seq_len must be an integer >= 0, got {seq_len!r}")
-        n = torch.arange(seq_len)
-        i, j = n[:, None], n[None, :]
-        region = self.region_of(i, j).expand(seq_len, seq_len)
-        dtype = torch.long if self.integral else torch.float64
-        rel = torch.full((seq_len, seq_len), -1, dtype=dtype)
-        for r in range(len(self.regions)):
-            at = (region == r) & (j <= i)
-            value = self.query_positions(r, n)[:, None] - self.key_positions(r, n)[None, :]
-            rel = torch.where(at, value.to(dtype), rel)
-        return rel
-
-
-def band_groups(n_keys: int, n_queries: int, boundary: int, rows: int = GROUP_ROWS) -> list[Group]:
-    """Query groups of at most ``min(rows, boundary)`` rows, each with its keys ``(i - boundary, i]`` in
-    region 0: a masked band (keys near for some of the group's rows only, ``[a - boundary + 1, b -
-    boundary)``), the keys near for all of them, and the causal diagonal block."""
-    step = max(1, min(rows, boundary))
-    first = n_keys - n_queries
-    groups = []
-    for a in range(first, n_keys, step):
-        b = min(n_keys, a + step)
-        band0, band1 = max(0, a - boundary + 1), max(0, b - boundary)  # mixed keys: near for later rows
-        blocks = []
-        if b - a == 1:  # one query (decoding): its near keys and itself in one block
-            blocks.append(Block(0, band0, b))
-        else:
-            if band1 > band0:
-                blocks.append(Block(0, band0, band1, "mask"))
-            if a > band1:
-                blocks.append(Block(0, band1, a))
-            blocks.append(Block(0, a, b, "causal"))
-        groups.append(Group(a - first, b - first, a, tuple(blocks)))
-    return groups
-
-
-def distance_plan(n_keys: int, n_queries: int, boundary: int, rows: int = GROUP_ROWS) -> list[Group]:
-    """The plan of a rule with two regions split by distance: 0 (near) for ``i - j < boundary``,
-    1 (far) for ``i - j >= boundary``.
-
-    Near: :func:`band_groups`. Far: *one* group of every query with a far key (ranks ``i >= boundary``)
-    against keys ``[0, n_keys - boundary)``: query ``i`` sees keys ``j <= i - boundary``,
-    which is a top-left causal square (after a block every row sees in full when the
-    queries start past the boundary). The far group overlaps the near groups' rows; the
-    kernel merges every block of a query row, whichever group it comes in.
-    """
-    groups = band_groups(n_keys, n_queries, boundary, rows)
-    first = n_keys - n_queries
-    f = max(first, boundary)  # the first query with a far key
-    if f < n_keys:
-        if n_keys - f == 1:
-            far = (Block(1, 0, f - boundary + 1),)
-        else:
-            square = Block(1, f - boundary, n_keys - boundary, "causal")
-            far = (Block(1, 0, f - boundary), square) if f > boundary else (square,)
-        groups.append(Group(f - first, n_keys - first, f, far))
-    return groups
-
-
-def region_blocks(spec: "PiecewiseSpec", r0: int, r1: int, k0: int, k1: int, regions) -> list[Block]:
-    """Blocks of keys ``[k0, k1)`` for query ranks ``[r0, r1)``, one per region of ``regions`` that has a
-    pair there: ``full`` where every pair of the block is in it, else a ``mask`` block. For a few keys
-    (the region is looked up on the whole ``[rows, keys]`` grid)."""
-    i = torch.arange(r0, r1)[:, None]
-    j = torch.arange(k0, k1)[None, :]
-    region = torch.where(j <= i, spec.region_of(i, j), -1)
-    blocks = []
-    for r in regions:
-        at = region == r
-        if bool(at.all()):
-            blocks.append(Block(r, k0, k1))
-        elif bool(at.any()):
-            blocks.append(Block(r, k0, k1, "mask"))
-    return blocks
-
-
-# --- rotations and merging -----------------------------------------------------------------------
-
-
-def rotate(x: torch.Tensor, shift: torch.Tensor | None, inv_freq: torch.Tensor) -> torch.Tensor:
-    """Turn ``x`` (``[..., L, D]``) by RoPE through ``shift`` positions (``[L]`` or ``[B, L]``, any real values).
-
-    Angles are formed in float64 (float32 where the device has none) so that a
-    shift of tens of thousands of positions loses no precision; the rotation runs
-    in float32 (float64 for float64 inputs) and returns ``x``'s dtype.
-    """
-    if shift is None:
-        return x
-    cos, sin = _cos_sin(shift, inv_freq, x)
-    if cos.dim() == 3:
-        cos, sin = cos[:, None], sin[:, None]  # shift [B, L]: (B, 1, L, half), one rotation per row shared by heads
-    return _turn(x, cos, sin)
-
-
-def _cos_sin(shift: torch.Tensor, inv_freq: torch.Tensor, like: torch.Tensor):
-    """``cos`` and ``sin`` of ``shift * inv_freq`` (``[..., L, half]``) in ``like``'s working dtype."""
-    wide = torch.float32 if like.device.type == "mps" else torch.float64
-    angles = shift.to(device=like.device, dtype=wide)[..., None] * inv_freq.to(device=like.device, dtype=wide)
-    work = _acc_dtype(like.dtype)
-    return torch.cos(angles).to(work), torch.sin(angles).to(work)
-
-
-def _turn(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """The rotation itself: ``cos``/``sin`` broadcast against ``x[..., :half]``."""
-    half = cos.shape[-1]
-    xf = x.to(cos.dtype)
-    x1, x2 = xf[..., :half], xf[..., half : 2 * half]
-    # Under torch.compile the expression form too: inductor (torch 2.13) fails to lower ``mul(..., out=view)``
-    # with symbolic shapes ("mul expected 2 arguments, got 3", issue 25.5), and fuses the expression anyway.
-    if (torch.is_grad_enabled() and x.requires_grad) or torch.compiler.is_compiling():
-        turned = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, xf[..., 2 * half :]], dim=-1)
-    else:  # no graph to keep: two fused passes per half into one buffer (decoding turns every key each step)
-        turned = torch.empty(xf.shape, dtype=xf.dtype, device=xf.device)
-        t1, t2 = turned[..., :half], turned[..., half : 2 * half]
-        torch.mul(x1, cos, out=t1).addcmul_(x2, sin, value=-1)
-        torch.mul(x2, cos, out=t2).addcmul_(x1, sin)
-        turned[..., 2 * half :] = xf[..., 2 * half :]
-    return turned.to(x.dtype)
-
-
-# Key rotations of a region depend on the key's rank only, and decoding rotates the same ranks at every
-# step, so their cos/sin tables are kept between calls (least recently used first out). A table grows to
-# twice its length when a longer sequence needs it.
-_KEY_TABLES: OrderedDict = OrderedDict()
-_KEY_TABLES_LOCK = threading.Lock()
-KEY_TABLES_KEPT = 8
-
-
-def key_shift(spec: PiecewiseSpec, region: int, k0: int, k1: int) -> torch.Tensor:
-    """``key_positions(region, j) - j`` for ranks ``k0 <= j < k1`` (float64): how far ``region`` moves each key."""
-    ranks = torch.arange(k0, k1)
-    return spec.key_positions(region, ranks).to(torch.float64) - ranks
-
-
-def _spec_key(spec: PiecewiseSpec) -> tuple:
-    return (type(spec), tuple(sorted(vars(spec).items())))
-
-
-# The frequencies' values, read once per tensor (and again after an in-place change, which bumps its
-# version): reading a CUDA tensor's values waits for the device, which a decoding step should not do per layer.
-_FREQ_VALUES: dict[int, tuple] = {}  # id(tensor) -> (weak reference, version, values)
-
-
-def _freq_values(inv_freq: torch.Tensor) -> tuple:
-    with _KEY_TABLES_LOCK:
-        seen = _FREQ_VALUES.get(id(inv_freq))
-        if seen is not None and seen[0]() is inv_freq and seen[1] == inv_freq._version:
-            return seen[2]
-    values = tuple(inv_freq.tolist())
-    with _KEY_TABLES_LOCK:
-        for ident in [i for i, entry in _FREQ_VALUES.items() if entry[0]() is None]:  # tensors gone
-            del _FREQ_VALUES[ident]
-        _FREQ_VALUES[id(inv_freq)] = (weakref.ref(inv_freq), inv_freq._version, values)
-    return values
-
-
-def key_rotation(spec: PiecewiseSpec, region: int, n: int, inv_freq: torch.Tensor, like: torch.Tensor):
-    """``cos``, ``sin`` (``[n, half]``) turning keys of ranks ``0 .. n - 1`` to ``region``'s key positions."""
-    key = (_spec_key(spec), region, _freq_values(inv_freq), like.device, _acc_dtype(like.dtype))
-    with _KEY_TABLES_LOCK:  # models may decode in several threads
-        table = _KEY_TABLES.get(key)
-        if table is None or table[0].shape[0] < n:
-            length = n if table is None else max(n, 2 * table[0].shape[0])
-            table = _cos_sin(key_shift(spec, region, 0, length), inv_freq, like)
-            _KEY_TABLES[key] = table
-            while len(_KEY_TABLES) > KEY_TABLES_KEPT:
-                _KEY_TABLES.popitem(last=False)
-        _KEY_TABLES.move_to_end(key)
-    return table[0][:n], table[1][:n]
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def merge(acc, part):
-    """Fold one block's ``(out, lse)`` into the running ``(out, lse)`` (differentiable).
-
-    ``out = sum_b exp(lse_b - lse) out_b`` with ``lse = log sum_b exp(lse_b)``: the exact
-    softmax over the union of the blocks' keys. A row with no key yet has ``lse = -inf``
-    and weight 0.
-    """
-    out, lse = part
-    dtype = _acc_dtype(out.dtype)
-    if acc is None:
-        return out.to(dtype), lse.to(dtype)
-    acc_out, acc_lse = acc
-    new = torch.logaddexp(acc_lse, lse.to(dtype))
-    w_acc = torch.nan_to_num(torch.exp(acc_lse - new), nan=0.0)[..., None]
-    w_part = torch.nan_to_num(torch.exp(lse.to(dtype) - new), nan=0.0)[..., None]
-    return acc_out * w_acc + out.to(dtype) * w_part, new
-
-
-NO_KEY_LSE = -1.0e30  # the log-sum-exp of a row with no key in a block: finite, so merging needs no NaN guard
-
-
-def merge_rows_(acc_out, acc_lse, rows: slice, part) -> None:
-    """:func:`merge` in place on rows ``rows`` of the running output and log-sum-exp, for the
-    no-autograd forward (groups of a plan may share rows). Rows not reached yet carry
-    :data:`NO_KEY_LSE`, as do rows without keys in a block: their weight ``exp(NO_KEY_LSE - lse)`` is 0.
-    """
-    out, lse = part
-    prev = acc_lse[:, :, rows]
-    lse = lse.to(prev.dtype)
-    new = torch.logaddexp(prev, lse)
-    acc_out[:, :, rows].mul_(torch.exp(prev - new)[..., None]).addcmul_(out, torch.exp(lse - new)[..., None])
-    acc_lse[:, :, rows] = new
 
 
 # --- the plan executed ---------------------------------------------------------------------------
@@ -397,15 +122,6 @@ def _float_mask(allowed: torch.Tensor, dtype) -> torch.Tensor:
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))
 
 
-def _cpu_flash_ops():
-    ops = torch.ops.aten
-    if hasattr(ops, "_scaled_dot_product_flash_attention_for_cpu") and hasattr(
-        ops, "_scaled_dot_product_flash_attention_for_cpu_backward"
-    ):
-        return ops._scaled_dot_product_flash_attention_for_cpu, ops._scaled_dot_product_flash_attention_for_cpu_backward
-    return None
-
-
 def _flash_block(flash, q, k, v, causal: bool, scale: float):
     """One unmasked block on the CPU flash kernel, ``(out, lse)``. A single query row with grouped key/value
     heads goes in as ``heads / kv_heads`` rows of its key/value head (what transformers' ``pack_gqa`` does for
@@ -423,7 +139,7 @@ class _MergedBlocks(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, spec, groups, inv_freq, scale):
-        flash, _ = _cpu_flash_ops()
+        flash, _ = cpu_flash_ops()
         batch, heads, seq_q, _ = q.shape
         acc_dtype = _acc_dtype(q.dtype)
         keys = _Keys(spec, k, inv_freq, groups)
@@ -463,7 +179,7 @@ class _MergedBlocks(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        _, flash_backward = _cpu_flash_ops()
+        _, flash_backward = cpu_flash_ops()
         q, k, v, out, lse = ctx.saved_tensors
         spec, groups, inv_freq, scale = ctx.plan
         acc_dtype = _acc_dtype(q.dtype)
@@ -641,7 +357,7 @@ def _prepared(q, k, spec):
 def _piecewise_sdpa(q, k, v, *, spec, inv_freq, scale, position_offset):
     """PyTorch's CPU flash kernel per block (exact backward); ``tiled`` off the CPU."""
     q, groups = _prepared(q, k, spec)
-    if q.device.type == "cpu" and _cpu_flash_ops() is not None:
+    if q.device.type == "cpu" and cpu_flash_ops() is not None:
         return _MergedBlocks.apply(q, k, v, spec, groups, inv_freq, scale)
     return _run_blocks(q, k, v, spec, groups, inv_freq, scale, _tiled_block)
 

@@ -1,6 +1,7 @@
-"""The training-free extension methods as piecewise relative-position rules.
+"""The training-free extension methods as piecewise relative-position rules, and the language they are
+written in (:class:`PiecewiseSpec`, :class:`Block`, :class:`Group` and the plan helpers).
 
-Each class below is a :class:`~zebra_llm.attention.piecewise.PiecewiseSpec`: its
+Each method below is a :class:`PiecewiseSpec`: its
 regions of (query ``i``, key ``j``), the positions at which queries and keys are
 rotated in each region, and the plan the kernel follows. ``d = i - j``; positions
 are ranks (the ``r``-th real token of a row has rank ``r``). The dense oracle
@@ -29,8 +30,158 @@ import math
 
 import torch
 
+from dataclasses import dataclass
+
 from .dca_positions import check_geometry, query_positions as dca_query_positions, temperature_factor
-from .piecewise import Block, Group, PiecewiseSpec, band_groups, distance_plan, region_blocks
+
+# --- the spec language: regions, position maps, plans (the kernel, piecewise.py, runs them) ------------
+
+GROUP_ROWS = 768  # query rows per near group on distance plans: bounds the boundary masks; from 768 query
+# rows PyTorch's CPU flash kernel works in 256-row tiles (64 below), about a quarter faster per pair
+
+
+@dataclass(frozen=True)
+class Block:
+    """Keys ``[k0, k1)`` of one region for a query group.
+
+    ``kind``: ``"full"`` (every query sees every key of the block), ``"causal"``
+    (the square diagonal block, top-left causal), or ``"mask"`` (a boundary:
+    which pairs belong to ``region`` comes from ``spec.region_of``).
+    """
+
+    region: int
+    k0: int
+    k1: int
+    kind: str = "full"
+
+
+@dataclass(frozen=True)
+class Group:
+    """Query rows ``[q0, q1)`` of the call, of ranks ``r0 .. r0 + q1 - q0 - 1``."""
+
+    q0: int
+    q1: int
+    r0: int
+    blocks: tuple[Block, ...]
+
+
+class PiecewiseSpec:
+    """A relative-position rule as regions with query/key position maps.
+
+    Subclasses set ``name`` and ``regions`` and implement the maps, ``region_of``
+    and ``plan``. Positions are ranks: the ``r``-th real token of a row (the
+    first real token has rank 0). ``integral`` says whether every position is an
+    integer (``relative_positions`` is then a long tensor).
+    """
+
+    name: str = "piecewise"
+    regions: tuple[str, ...] = ()
+    integral: bool = True
+
+    def query_positions(self, region: int, ranks: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def key_positions(self, region: int, ranks: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def key_offset(self, region: int) -> int | None:
+        """``c`` when ``key_positions(region, j) == j + c`` for every rank ``j``; ``None`` when not known
+        (the kernel then checks each block's keys). A spec states it where it holds, to save that check."""
+        return None
+
+    def region_of(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        """Region index of each pair (broadcast ``i`` against ``j``; meaningful for ``j <= i``); ``-1`` for a
+        pair the rule hides (a key the query does not see at all)."""
+        raise NotImplementedError
+
+    def plan(self, n_keys: int, n_queries: int) -> list[Group]:
+        """Groups and blocks for the last ``n_queries`` of ``n_keys`` real tokens."""
+        raise NotImplementedError
+
+    def query_scale(self, ranks: torch.Tensor) -> torch.Tensor | None:
+        """Logit multiplier per query (``[len(ranks)]`` float64), or ``None`` for none."""
+        return None
+
+    def relative_positions(self, seq_len: int) -> torch.Tensor:
+        """``[seq_len, seq_len]``: what RoPE sees for query ``i`` and key ``j``; ``-1`` above the diagonal."""
+        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 0:
+            raise ValueError(f"seq_len must be an integer >= 0, got {seq_len!r}")
+        n = torch.arange(seq_len)
+        i, j = n[:, None], n[None, :]
+        region = self.region_of(i, j).expand(seq_len, seq_len)
+        dtype = torch.long if self.integral else torch.float64
+        rel = torch.full((seq_len, seq_len), -1, dtype=dtype)
+        for r in range(len(self.regions)):
+            at = (region == r) & (j <= i)
+            value = self.query_positions(r, n)[:, None] - self.key_positions(r, n)[None, :]
+            rel = torch.where(at, value.to(dtype), rel)
+        return rel
+
+
+def band_groups(n_keys: int, n_queries: int, boundary: int, rows: int = GROUP_ROWS) -> list[Group]:
+    """Query groups of at most ``min(rows, boundary)`` rows, each with its keys ``(i - boundary, i]`` in
+    region 0: a masked band (keys near for some of the group's rows only, ``[a - boundary + 1, b -
+    boundary)``), the keys near for all of them, and the causal diagonal block."""
+    step = max(1, min(rows, boundary))
+    first = n_keys - n_queries
+    groups = []
+    for a in range(first, n_keys, step):
+        b = min(n_keys, a + step)
+        band0, band1 = max(0, a - boundary + 1), max(0, b - boundary)  # mixed keys: near for later rows
+        blocks = []
+        if b - a == 1:  # one query (decoding): its near keys and itself in one block
+            blocks.append(Block(0, band0, b))
+        else:
+            if band1 > band0:
+                blocks.append(Block(0, band0, band1, "mask"))
+            if a > band1:
+                blocks.append(Block(0, band1, a))
+            blocks.append(Block(0, a, b, "causal"))
+        groups.append(Group(a - first, b - first, a, tuple(blocks)))
+    return groups
+
+
+def distance_plan(n_keys: int, n_queries: int, boundary: int, rows: int = GROUP_ROWS) -> list[Group]:
+    """The plan of a rule with two regions split by distance: 0 (near) for ``i - j < boundary``,
+    1 (far) for ``i - j >= boundary``.
+
+    Near: :func:`band_groups`. Far: *one* group of every query with a far key (ranks ``i >= boundary``)
+    against keys ``[0, n_keys - boundary)``: query ``i`` sees keys ``j <= i - boundary``,
+    which is a top-left causal square (after a block every row sees in full when the
+    queries start past the boundary). The far group overlaps the near groups' rows; the
+    kernel merges every block of a query row, whichever group it comes in.
+    """
+    groups = band_groups(n_keys, n_queries, boundary, rows)
+    first = n_keys - n_queries
+    f = max(first, boundary)  # the first query with a far key
+    if f < n_keys:
+        if n_keys - f == 1:
+            far = (Block(1, 0, f - boundary + 1),)
+        else:
+            square = Block(1, f - boundary, n_keys - boundary, "causal")
+            far = (Block(1, 0, f - boundary), square) if f > boundary else (square,)
+        groups.append(Group(f - first, n_keys - first, f, far))
+    return groups
+
+
+def region_blocks(spec: "PiecewiseSpec", r0: int, r1: int, k0: int, k1: int, regions) -> list[Block]:
+    """Blocks of keys ``[k0, k1)`` for query ranks ``[r0, r1)``, one per region of ``regions`` that has a
+    pair there: ``full`` where every pair of the block is in it, else a ``mask`` block. For a few keys
+    (the region is looked up on the whole ``[rows, keys]`` grid)."""
+    i = torch.arange(r0, r1)[:, None]
+    j = torch.arange(k0, k1)[None, :]
+    region = torch.where(j <= i, spec.region_of(i, j), -1)
+    blocks = []
+    for r in regions:
+        at = region == r
+        if bool(at.all()):
+            blocks.append(Block(r, k0, k1))
+        elif bool(at.any()):
+            blocks.append(Block(r, k0, k1, "mask"))
+    return blocks
+
+
+# --- the methods ---------------------------------------------------------------------------------
 
 
 def _int(name: str, value, minimum: int) -> int:
@@ -281,4 +432,17 @@ class SinksSpec(PiecewiseSpec):
         return groups
 
 
-__all__ = ["DCASpec", "ReRoPESpec", "SelfExtendSpec", "SinksSpec", "StringSpec"]
+__all__ = [
+    "GROUP_ROWS",
+    "Block",
+    "DCASpec",
+    "Group",
+    "PiecewiseSpec",
+    "ReRoPESpec",
+    "SelfExtendSpec",
+    "SinksSpec",
+    "StringSpec",
+    "band_groups",
+    "distance_plan",
+    "region_blocks",
+]

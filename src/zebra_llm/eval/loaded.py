@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
+from ..hf.extension import attention_modules, extension_state
 from ..loading import load_model, trained_context
-from ..extensions import extension_config
 from .method_spec import MethodSpec, check_limit
 from .methods import ExtensionMethod
 
@@ -75,9 +75,10 @@ def load_with_method(
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "device": str(next(model.parameters()).device),
     }
-    applied = extension_config(model) if issubclass(spec.method, ExtensionMethod) else None
+    states = [extension_state(m) for m in attention_modules(model)] if issubclass(spec.method, ExtensionMethod) else []
+    applied = next((state.config for state in states if state is not None), None)
     if applied is not None:  # every setting that ran, defaults included
-        info["settings"] = {"method": applied[0], **applied[1].to_dict()}
+        info["settings"] = {"method": applied.method, **applied.to_dict()}
     return LoadedModel(model, tokenizer, spec, source, info)
 
 

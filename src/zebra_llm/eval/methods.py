@@ -19,10 +19,9 @@ A spec is ``name`` or ``name:key=value,key=value``:
 
 This module is the registry: each method is registered under its name (``METHODS``) with a typed
 options class that is validated when the spec is parsed (``method_spec.MethodSpec``), so a typo in a
-key or a bad value fails before any model is loaded. The rope-scaling baselines set transformers' own
-``rope_parameters`` on the config and rebuild the model's rotary-embedding
-module from it through its public constructor, so the frequencies are exactly
-the ones transformers computes for a checkpoint saved with that scaling.
+key or a bad value fails before any model is loaded. The rope-scaling baselines are
+``zebra_llm.extensions.rope_scaling``; the training-free extension methods are one adapter per config of
+``zebra_llm.extensions.config.CONFIGS``, with that config's settings as options.
 
 Every method also has a **length limit**: the longest sequence an evaluation
 may ask of it. By default it is four times the context the method is meant to
@@ -42,12 +41,14 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from zebra_llm.config_io import ConfigError, build
-from zebra_llm.extensions import apply_extension, resolve
+from zebra_llm.extensions import apply_extension, resolve, saved_settings
 from zebra_llm.extensions.config import CONFIGS as EXTENSION_CONFIGS
+from zebra_llm.extensions.rope_scaling import apply_rope_scaling
 from zebra_llm.loading import trained_context
 from zebra_llm.modeling import convert_to_zebra
 from zebra_llm.modeling.configuration_zebra import LayerSettingError, check_layer_settings
@@ -203,7 +204,7 @@ class YarnOptions(RopeScalingOptions):
 
 
 class _RopeScaling(Method):
-    """Set ``config.rope_parameters`` to a transformers rope type and rebuild the rotary embedding."""
+    """A transformers rope type on the model (``extensions.rope_scaling.apply_rope_scaling``)."""
 
     rope_type: ClassVar[str]
     options_type = RopeScalingOptions
@@ -214,40 +215,13 @@ class _RopeScaling(Method):
         return int(original * options.factor)
 
     @classmethod
-    def rope_parameters(cls, current: dict, original: int, options) -> dict:
-        params = {k: v for k, v in current.items() if k not in ("type", "factor", "original_max_position_embeddings")}
-        params.update(rope_type=cls.rope_type, factor=float(options.factor))
-        return params
-
-    @classmethod
     def apply(cls, model, options):
-        config = model.config
-        current = getattr(config, "rope_parameters", None)
-        if not isinstance(current, dict) or "rope_theta" not in current:
-            raise ValueError(
-                f"method {cls.name}: model type {config.model_type} has no single rope_parameters dict with "
-                f"rope_theta; rope scaling applies to RoPE models"
-            )
-        if current.get("rope_type", "default") != "default":
-            raise ValueError(
-                f"method {cls.name}: the model already uses rope_type {current['rope_type']!r}; "
-                "stacking two rope scalings is not supported"
-            )
-        original = options.original_max_position_embeddings or trained_context(config)
-        config.rope_parameters = cls.rope_parameters(current, original, options)
-        cls.set_max_positions(config, original, options)
-        config.validate_rope()
-        rebuilt = _rebuild_rotary_embeddings(model)
-        if rebuilt == 0:
-            raise ValueError(
-                f"method {cls.name}: found no rotary-embedding module in {type(model).__name__} to rebuild"
-            )
-        return model
-
-    @classmethod
-    def set_max_positions(cls, config, original: int, options) -> None:
-        # PI and YaRN models are published with max_position_embeddings = factor * original.
-        config.max_position_embeddings = int(original * options.factor)
+        yarn = {k: getattr(options, k) for k in ("beta_fast", "beta_slow", "attention_factor") if hasattr(options, k)}
+        try:
+            return apply_rope_scaling(model, cls.rope_type, options.factor, **yarn,
+                                      original_max_position_embeddings=options.original_max_position_embeddings)
+        except ValueError as e:
+            raise ValueError(f"method {cls.name}: {e}") from None
 
 
 @register_method
@@ -268,11 +242,6 @@ class DynamicNTK(_RopeScaling):
     # prefix's cached keys are rotated with other frequencies than a full forward would use.
     prefix_cache_exact = False
 
-    @classmethod
-    def set_max_positions(cls, config, original: int, options) -> None:
-        # transformers' dynamic NTK scales relative to max_position_embeddings: it must stay the original.
-        config.max_position_embeddings = int(original)
-
 
 @register_method
 class Yarn(_RopeScaling):
@@ -281,34 +250,6 @@ class Yarn(_RopeScaling):
     name = "yarn"
     rope_type = "yarn"
     options_type = YarnOptions
-
-    @classmethod
-    def rope_parameters(cls, current: dict, original: int, options) -> dict:
-        params = super().rope_parameters(current, original, options)
-        params["original_max_position_embeddings"] = int(original)
-        for key in ("beta_fast", "beta_slow", "attention_factor"):
-            if getattr(options, key) is not None:
-                params[key] = float(getattr(options, key))
-        return params
-
-
-def _rebuild_rotary_embeddings(model) -> int:
-    """Replace every rotary-embedding module by a fresh one built from its (updated) config.
-
-    Rotary modules in transformers are built by ``type(module)(config)`` and keep
-    their frequencies in a non-persistent ``inv_freq`` buffer, so rebuilding is
-    the public way to change them after loading.
-    """
-    targets = [
-        (name, module)
-        for name, module in model.named_modules()
-        if hasattr(module, "inv_freq") and hasattr(module, "rope_type") and hasattr(module, "config")
-    ]
-    for name, module in targets:
-        device = module.inv_freq.device
-        fresh = type(module)(module.config).to(device)
-        model.set_submodule(name, fresh)
-    return len(targets)
 
 
 # --- the training-free extension methods (zebra_llm.extensions): one adapter, options from each config
@@ -334,7 +275,12 @@ class ExtensionMethod(Method):
         if use_saved is None:
             use_saved = not options.override_saved
         try:
-            return resolve(model_config, cls.name, cls.settings(options), use_saved=use_saved)
+            key = (cls.name, options, use_saved, *_resolution_inputs(model_config))
+            if key not in _BUILT:
+                _BUILT[key] = resolve(model_config, cls.name, cls.settings(options), use_saved=use_saved)
+                while len(_BUILT) > 32:
+                    _BUILT.popitem(last=False)
+            return _BUILT[key]
         except ValueError as e:
             raise ValueError(f"method {cls.name}: {e}") from None
 
@@ -359,6 +305,18 @@ class ExtensionMethod(Method):
         if getattr(options, "max_length", None) is None and cls.nominal_context(config, options) is None:
             return "its max_length option"
         return super().limit_reason(config, options)
+
+
+# The configs built for (method, options, model config): an evaluation asks for one several times (its
+# limit, its label, applying it), before and after the weights are loaded; it is built, and checked, once.
+_BUILT: OrderedDict = OrderedDict()
+
+
+def _resolution_inputs(model_config) -> tuple:
+    """What a config's ``from_model`` reads from a model config: saved settings, vLLM's DCA config, the
+    trained context."""
+    return (repr(saved_settings(model_config)), repr(getattr(model_config, "dual_chunk_attention_config", None)),
+            trained_context(model_config))
 
 
 def _extension_options(method: str, config_type: type) -> type:

@@ -108,15 +108,20 @@ class DCAConfig:
     SETTINGS = ("pretraining_length", "chunk_size", "temperature", "temperature_length", "preset", "trained_length")
 
     @classmethod
-    def check_settings(cls, settings: dict) -> None:
-        """Check what can be checked of ``settings`` before the model is known (its trained context is the
-        default ``pretraining_length``), so a bad option fails before a model is loaded."""
+    def _check_names(cls, settings: dict) -> None:
         unknown = sorted(set(settings) - set(cls.SETTINGS))
         if unknown:
             raise ValueError(f"unknown dca setting(s) {unknown}; allowed: {sorted(cls.SETTINGS)}")
         preset = settings.get("preset")
         if preset not in (None, *PRESETS):
             raise ValueError(f"preset must be 'paper' or 'chunkllama', got {preset!r}")
+
+    @classmethod
+    def check_settings(cls, settings: dict) -> None:
+        """Check what can be checked of ``settings`` before the model is known (its trained context is the
+        default ``pretraining_length``), so a bad option fails before a model is loaded."""
+        cls._check_names(settings)
+        preset = settings.get("preset")
         length = settings.get("pretraining_length")
         length = settings.get("trained_length") if length is None else length
         if preset == "chunkllama":
@@ -161,7 +166,7 @@ class DCAConfig:
         """
         from ..loading import trained_context
 
-        cls.check_settings(settings)
+        cls._check_names(settings)  # the values are checked as the config is built
         settings = dict(settings)
         trained = settings.pop("trained_length", None)
         temperature = settings.get("temperature")
