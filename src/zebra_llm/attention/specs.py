@@ -102,6 +102,15 @@ class PiecewiseSpec:
         """Logit multiplier per query (``[len(ranks)]`` float64), or ``None`` for none."""
         return None
 
+    @property
+    def plain_length(self) -> int:
+        """A row length (in real tokens) up to which the rule is ordinary causal attention: every pair
+        visible at its own distance (logit multipliers aside, which ``query_scale`` says). A row no longer
+        than this needs no plan (``piecewise_attention`` then runs a padded batch as one causal call).
+        It may be a lower bound (SelfExtend is also exact one token further when ``G`` divides ``W``,
+        ReRoPE at ``d = w``, sinks wherever the keys past the window are sinks); 0 when not stated."""
+        return 0
+
     def relative_positions(self, seq_len: int) -> torch.Tensor:
         """``[seq_len, seq_len]``: what RoPE sees for query ``i`` and key ``j``; ``-1`` above the diagonal."""
         if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 0:
@@ -218,6 +227,12 @@ class DCASpec(PiecewiseSpec):
     def query_scale(self, ranks):
         return temperature_factor(ranks, self.temperature_length)
 
+    @property
+    def plain_length(self):
+        # intra: i mod s - j mod s = i - j; succ: min(s + i mod s, c - 1) - j mod s = i - j while i < c;
+        # inter (from 2s on) never is
+        return min(self.pretraining_length, 2 * self.chunk_size)
+
     def plan(self, n_keys, n_queries):
         """Query groups by chunk; per group one block per earlier chunk, the previous chunk, and its own."""
         s = self.chunk_size
@@ -276,6 +291,10 @@ class SelfExtendSpec(PiecewiseSpec):
     def region_of(self, i, j):
         return ((i - j) >= self.neighbor_window).long()
 
+    @property
+    def plain_length(self):
+        return self.neighbor_window
+
     def query_scale(self, ranks):
         if self.scale_base is None:
             return None
@@ -325,6 +344,10 @@ class ReRoPESpec(PiecewiseSpec):
 
     def region_of(self, i, j):
         return ((i - j) >= self.window).long()
+
+    @property
+    def plain_length(self):
+        return self.window
 
     def query_scale(self, ranks):
         if self.logn_length is None:
@@ -377,6 +400,10 @@ class StringSpec(PiecewiseSpec):
     def region_of(self, i, j):
         return ((i - j) >= self.shifted_offset).long()
 
+    @property
+    def plain_length(self):
+        return self.shifted_offset
+
     def query_scale(self, ranks):
         if self.attention_factor == 1.0:
             return None
@@ -415,6 +442,10 @@ class SinksSpec(PiecewiseSpec):
 
     def key_offset(self, region):
         return None if region == 2 else 0
+
+    @property
+    def plain_length(self):
+        return self.window  # every key inside the window, at its own distance
 
     def region_of(self, i, j):
         d = i - j
