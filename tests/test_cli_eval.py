@@ -143,5 +143,5 @@ def test_console_entry_point_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: method: unknown method 'nope'; known methods are none, linear, dynamic, yarn, dca, self_extend, rerope, string, zebra"
+        "error: method: unknown method 'nope'; known methods are none, linear, dynamic, yarn, dca, self_extend, rerope, string, sinks, zebra"
     ]
