@@ -288,7 +288,7 @@ def table(data: dict) -> str:
     s = data["settings"]
     lines = [
         f"{s['model']}, shared prompt of {s['prompt_tokens']} tokens + a short question "
-        f"({'every prompt the same length: no padding' if s.get('same_length') else 'lengths differ by a few tokens'}), "
+        f"({'every prompt the same number of tokens' if s.get('same_length') else 'lengths differ by a few tokens'}), "
         f"{s['max_tokens']} output "
         f"tokens per request (greedy, end-of-sequence ignored), {s['requests']} requests per level, "
         f"{data['device']} {data['dtype']}, {s['threads']} torch thread(s), {data['cpus']} CPUs, torch "
