@@ -122,3 +122,34 @@ def test_passkey_items_are_keyed_by_the_model_files_too(setup, capfd):
     _scale_a_weight(model)
     run_passkey(cfg, out.with_name("pk.json"), progress=False)
     assert "recomputed 2 (the model's files changed)" in capfd.readouterr().err
+
+
+def test_ruler_items_are_keyed_by_the_model_files_too(setup, capfd):
+    from zebra_llm.eval.ruler import RulerConfig, run_ruler
+
+    model, data, config, out = setup
+    cfg = RulerConfig(model=str(model), methods=["none"], tasks=["niah_single_1"], lengths=[160], trials=2,
+                      max_new_tokens=2)
+    path = out.with_name("ruler.json")
+    run_ruler(cfg, path, progress=False)
+    capfd.readouterr()
+    run_ruler(cfg, path, progress=False)
+    assert "ruler: reused 2 finished item(s)" in capfd.readouterr().err
+    _scale_a_weight(model)
+    run_ruler(cfg, path, progress=False)
+    assert "recomputed 2 (the model's files changed)" in capfd.readouterr().err
+
+
+def test_bench_items_are_keyed_by_the_model_files_too(setup, capfd):
+    from zebra_llm.eval.efficiency import BenchConfig, run_bench
+
+    model, data, config, out = setup
+    cfg = BenchConfig(model=str(model), lengths=[24], decode_tokens=1, isolate=False)
+    path = out.with_name("bench.json")
+    run_bench(cfg, path, progress=False)
+    capfd.readouterr()
+    run_bench(cfg, path, progress=False)
+    assert "bench: reused 1 finished item(s)" in capfd.readouterr().err
+    _scale_a_weight(model)
+    run_bench(cfg, path, progress=False)
+    assert "recomputed 1 (the model's files changed)" in capfd.readouterr().err

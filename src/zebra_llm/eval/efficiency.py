@@ -28,6 +28,7 @@ import gc
 import multiprocessing as mp
 import os
 import statistics
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -39,7 +40,7 @@ from ..hf import CACHE_KWARG, output_cache
 from .loaded import load_for_run
 from .method_spec import MethodSpec, check_plan, parse_methods
 from .progress import progress_bar
-from .results import ResultsFile
+from .results import ResultsFile, model_fingerprint, produced_by
 
 
 @dataclass
@@ -288,7 +289,9 @@ def run_bench(config: BenchConfig, output=None, *, resume: bool = True, progress
     # Fail fast on a length a method does not support, before any measurement.
     # the specs as they run (a saved method's settings in the label, issue 25.2)
     methods = [str(m) for m in check_plan(config.model, config.methods, config.lengths, exempt=("none",))]
-    cases = [(m, n) for n in config.lengths for m in methods if results.get(method=m, length=n) is None]
+    # what produced each item (issue 25.1): the model's files and the method as it runs (with the version)
+    made = {m: produced_by(model=model_fingerprint(config.model), method=m) for m in methods}
+    cases = [(m, n) for n in config.lengths for m in methods if results.reuse(made[m], method=m, length=n) is None]
     bar = progress_bar(total=len(cases), desc="bench", enable=progress)
     for method, length in cases:
         bar.set_postfix_str(f"{method} @ {length}")
@@ -296,10 +299,13 @@ def run_bench(config: BenchConfig, output=None, *, resume: bool = True, progress
         model_info = result.pop("model")
         if method not in results.data["models"]:
             results.set_model(method, model_info)
-        results.add({"method": method, "length": length, **result})
+        results.add({"method": method, "length": length, **result, "produced_by": made[method]})
         gc.collect()
         bar.update(1)
     bar.close()
+    note = results.resume_note()
+    if note:
+        print(f"bench: {note}", file=sys.stderr)
     keep = {(m, n) for m in methods for n in config.lengths}
     results.set_summary([r for r in summarize_bench(results.items) if (r["method"], r["length"]) in keep])
     return results.data
