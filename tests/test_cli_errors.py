@@ -137,6 +137,25 @@ def _ppl(model: Path, c: Ctx, *flags: str) -> list:
             "--no-progress", "--no-figure", *flags]
 
 
+def _saved_with_dca(c: Ctx) -> Path:
+    """A copy of the tiny model saved after ``apply_dca(chunk_size=40)`` (its config carries the settings)."""
+    from transformers import AutoModelForCausalLM
+
+    import zebra_llm
+
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()  # the row's stderr must hold the command's line alone
+    try:
+        model = AutoModelForCausalLM.from_pretrained(c.tiny_model)
+        zebra_llm.apply_dca(model, chunk_size=40)
+        out = c.model_copy("saved_dca")
+        model.save_pretrained(out)
+    finally:
+        logging.enable_progress_bar()
+    return out
+
+
 def _perplexity_of_one_token(c: Ctx):
     from transformers import AutoModelForCausalLM
 
@@ -290,6 +309,9 @@ CASES = [
     Case("experiment-report-only-bad-set", "`zebra experiment zebra_strategies --report-only --set nosuch=1`",
          lambda c: ["experiment", "zebra_strategies", "--report-only", "--set", "nosuch=1", "--out", c.tmp / "exp"],
          2, "nosuch is not a known field"),
+    Case("saved-method-contradicted", "`zebra eval ppl --model DIR -m rerope`, DIR saved after `apply_dca(chunk_size=40)`",
+         lambda c: _ppl(_saved_with_dca(c), c, "-m", "rerope"), 2,
+         "the model was saved with method dca (chunk_size=40"),
     Case("perplexity-one-token", "Python: `perplexity(model, torch.tensor([5]))`",
          _perplexity_of_one_token, "ValueError",
          "perplexity: input_ids has 1 token(s) per sequence; at least score_from + 1 = 2 are needed"),
