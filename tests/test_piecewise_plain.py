@@ -113,3 +113,36 @@ def test_a_logit_multiplier_inside_plain_reach_runs_the_plan(monkeypatch):
 
 
 per_row_original = P.per_row
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize("seq_q", [12, 1, 5])
+def test_unpadded_rows_in_plain_reach_skip_the_plan(name, seq_q, monkeypatch):
+    spec = SPECS[name]
+    seq_kv = spec.plain_length
+    q, k, v = _inputs(seq_q, seq_kv)
+
+    def no_plan(*args, **kwargs):
+        raise AssertionError("the plan ran: rows inside the plain reach are one causal call")
+
+    monkeypatch.setattr(P, "_prepared", no_plan)
+    out = piecewise_attention(q, k, v, spec=spec, inv_freq=INV_FREQ)
+    monkeypatch.undo()
+    ref = piecewise_attention(q, k, v, spec=spec, inv_freq=INV_FREQ, backend="reference")
+    assert max_abs_err(out, ref) <= 1e-10
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    grads_ref = torch.autograd.grad(ref.sum(), (q, k, v))
+    for got, want in zip(grads, grads_ref):
+        assert max_abs_err(got, want) <= 1e-10
+
+
+def test_a_backend_named_in_the_call_runs_its_plan(monkeypatch):
+    spec = SPECS["dca"]
+    q, k, v = _inputs(8, 8)
+    calls = []
+    prepared = P._prepared
+    monkeypatch.setattr(P, "_prepared", lambda *a: calls.append(1) or prepared(*a))
+    out = piecewise_attention(q, k, v, spec=spec, inv_freq=INV_FREQ, backend="tiled")
+    assert calls == [1]
+    ref = piecewise_attention(q, k, v, spec=spec, inv_freq=INV_FREQ, backend="reference")
+    assert max_abs_err(out, ref) <= 1e-10

@@ -445,31 +445,35 @@ def piecewise_attention(
     if q.shape[2] == 0:
         return q.new_zeros(q.shape)
     scale = resolve_scale(scale, q.shape[-1])
+    # a backend named in the call runs the plan (tests compare backends); a default choice takes the short cut
+    if backend in (None, "auto") and impl is not _piecewise_reference and _plain(spec, kpm, k.shape[2]):
+        return _plain_causal(q, k, v, kpm, scale)
     if kpm is None:
         return impl(q, k, v, spec=spec, inv_freq=inv_freq, scale=scale, position_offset=offsets)
-    if impl is not _piecewise_reference and _plain(spec, kpm):
-        return _plain_padded(q, k, v, kpm, scale)
     solve = functools.partial(impl, spec=spec, inv_freq=inv_freq, scale=scale)
     return per_row(solve, q, k, v, kpm, offsets)
 
 
-def _plain(spec: PiecewiseSpec, kpm: torch.Tensor) -> bool:
-    """Every row of the padded batch is short enough for the rule to be ordinary causal attention."""
-    longest = int(kpm.sum(dim=1).max())
+def _plain(spec: PiecewiseSpec, kpm: torch.Tensor | None, n_keys: int) -> bool:
+    """Every row of the batch is short enough for the rule to be ordinary causal attention."""
+    longest = n_keys if kpm is None else int(kpm.sum(dim=1).max())
     if longest > spec.plain_length:
         return False
     factor = spec.query_scale(torch.arange(longest))
     return factor is None or bool((factor == 1).all())
 
 
-def _plain_padded(q, k, v, kpm, scale):
-    """A padded batch whose rows the rule leaves as they are: one causal call for the whole batch (the
-    global variant's padded path: a ``[batch, seq_kv]`` mask when decoding, row segments otherwise)
-    instead of one plan per row. ``q`` and ``k`` are rotated at ``offset + rank``, so their products
-    already carry each pair's rank distance. Serving decodes such batches at every step."""
+def _plain_causal(q, k, v, kpm, scale):
+    """A batch whose rows the rule leaves as they are: one causal call for the whole batch (the global
+    variant's paths; padded: a ``[batch, seq_kv]`` mask when decoding, row segments otherwise) instead of
+    a plan (one per row when padded). ``q`` and ``k`` are rotated at ``offset + rank``, so their products
+    already carry each pair's rank distance. Serving decodes such batches at every step, and a method
+    inside the trained context costs what the unmodified model does."""
     from .full import global_attention
 
     out = global_attention(q, k, v, scale=scale, key_padding_mask=kpm)
+    if kpm is None:
+        return out
     real_q = kpm[:, k.shape[2] - q.shape[2] :]
     return out.masked_fill(~real_q[:, None, :, None], 0)  # zeros at padding queries, as per_row gives
 
