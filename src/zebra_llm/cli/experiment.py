@@ -1,4 +1,4 @@
-"""``zebra experiment NAME``: one of the Zebra paper's experiments at small scale (issue 9).
+"""``zebra experiment NAME``: one of the Zebra paper's experiments at small scale, or the associative-recall grid.
 
 Resumable: every finished cell is a JSON file under ``<out>/cells`` and is never
 recomputed; rerunning with all cells present recomputes nothing and reprints the
@@ -14,7 +14,7 @@ import typer
 
 
 def experiment(
-    name: str = typer.Argument(..., help="zebra_strategies, lcat_smollm2 or lit."),
+    name: str = typer.Argument(..., help="zebra_strategies, lcat_smollm2, lit or recall."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML/JSON config (default: "
                                           "experiments/configs/<name>_cpu.yaml when present, else built-in)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Results directory (default docs/results/<name>)."),
