@@ -39,8 +39,10 @@ def test_contest_runs_reports_and_resumes(tiny_model_dir, tmp_path):
     assert by[("passkey", "none")]["n"] == 1 and by[("niah_single_1", "string")]["n"] == 2
     assert by[("ppl", "yarn+dca")]["base"] == "yarn:factor=2"
     assert by[("ppl", "yarn")]["spec"].startswith("yarn:factor=2")
-    # DCA on the yarn model is not the yarn model alone
-    assert by[("ppl", "yarn+dca")]["value"] != by[("ppl", "yarn")]["value"]
+    # DCA at pretraining_length 2c = 128 on the yarn model: at 128 tokens every position is intra- or
+    # successive-chunk at its own distance (DCA's plain reach, min(c, 2s)), so it is the yarn model itself
+    assert by[("ppl", "yarn+dca")]["spec"] != by[("ppl", "yarn")]["spec"]
+    assert abs(by[("ppl", "yarn+dca")]["value"] - by[("ppl", "yarn")]["value"]) <= 1e-9 * by[("ppl", "yarn")]["value"]
     for task in ("ppl", "passkey", "niah_single_1"):
         [figure] = [p for p in out.glob(f"heatmap_*_{task}.png") if not p.name.startswith("heatmap_depth_")]
         assert figure.stat().st_size > 1000
