@@ -186,7 +186,8 @@ def _wait_idle(url: str, timeout: float = 20.0) -> dict:
 def test_full_queue_is_503_and_a_disconnect_frees_the_slot(tiny_dca):
     app = create_app(tiny_dca, served_model_name=MODEL, max_batch=1, max_queue=0)
     with ServerThread(app) as s, httpx.Client(base_url=s.url, timeout=30) as http:
-        body = {"model": MODEL, "prompt": "a long answer", "max_tokens": 4000, "temperature": 0, "stream": True}
+        body = {"model": MODEL, "prompt": "a long answer", "max_tokens": 4000, "temperature": 0, "stream": True,
+                "ignore_eos": True}  # an end-of-sequence token must not free the slot before the 503
         with http.stream("POST", "/v1/completions", json=body) as stream:
             first = next(stream.iter_lines())
             assert first.startswith("data: ")
