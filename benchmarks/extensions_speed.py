@@ -288,11 +288,9 @@ def docs_block(results: Path = RESULTS) -> str:
 
 def fill_page(text: str, block: str) -> str:
     """``text`` with the generated block replaced by ``block``."""
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{PAGE.name}: no {BEGIN} ... {END} block")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{block}\n{END}{tail}"
+    from zebra_llm.experiments.markdown import fill_block
+
+    return fill_block(text, BEGIN, END, block, page=PAGE.name)
 
 
 if __name__ == "__main__":
