@@ -86,10 +86,8 @@ def test_padded_batch_in_plain_reach_matches_reference(name, kind, seq_q, monkey
         assert max_abs_err(got, want) <= 1e-10
 
 
-@pytest.mark.parametrize("name", list(SPECS))
-def test_a_row_past_plain_reach_runs_the_plan(name, monkeypatch):
-    spec = SPECS[name]
-    seq_kv = spec.plain_length + 3
+def _assert_runs_the_plan(spec, seq_kv, monkeypatch):
+    """A left-padded batch (one full row) goes through per_row and matches the dense reference."""
     kpm = _mask("left", seq_kv, [seq_kv, 4, 6])
     q, k, v = _inputs(seq_kv, seq_kv)
     calls = []
@@ -100,16 +98,14 @@ def test_a_row_past_plain_reach_runs_the_plan(name, monkeypatch):
     assert max_abs_err(out, ref) <= 1e-10
 
 
+@pytest.mark.parametrize("name", list(SPECS))
+def test_a_row_past_plain_reach_runs_the_plan(name, monkeypatch):
+    _assert_runs_the_plan(SPECS[name], SPECS[name].plain_length + 3, monkeypatch)
+
+
 def test_a_logit_multiplier_inside_plain_reach_runs_the_plan(monkeypatch):
-    spec = StringSpec(12, 3, attention_factor=1.07)  # every query's logits scaled: not ordinary attention
-    kpm = _mask("left", 10, [10, 4, 6])
-    q, k, v = _inputs(10, 10)
-    calls = []
-    monkeypatch.setattr(P, "per_row", lambda *a, **kw: calls.append(1) or per_row_original(*a, **kw))
-    out = piecewise_attention(q, k, v, spec=spec, inv_freq=INV_FREQ, key_padding_mask=kpm)
-    assert calls == [1]
-    ref = piecewise_attention(q, k, v, spec=spec, inv_freq=INV_FREQ, key_padding_mask=kpm, backend="reference")
-    assert max_abs_err(out, ref) <= 1e-10
+    # every query's logits scaled: not ordinary attention, though 10 tokens are inside the plain reach (12)
+    _assert_runs_the_plan(StringSpec(12, 3, attention_factor=1.07), 10, monkeypatch)
 
 
 per_row_original = P.per_row
