@@ -4,6 +4,7 @@ recomputes nothing (the compute functions are replaced by ones that fail) and re
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -185,7 +186,7 @@ def test_results_page_blocks_are_generated(tmp_path):
 
 
 def test_zebra_report_reads_experiment_results(tmp_path):
-    from zebra_llm.eval.report import report
+    from zebra_llm.cli.report import build_report as report
 
     data = {"experiment": "lit", "config": {"distances": [64], "source": "m", "window": 16},
             "cells": {"eval_original": "done"},
@@ -196,3 +197,23 @@ def test_zebra_report_reads_experiment_results(tmp_path):
     text, figures = report([path], figures=True)
     assert "## lit" in text and "100% (2/2)" in text
     assert [p.name for p in figures] == ["lit_accuracy.png"] and figures[0].is_file()
+
+
+def test_zebra_report_puts_experiments_first_then_evaluations():
+    """``zebra report`` with both kinds of results: each experiment's section, then the evaluation kinds;
+    the evaluation report alone refuses an experiment's file."""
+    from zebra_llm.cli.report import build_report
+    from zebra_llm.eval.report import report as eval_report
+    from zebra_llm.experiments.cells import load_results
+    from zebra_llm.experiments.tables import experiment_report
+
+    docs = Path(__file__).resolve().parents[1] / "docs" / "results"
+    experiment, evaluation = docs / "lit" / "results.json", docs / "demo" / "ppl.json"
+    text, figures = build_report([evaluation, experiment], figures=False)
+    expected = experiment_report(load_results(experiment))[0].rstrip("\n") + "\n\n"
+    assert text == expected + eval_report([evaluation], figures=False)[0] and figures == []
+    assert build_report([evaluation], figures=False) == eval_report([evaluation], figures=False)
+    with pytest.raises(ValueError, match="is not a zebra results file"):
+        eval_report([experiment], figures=False)
+    with pytest.raises(ValueError, match="give at least one results file"):
+        build_report([])

@@ -139,24 +139,17 @@ def _describe(data: dict) -> str:
 
 def report(paths: Sequence[str | os.PathLike], *, out_dir: str | os.PathLike | None = None,
            figures: bool = True) -> tuple[str, list[Path]]:
-    """Markdown (one section per kind) and the figures drawn from the results files at ``paths``.
+    """Markdown (one section per kind) and the figures drawn from the evaluation results files at ``paths``.
 
-    Figures go to ``out_dir`` (default: next to the first file of each kind) as ``<kind>.png``.
+    Figures go to ``out_dir`` (default: next to the first file of each kind) as ``<kind>.png``. The results
+    of ``zebra experiment`` have their own report (``zebra_llm.experiments.tables.experiment_report``);
+    ``zebra report`` takes both (``zebra_llm.cli.report.build_report``).
     """
     if not paths:
         raise ValueError("report: give at least one results file")
     by_kind: dict[str, list[tuple[Path, dict]]] = {}
     sections, drawn = [], []
     for p in paths:
-        if _is_experiment(p):  # zebra experiment NAME's results.json: its own tables and figures
-            from ..experiments.cells import load_results as load_experiment
-            from ..experiments.tables import experiment_report
-
-            target = (Path(out_dir) if out_dir is not None else Path(p).parent) if figures else None
-            text, figs = experiment_report(load_experiment(p), out_dir=target)
-            sections.append(text.rstrip("\n"))
-            drawn += figs
-            continue
         data = load_results(p)
         if data["kind"] not in KINDS:
             raise ValueError(f"results: {p} has unknown kind {data['kind']!r}")
@@ -178,17 +171,6 @@ def report(paths: Sequence[str | os.PathLike], *, out_dir: str | os.PathLike | N
             text += ["", f"Figure: `{path}`"]
         sections.append("\n".join(text))
     return "\n\n".join(sections) + "\n", drawn
-
-
-def _is_experiment(path) -> bool:
-    """A results file of ``zebra experiment`` (a top-level ``experiment`` and ``rows``), not of ``zebra eval``."""
-    import json
-
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return False  # load_results reports it
-    return isinstance(data, dict) and "experiment" in data and isinstance(data.get("rows"), list)
 
 
 def _table_note(kind: str, files) -> str:
