@@ -41,6 +41,7 @@ class LayerKernel:
 
     function: Callable
     settings: tuple[tuple[str, str], ...] = ()  # (kernel keyword, ZebraAttention attribute)
+    mask_expressible: bool = True  # False: only a structural implementation (is_structural) computes it
 
     def __call__(self, module, query, key, value, scale, key_padding_mask):
         settings = {keyword: getattr(module, attribute) for keyword, attribute in self.settings}
@@ -50,7 +51,9 @@ class LayerKernel:
 LAYER_KERNELS = {
     "global": LayerKernel(global_attention),
     "local": LayerKernel(local_attention, (("window", "window"),)),
-    "global_approx": LayerKernel(global_approx_attention, (("window", "window"), ("chunk_size", "approx_chunk_size"))),
+    # chunk summaries are not keys of the sequence: no attention mask expresses them
+    "global_approx": LayerKernel(global_approx_attention, (("window", "window"), ("chunk_size", "approx_chunk_size")),
+                                 mask_expressible=False),
 }
 
 
@@ -127,14 +130,17 @@ def is_structural(implementation: str | None) -> bool:
         return False
 
 
-def check_implementation(layer_types: list[str], implementation: str | None) -> None:
-    """Refuse an implementation that would compute some layer wrongly."""
-    from ..modeling.configuration_zebra import GLOBAL_APPROX
+def check_implementation(attention_types: list[str], implementation: str | None) -> None:
+    """Refuse an implementation that would compute some layer wrongly.
 
-    if GLOBAL_APPROX in layer_types and not is_structural(implementation):
-        layers = [i for i, t in enumerate(layer_types) if t == GLOBAL_APPROX]
+    ``attention_types`` is each layer's kind (``ZebraConfig.attention_types``); a kind no mask expresses
+    (``LayerKernel.mask_expressible``: ``global_approx``) needs a structural implementation.
+    """
+    refused = [i for i, kind in enumerate(attention_types) if not LAYER_KERNELS[kind].mask_expressible]
+    if refused and not is_structural(implementation):
+        kinds = " and ".join(dict.fromkeys(attention_types[i] for i in refused))
         raise ValueError(
-            f"attn_implementation={implementation!r} cannot run global_approx layers (layers {layers}): their "
+            f"attn_implementation={implementation!r} cannot run {kinds} layers (layers {refused}): their "
             "chunk summaries are not expressible as an attention mask; use attn_implementation='zebra' (the default)"
         )
 

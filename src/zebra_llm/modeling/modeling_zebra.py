@@ -307,7 +307,7 @@ class ZebraPreTrainedModel(PreTrainedModel):
         implementation = super().get_correct_attn_implementation(
             IMPLEMENTATION if requested_attention is None else requested_attention, is_init_check
         )
-        check_implementation(self.config.layer_types, implementation)
+        check_implementation(self.config.attention_types, implementation)
         return implementation
 
 
@@ -345,7 +345,7 @@ class ZebraModel(ZebraPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         implementation = self.config._attn_implementation
-        check_implementation(self.config.layer_types, implementation)
+        check_implementation(self.config.attention_types, implementation)
         structural = is_structural(implementation)
 
         if position_ids is not None and not isinstance(attention_mask, dict):
