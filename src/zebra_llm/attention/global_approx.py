@@ -24,7 +24,7 @@ import torch
 
 from . import masks, reference
 from ._checks import check_key_padding_mask, check_positive_int, check_qkv, resolve_scale
-from ._cpu_flash import cpu_flash_ops
+from ._cpu_flash import cpu_flash_ops, merge_rows_
 from ._flex import flex_run
 from .backends import register, resolve
 from .full import _global_sdpa
@@ -139,15 +139,8 @@ class _FlashBandSummaries(torch.autograd.Function):
             flash = cpu_flash_ops()[0]
             o_s, l_s = flash(q[:, :, r0:], repeat_kv(k_sum, groups), repeat_kv(v_sum, groups), 0.0, False,
                              attn_mask=mask, scale=scale)
-            l_b = lse[:, :, r0:]
-            top = torch.maximum(l_b, l_s)
-            w_b, w_s = torch.exp(l_b - top), torch.exp(l_s - top)
-            total = w_b + w_s
             # in place: one [B, H, rows, D] temporary (the summaries' output) besides the result
-            rows = out[:, :, r0:]
-            rows.mul_((w_b / total).unsqueeze(-1).to(out.dtype))
-            rows.add_(o_s.mul_((w_s / total).unsqueeze(-1).to(out.dtype)))
-            l_b.copy_(top + torch.log(total))
+            merge_rows_(out, lse, slice(r0, None), (o_s, l_s))
         ctx.save_for_backward(q, k, v, k_sum, v_sum, out, lse, mask)
         ctx.window, ctx.scale, ctx.block, ctx.r0 = window, scale, block, r0
         return out
