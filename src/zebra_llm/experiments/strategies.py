@@ -19,6 +19,14 @@ split ``<= 128``), up to ``max(extrapolation) x`` the training length; the
 splits beyond the training length again with DCA on the global layers
 (``apply_dca`` with ``pretraining_length`` = the training length) for the
 models that have global layers.
+
+Seeds and per-position loss (issue 19, item 2): with ``seeds`` set, every (length, strategy) is trained
+once per seed (a seed sets the initialisation and the data order; cells ``train_<n>_<strategy>_seed<k>``,
+seed-major within a length so whole seeds finish first), and with ``position_factors`` set every train
+cell also records the test loss by position bucket (:mod:`.position_loss`) at each factor x the training
+length, beyond it again with DCA on the global layers. A cell's ``wall_s`` / ``cpu_s`` add up every part
+of a resumed run (``time.json`` in its run directory). Without these settings the grid, its cell names
+and its config hash are those of the original grid (its committed cells stay valid).
 """
 
 from __future__ import annotations
@@ -74,6 +82,10 @@ class StrategyGridConfig:
     max_files: int | None = None  # per split; toy runs only
     device: str = "auto"
     precision: str = "auto"
+    seeds: list[int] | None = None  # one run per seed (None: the single `seed`, the original cell names)
+    position_factors: list[int] = field(default_factory=list)  # per-position loss at these x train length
+    position_first: int = 16  # first position bucket edge (then powers of two)
+    position_docs: int | None = 64  # test documents scored per length (those at least that long)
 
     def __post_init__(self):
         for s in self.strategies:
@@ -87,6 +99,17 @@ class StrategyGridConfig:
                                  f"training length, not of {n}")
         if self.eval_every < 1 or self.steps < 1:
             raise ValueError("steps and eval_every must be >= 1")
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError(f"seeds: give distinct seeds (or leave it unset for `seed`), got {self.seeds}")
+        top = max([1, *self.extrapolation])
+        for f in self.position_factors:
+            if not 1 <= f <= top:
+                raise ValueError(f"position_factors: {f} must be between 1 and max(extrapolation) = {top}")
+        if self.position_first < 1:
+            raise ValueError(f"position_first must be >= 1, got {self.position_first}")
+
+    def run_seeds(self) -> list[int]:
+        return list(self.seeds) if self.seeds is not None else [self.seed]
 
     def window(self, n: int) -> int:
         return n // self.window_divisor
@@ -101,14 +124,41 @@ class StrategyGridConfig:
         return out
 
 
-def run_name(strategy: str, n: int) -> str:
-    return f"{strategy}@{n}"
+# The settings added after the original grid, with the values that leave it unchanged: left out of the
+# config dict at those values, so the original grid's config hash (and its committed cells) stay valid.
+NEUTRAL = {"seeds": None, "position_factors": [], "position_first": 16, "position_docs": 64}
+
+
+def grid_config_dict(cfg: StrategyGridConfig) -> dict:
+    """The config as stored with the cells (and hashed): the added settings only when they are used."""
+    from .config import as_dict
+
+    d = as_dict(cfg)
+    if d["seeds"] is None and not d["position_factors"]:
+        for k in NEUTRAL:
+            d.pop(k)
+    return d
+
+
+def run_name(strategy: str, n: int, seed: int | None = None) -> str:
+    return f"{strategy}@{n}" + ("" if seed is None else f" seed {seed}")
+
+
+def train_cell_name(cfg: StrategyGridConfig, n: int, strategy: str, seed: int) -> str:
+    return f"train_{n}_{strategy}" + ("" if cfg.seeds is None else f"_seed{seed}")
+
+
+def parse_train_cell(name: str) -> tuple[int, str, int | None]:
+    """``(n, strategy, seed or None)`` of ``train_<n>_<strategy>[_seed<k>]``."""
+    _, n, rest = name.split("_", 2)
+    strategy, sep, seed = rest.rpartition("_seed")
+    return (int(n), strategy, int(seed)) if sep and seed.isdigit() else (int(n), rest, None)
 
 
 def cell_names(cfg: StrategyGridConfig) -> list[str]:
     out = []
     for n in cfg.train_lengths:
-        out += [f"train_{n}_{s}" for s in cfg.strategies]
+        out += [train_cell_name(cfg, n, s, k) for k in cfg.run_seeds() for s in cfg.strategies]
         out.append(f"speed_{n}")
     return out
 
@@ -183,7 +233,7 @@ def valid_ppl(model, rows: torch.Tensor, batch: int) -> float:
 # ----------------------------------------------------------------------------- one training run
 
 
-def _train_cfg(cfg: StrategyGridConfig, n: int, run_dir: Path):
+def _train_cfg(cfg: StrategyGridConfig, n: int, run_dir: Path, seed: int):
     from ..train import PretrainConfig
 
     batch = cfg.tokens_per_step // n
@@ -191,16 +241,18 @@ def _train_cfg(cfg: StrategyGridConfig, n: int, run_dir: Path):
         "model": {"preset": "debug"},  # unused: the model is built by train_run (run_training's build_model)
         "data": {"seq_len": n, "packing": "concat"},
         "optim": {"lr": cfg.lr, "warmup_steps": cfg.warmup_steps, "decay": "cosine", "min_lr_ratio": 0.1},
-        "train": {"steps": cfg.steps, "batch_size": batch, "seed": cfg.seed, "output_dir": str(run_dir),
+        "train": {"steps": cfg.steps, "batch_size": batch, "seed": seed, "output_dir": str(run_dir),
                   "save_every": cfg.eval_every, "keep_checkpoints": 1, "resume": True, "progress": False,
                   "log_every": 1},
         "engine": {"device": cfg.device, "precision": cfg.precision},
     })
 
 
-def train_run(cfg: StrategyGridConfig, strategy: str, n: int, data: Data, run_dir: Path) -> dict:
+def train_run(cfg: StrategyGridConfig, strategy: str, n: int, data: Data, run_dir: Path,
+              seed: int | None = None) -> dict:
     """Train one strategy at length ``n`` with the project's engine (resumable from
-    ``run_dir``'s checkpoints), then evaluate it; returns the cell's rows."""
+    ``run_dir``'s checkpoints), then evaluate it; returns the cell's rows. ``seed`` (default
+    ``cfg.seed``) sets the initialisation and the data order; rows carry it when ``cfg.seeds`` is set."""
     from ..data.packing import pack_documents
     from ..flops import training_flops
     from ..io import write_text_atomic
@@ -209,8 +261,12 @@ def train_run(cfg: StrategyGridConfig, strategy: str, n: int, data: Data, run_di
     from ..train.metrics import read_metrics
     from ..train.models import build_from_config
     from ..train.runner import run_training
+    from .recall import _Clock
 
-    tcfg = _train_cfg(cfg, n, run_dir)
+    seeded = cfg.seeds is not None
+    seed = cfg.seed if seed is None else seed
+    name = run_name(strategy, n, seed if seeded else None)
+    tcfg = _train_cfg(cfg, n, run_dir, seed)
     config = model_config(cfg, strategy, n)
     batch = tcfg.train.batch_size
     flops_per_step = training_flops(config, n, batch_size=batch)
@@ -218,6 +274,7 @@ def train_run(cfg: StrategyGridConfig, strategy: str, n: int, data: Data, run_di
     holder: dict = {}
     valid_file = run_dir / "valid.jsonl"
     run_dir.mkdir(parents=True, exist_ok=True)
+    clock = _Clock(run_dir)  # wall and CPU time over every part of a resumed run
 
     def build_model(tok):
         holder["model"] = build_from_config(config)
@@ -226,12 +283,13 @@ def train_run(cfg: StrategyGridConfig, strategy: str, n: int, data: Data, run_di
     t_run = time.perf_counter()
 
     def on_step(step: int, record: dict) -> None:
+        clock.save()
         if step % cfg.eval_every == 0 or step == cfg.steps:
             ppl = valid_ppl(holder["model"], vrows, max(1, batch))
             with valid_file.open("a") as f:
                 f.write(json.dumps({"step": step, "ppl": ppl}) + "\n")
             eta = (time.perf_counter() - t_run) / max(1, step - holder.get("start", 0)) * (cfg.steps - step)
-            log(f"  {run_name(strategy, n)} step {step}/{cfg.steps} loss {record['loss']:.3f} valid ppl {ppl:.2f} "
+            log(f"  {name} step {step}/{cfg.steps} loss {record['loss']:.3f} valid ppl {ppl:.2f} "
                 f"{record['tokens_per_s']:.0f} tok/s, ETA {eta / 60:.1f} min")
 
     # A resumed run restarts at its checkpoint: validation records written after it are redone, so drop them.
@@ -250,12 +308,12 @@ def train_run(cfg: StrategyGridConfig, strategy: str, n: int, data: Data, run_di
         callbacks=[on_step],
     )
     if result.interrupted:
-        raise KeyboardInterrupt(f"{run_name(strategy, n)} stopped by SIGTERM at step {result.step}; rerun to resume")
+        raise KeyboardInterrupt(f"{name} stopped by SIGTERM at step {result.step}; rerun to resume")
     model = result.model
     model.eval()
     metrics = read_metrics(run_dir)
     valid = [json.loads(line) for line in valid_file.read_text().splitlines() if line]
-    base = _base_row(cfg, strategy, n, config)
+    base = _base_row(cfg, strategy, n, config) | ({"seed": seed} if seeded else {})
     rows = []
     for r in metrics:
         rows.append({**base, "split": "train", "metric": "loss", "value": r["loss"], "step": r["step"],
@@ -272,7 +330,15 @@ def train_run(cfg: StrategyGridConfig, strategy: str, n: int, data: Data, run_di
     longest = n * max(cfg.extrapolation or [1])
     rows.append({**base, "split": "efficiency", "metric": "kv_cache_bytes", "value": kv_bytes(model, longest),
                  "length": longest})
+    if seeded or cfg.position_factors:
+        rows.append({**base, "split": "efficiency", "metric": "train_tokens", "value": cfg.steps * cfg.tokens_per_step})
     rows += test_rows(cfg, model, data, strategy, n, base)
+    clock.save()
+    rows += position_loss_rows(cfg, model, data, strategy, n, base)
+    times = clock.save()
+    if seeded or cfg.position_factors:
+        rows.append({**base, "split": "efficiency", "metric": "cell_cpu_s", "value": times["cpu_s"]})
+        return {"rows": rows, "run_dir": str(run_dir), "final_dir": str(result.final_dir), **times}
     return {"rows": rows, "run_dir": str(run_dir), "final_dir": str(result.final_dir)}
 
 
@@ -345,6 +411,28 @@ def test_rows(cfg, model, data: Data, strategy: str, n: int, base: dict) -> list
     return rows
 
 
+def position_loss_rows(cfg, model, data: Data, strategy: str, n: int, base: dict) -> list[dict]:
+    """Test loss by position bucket at every ``position_factors`` x ``n``; the factors above 1 again with
+    DCA on the global layers (``pretraining_length`` = ``n``) for the strategies that have them."""
+    from ..dca import apply_dca, remove_dca
+    from .position_loss import position_rows
+
+    rows = []
+    for f in cfg.position_factors:
+        length = f * n
+        rows += position_rows(model, data.test.ids, length, base | {"factor": f}, first=cfg.position_first,
+                              max_docs=cfg.position_docs)
+        if f > 1 and cfg.dca and strategy in HAS_GLOBAL:
+            apply_dca(model, pretraining_length=n)
+            try:
+                rows += position_rows(model, data.test.ids, length, base | {"factor": f}, method="dca",
+                                      first=cfg.position_first, max_docs=cfg.position_docs)
+            finally:
+                remove_dca(model)
+        log(f"  {base['run']} per-position loss at {length} tokens ({rows[-1]['docs']} documents)")
+    return rows
+
+
 # ----------------------------------------------------------------------------- side-by-side speed
 
 
@@ -394,22 +482,19 @@ def speed_cell(cfg: StrategyGridConfig, n: int) -> dict:
 def run_grid(cfg: StrategyGridConfig, out: str | Path, *, runs_dir: str | Path = "runs/zebra_strategies",
              only: list[str] | None = None) -> dict:
     """Run every unfinished cell (or those named in ``only``); returns the results dict."""
-    from .config import as_dict
-
     out, runs_dir = Path(out), Path(runs_dir)
-    store = CellStore(out, experiment="zebra_strategies", config=as_dict(cfg), planned=cell_names(cfg))
+    store = CellStore(out, experiment="zebra_strategies", config=grid_config_dict(cfg), planned=cell_names(cfg))
     todo = [c for c in store.planned if store.get(c) is None and (not only or c in only)]
     log(f"zebra_strategies: {len(store.planned) - len(todo)} of {len(store.planned)} cells done, {len(todo)} to run")
     data = None
     for name in todo:
-        kind, n, *rest = name.split("_", 2)
-        n = int(n)
-        if kind == "speed":
-            store.run(name, lambda: speed_cell(cfg, n))
+        if name.startswith("speed_"):
+            store.run(name, lambda: speed_cell(cfg, int(name.split("_")[1])))
             continue
         if data is None:
             data = load_data(cfg, out)
-        strategy = rest[0]
-        torch.manual_seed(cfg.seed)
-        store.run(name, lambda: train_run(cfg, strategy, n, data, runs_dir / f"{n}_{strategy}"))
+        n, strategy, seed = parse_train_cell(name)
+        run_dir = runs_dir / (f"{n}_{strategy}" + ("" if seed is None else f"_seed{seed}"))
+        torch.manual_seed(cfg.seed if seed is None else seed)
+        store.run(name, lambda: train_run(cfg, strategy, n, data, run_dir, seed))
     return store.write_results()

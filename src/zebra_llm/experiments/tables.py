@@ -165,7 +165,9 @@ def strategy_figures(data: dict, out_dir: str | os.PathLike) -> list[Path]:
 def tables(data: dict) -> dict[str, str]:
     exp = data["experiment"]
     if exp == "zebra_strategies":
-        return strategy_tables(data)
+        from .positions import is_position_grid, position_grid_tables
+
+        return position_grid_tables(data) if is_position_grid(data) else strategy_tables(data)
     if exp == "lcat_smollm2":
         from .lcat import lcat_tables
 
@@ -184,7 +186,9 @@ def tables(data: dict) -> dict[str, str]:
 def figures(data: dict, out_dir) -> list[Path]:
     exp = data["experiment"]
     if exp == "zebra_strategies":
-        return strategy_figures(data, out_dir)
+        from .positions import is_position_grid, position_grid_figures
+
+        return position_grid_figures(data, out_dir) if is_position_grid(data) else strategy_figures(data, out_dir)
     if exp == "lcat_smollm2":
         from .lcat import lcat_figures
 
