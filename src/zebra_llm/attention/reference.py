@@ -9,6 +9,7 @@ fast path (though ``backend="reference"`` lets a user force it for debugging).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -147,8 +148,42 @@ def rope_rotate(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
 
 
-# The oracles repeat their few setup lines (shapes, padding, offsets) rather than share a helper: each reads
-# top to bottom as the definition it checks, which is what an oracle is for.
+class _RealRow(NamedTuple):
+    """One batch row's real tokens with RoPE taken off (float64), as the position-rule oracles see them."""
+
+    cols: torch.Tensor  # (m,) the real queries' columns in q and in the output
+    q_ranks: torch.Tensor  # (m,) their ranks among the n real keys (the last m)
+    k_ranks: torch.Tensor  # (n,)
+    q0: torch.Tensor  # (H, m, D)
+    k0: torch.Tensor  # (H, n, D), repeated to the query heads
+    v0: torch.Tensor  # (H, n, D)
+
+
+def _real_rows(q, k, v, kpm, position_offset, inv_freq):
+    """``(b, _RealRow)`` for every row ``b`` with a real query: ``q`` and ``k`` carry RoPE at
+    ``position_offset[b] + rank`` (``rank`` counts the row's real keys; the queries are the last real keys),
+    which is undone here."""
+    batch, heads, seq_q, _ = q.shape
+    seq_kv = k.shape[2]
+    groups = heads // k.shape[1]
+    offsets = torch.as_tensor(position_offset, device=q.device).expand(batch)
+    for b in range(batch):
+        real = torch.ones(seq_kv, dtype=torch.bool, device=q.device) if kpm is None else kpm[b]
+        slots = real.nonzero().flatten()  # real key slots, in order; rank = index here
+        n = slots.numel()
+        q_slots = slots[slots >= seq_kv - seq_q]  # the real queries are the last real keys
+        m = q_slots.numel()
+        if m == 0:
+            continue
+        cols = q_slots - (seq_kv - seq_q)
+        q_ranks = torch.arange(n - m, n, device=q.device)
+        k_ranks = torch.arange(n, device=q.device)
+        q0 = rope_rotate(q[b][:, cols], -(offsets[b] + q_ranks), inv_freq)
+        k0 = rope_rotate(k[b][:, slots], -(offsets[b] + k_ranks), inv_freq).repeat_interleave(groups, 0)
+        v0 = v[b][:, slots].to(torch.float64).repeat_interleave(groups, 0)
+        yield b, _RealRow(cols, q_ranks, k_ranks, q0, k0, v0)
+
+
 def dca_attention(
     q,
     k,
@@ -179,40 +214,25 @@ def dca_attention(
     check_qkv(q, k, v)
     chunk_size, pretraining_length = check_geometry(chunk_size, pretraining_length)
     kpm = check_key_padding_mask(key_padding_mask, k)
-    batch, heads, seq_q, dim = q.shape
-    seq_kv = k.shape[2]
-    scale = resolve_scale(scale, dim)
-    groups = heads // k.shape[1]
-    offsets = torch.as_tensor(position_offset, device=q.device).expand(batch)
+    scale = resolve_scale(scale, q.shape[-1])
     out = torch.zeros(q.shape, dtype=torch.float64, device=q.device)
-    for b in range(batch):
-        real = torch.ones(seq_kv, dtype=torch.bool, device=q.device) if kpm is None else kpm[b]
-        slots = real.nonzero().flatten()  # real key slots, in order; rank = index here
-        n = slots.numel()
-        q_slots = slots[slots >= seq_kv - seq_q]  # the real queries are the last real keys
-        m = q_slots.numel()
-        if m == 0:
-            continue
-        q_ranks = torch.arange(n - m, n, device=q.device)
-        k_ranks = torch.arange(n, device=q.device)
-        q0 = rope_rotate(q[b][:, q_slots - (seq_kv - seq_q)], -(offsets[b] + q_ranks), inv_freq)  # (H, m, D)
-        k0 = rope_rotate(k[b][:, slots], -(offsets[b] + k_ranks), inv_freq).repeat_interleave(groups, 0)  # (H, n, D)
-        v0 = v[b][:, slots].to(torch.float64).repeat_interleave(groups, 0)
+    for b, row in _real_rows(q, k, v, kpm, position_offset, inv_freq):
+        n, m = row.k_ranks.numel(), row.q_ranks.numel()
         rel = relative_positions(n, chunk_size=chunk_size, pretraining_length=pretraining_length)
         rel = rel.to(q.device)[n - m :]  # (m, n)
-        scores = torch.full((heads, m, n), float("-inf"), dtype=torch.float64, device=q.device)
+        scores = torch.full((q.shape[1], m, n), float("-inf"), dtype=torch.float64, device=q.device)
         for r in rel.unique().tolist():
             if r < 0:
                 continue
             at_r = rel == r
-            s_r = rope_rotate(q0, torch.full((m,), r, device=q.device), inv_freq) @ k0.transpose(-1, -2)
+            s_r = rope_rotate(row.q0, torch.full((m,), r, device=q.device), inv_freq) @ row.k0.transpose(-1, -2)
             scores = torch.where(at_r, s_r, scores)
         scores = scores * scale
         if temperature_length is not None:
-            n_seen = (q_ranks + 1).to(torch.float64)
+            n_seen = (row.q_ranks + 1).to(torch.float64)
             factor = torch.clamp(0.1 * torch.log(n_seen / temperature_length) + 1.0, min=1.0) ** 2
             scores = scores * factor[:, None]
-        out[b][:, q_slots - (seq_kv - seq_q)] = torch.softmax(scores, dim=-1) @ v0
+        out[b][:, row.cols] = torch.softmax(scores, dim=-1) @ row.v0
     return out.to(q.dtype)
 
 
@@ -231,35 +251,20 @@ def piecewise_attention(q, k, v, *, spec, inv_freq, position_offset=0, scale=Non
     """
     check_qkv(q, k, v)
     kpm = check_key_padding_mask(key_padding_mask, k)
-    batch, heads, seq_q, dim = q.shape
-    seq_kv = k.shape[2]
-    scale = resolve_scale(scale, dim)
-    groups = heads // k.shape[1]
-    offsets = torch.as_tensor(position_offset, device=q.device).expand(batch)
+    scale = resolve_scale(scale, q.shape[-1])
     out = torch.zeros(q.shape, dtype=torch.float64, device=q.device)
-    for b in range(batch):
-        real = torch.ones(seq_kv, dtype=torch.bool, device=q.device) if kpm is None else kpm[b]
-        slots = real.nonzero().flatten()
-        n = slots.numel()
-        q_slots = slots[slots >= seq_kv - seq_q]
-        m = q_slots.numel()
-        if m == 0:
-            continue
-        q_ranks = torch.arange(n - m, n, device=q.device)
-        k_ranks = torch.arange(n, device=q.device)
-        q0 = rope_rotate(q[b][:, q_slots - (seq_kv - seq_q)], -(offsets[b] + q_ranks), inv_freq)
-        k0 = rope_rotate(k[b][:, slots], -(offsets[b] + k_ranks), inv_freq).repeat_interleave(groups, 0)
-        v0 = v[b][:, slots].to(torch.float64).repeat_interleave(groups, 0)
+    for b, row in _real_rows(q, k, v, kpm, position_offset, inv_freq):
+        n, m = row.k_ranks.numel(), row.q_ranks.numel()
         rel = spec.relative_positions(n).to(q.device)[n - m :]  # (m, n)
-        causal = (k_ranks[None, :] <= q_ranks[:, None]) & (rel >= 0)  # -1: a pair the rule hides
-        scores = torch.full((heads, m, n), float("-inf"), dtype=torch.float64, device=q.device)
+        causal = (row.k_ranks[None, :] <= row.q_ranks[:, None]) & (rel >= 0)  # -1: a pair the rule hides
+        scores = torch.full((q.shape[1], m, n), float("-inf"), dtype=torch.float64, device=q.device)
         for r in rel[causal].unique().tolist():
             at_r = (rel == r) & causal
-            s_r = rope_rotate(q0, torch.full((m,), r, dtype=torch.float64, device=q.device), inv_freq)
-            scores = torch.where(at_r, s_r @ k0.transpose(-1, -2), scores)
+            s_r = rope_rotate(row.q0, torch.full((m,), r, dtype=torch.float64, device=q.device), inv_freq)
+            scores = torch.where(at_r, s_r @ row.k0.transpose(-1, -2), scores)
         scores = scores * scale
-        factor = spec.query_scale(q_ranks.cpu())
+        factor = spec.query_scale(row.q_ranks.cpu())
         if factor is not None:
             scores = scores * factor.to(device=q.device, dtype=torch.float64)[:, None]
-        out[b][:, q_slots - (seq_kv - seq_q)] = torch.softmax(scores, dim=-1) @ v0
+        out[b][:, row.cols] = torch.softmax(scores, dim=-1) @ row.v0
     return out.to(q.dtype)
