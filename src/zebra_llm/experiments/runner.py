@@ -28,6 +28,10 @@ def _spec(name: str):
         from . import recall as mod
 
         return mod.RecallGridConfig, mod.run_recall
+    if name == "lcat_control":
+        from . import lcat_control as mod
+
+        return mod.LCATControlConfig, mod.run_lcat_control
     raise ValueError(f"experiment must be one of {', '.join(EXPERIMENTS)}, got {name!r}")
 
 

@@ -180,6 +180,10 @@ def tables(data: dict) -> dict[str, str]:
         from .recall import recall_tables
 
         return recall_tables(data)
+    if exp == "lcat_control":
+        from .lcat_control import lcat_control_tables
+
+        return lcat_control_tables(data)
     raise ValueError(f"results: unknown experiment {exp!r}")
 
 
@@ -201,6 +205,10 @@ def figures(data: dict, out_dir) -> list[Path]:
         from .recall import recall_figures
 
         return recall_figures(data, out_dir)
+    if exp == "lcat_control":
+        from .lcat_control import lcat_control_figures
+
+        return lcat_control_figures(data, out_dir)
     raise ValueError(f"results: unknown experiment {exp!r}")
 
 
