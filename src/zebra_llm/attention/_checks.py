@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from .._checks import check_int
+
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
@@ -51,9 +53,8 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
 
 
 def check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
+    """``value`` when it is an integer >= 1 (the package's one integer check, ``zebra_llm._checks``)."""
+    return check_int(name, value, 1)
 
 
 def check_key_padding_mask(mask: torch.Tensor | None, k: torch.Tensor) -> torch.Tensor | None:

@@ -32,6 +32,7 @@ import torch
 
 from dataclasses import dataclass
 
+from .._checks import check_int
 from .dca_positions import check_geometry, query_positions as dca_query_positions, temperature_factor
 
 # --- the spec language: regions, position maps, plans (the kernel, piecewise.py, runs them) ------------
@@ -193,12 +194,6 @@ def region_blocks(spec: "PiecewiseSpec", r0: int, r1: int, k0: int, k1: int, reg
 # --- the methods ---------------------------------------------------------------------------------
 
 
-def _int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 class DCASpec(PiecewiseSpec):
     """Dual Chunk Attention: regions intra (same chunk), succ (previous chunk), inter (earlier).
 
@@ -272,9 +267,9 @@ class SelfExtendSpec(PiecewiseSpec):
     regions = ("neighbor", "group")
 
     def __init__(self, group_size: int, neighbor_window: int, scale_base: int | None = None):
-        self.group_size = _int("group_size", group_size, 1)
-        self.neighbor_window = _int("neighbor_window", neighbor_window, 1)
-        self.scale_base = None if scale_base is None else _int("scale_base", scale_base, 2)
+        self.group_size = check_int("group_size", group_size, 1)
+        self.neighbor_window = check_int("neighbor_window", neighbor_window, 1)
+        self.scale_base = None if scale_base is None else check_int("scale_base", scale_base, 2)
 
     def query_positions(self, region, ranks):
         if region == 0:
@@ -315,13 +310,13 @@ class ReRoPESpec(PiecewiseSpec):
     regions = ("window", "rectified")
 
     def __init__(self, window: int, leak: float | None = None, logn_length: int | None = None):
-        self.window = _int("window", window, 1)
+        self.window = check_int("window", window, 1)
         if leak is not None:
             if isinstance(leak, bool) or not isinstance(leak, (int, float)) or not math.isfinite(leak) or leak < 1:
                 raise ValueError(f"leak must be None or a finite number >= 1, got {leak!r}")
             leak = float(leak)
         self.leak = leak
-        self.logn_length = None if logn_length is None else _int("logn_length", logn_length, 2)
+        self.logn_length = None if logn_length is None else check_int("logn_length", logn_length, 2)
         self.integral = leak is None
 
     def query_positions(self, region, ranks):
@@ -375,8 +370,8 @@ class StringSpec(PiecewiseSpec):
     regions = ("local", "shifted")
 
     def __init__(self, shifted_offset: int, local_value: int, attention_factor: float = 1.0):
-        self.shifted_offset = _int("shifted_offset", shifted_offset, 1)
-        self.local_value = _int("local_value", local_value, 0)
+        self.shifted_offset = check_int("shifted_offset", shifted_offset, 1)
+        self.local_value = check_int("local_value", local_value, 0)
         if self.local_value > self.shifted_offset:
             raise ValueError(
                 f"local_value must be <= shifted_offset ({shifted_offset}) so that shifted distances shrink, "
@@ -430,9 +425,9 @@ class SinksSpec(PiecewiseSpec):
     regions = ("window", "sink", "capped")
 
     def __init__(self, n_sink: int, window: int, distance_limit: int):
-        self.n_sink = _int("n_sink", n_sink, 0)
-        self.window = _int("window", window, 1)
-        self.distance_limit = _int("distance_limit", distance_limit, 1)
+        self.n_sink = check_int("n_sink", n_sink, 0)
+        self.window = check_int("window", window, 1)
+        self.distance_limit = check_int("distance_limit", distance_limit, 1)
 
     def query_positions(self, region, ranks):
         return torch.full_like(ranks, self.distance_limit) if region == 2 else ranks

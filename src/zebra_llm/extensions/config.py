@@ -33,17 +33,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
 
+from .._checks import check_int, int_problem
 from ..attention.specs import ReRoPESpec, SelfExtendSpec, SinksSpec, StringSpec
 from .dca import DCAConfig
 
 STRING_ATTENTION_FACTOR = 0.1 * math.log(2) + 1
-
-
-def _int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def _bool(name: str, value) -> bool:
@@ -59,14 +55,33 @@ def _check_known(method: str, cls, settings: dict, extra: tuple[str, ...] = ()) 
         raise ValueError(f"unknown {method} setting(s) {unknown}; allowed: {sorted(known)}")
 
 
+@dataclass(frozen=True)
 class _FromTrainedLength:
-    """What the configs of the methods whose defaults follow from the trained length share: building one
-    for a model, the saved form, and the checks before the model is known. Each config lists its own
-    fields and the source of each default."""
+    """What the configs of the methods whose defaults follow from the trained length share: the trained
+    length ``c`` (the first field, checked first), building one for a model, the saved form, and the checks
+    before the model is known. Each config lists its own settings and, in ``_settle(c)``, the source of
+    each default and its checks against ``c``."""
 
-    display: str  # the method's name in messages
-    method: str  # its registry name
-    NEEDED: tuple[str, ...] = ()  # settings that fix the rule without the trained length
+    display: ClassVar[str]  # the method's name in messages
+    method: ClassVar[str]  # its registry name
+    NEEDED: ClassVar[tuple[str, ...]] = ()  # settings that fix the rule without the trained length
+
+    trained_length: int
+
+    def __post_init__(self):
+        self._settle(check_int("trained_length", self.trained_length, 2))
+
+    def _settle(self, c: int) -> None:
+        raise NotImplementedError
+
+    def _default(self, name: str, value) -> None:
+        """Give the setting ``name`` the default ``value`` when it was left None."""
+        if getattr(self, name) is None:
+            object.__setattr__(self, name, value)
+
+    def _check_below(self, name: str, c: int) -> None:
+        if getattr(self, name) >= c:
+            raise ValueError(f"{name} must be smaller than the trained length {c}, got {getattr(self, name)}")
 
     @classmethod
     def check_settings(cls, settings: dict) -> None:
@@ -131,18 +146,14 @@ class SelfExtendConfig(_FromTrainedLength):
 
     method, display, NEEDED = "self_extend", "SelfExtend", ("neighbor_window",)
 
-    trained_length: int
     group_size: int = 8
     neighbor_window: int | None = None
     scale_base: int | None = None
 
-    def __post_init__(self):
-        c = _int("trained_length", self.trained_length, 2)
-        if self.neighbor_window is None:
-            object.__setattr__(self, "neighbor_window", max(1, min(1024, c // 4)))
+    def _settle(self, c: int) -> None:
+        self._default("neighbor_window", max(1, min(1024, c // 4)))
         self.spec()  # validates group_size, neighbor_window, scale_base by name
-        if self.neighbor_window >= c:
-            raise ValueError(f"neighbor_window must be smaller than the trained length {c}, got {self.neighbor_window}")
+        self._check_below("neighbor_window", c)
 
     @property
     def max_length(self) -> int:
@@ -175,19 +186,15 @@ class ReRoPEConfig(_FromTrainedLength):
 
     method, display, NEEDED = "rerope", "ReRoPE", ("window",)
 
-    trained_length: int
     window: int | None = None
     leak: float | None = None
     logn: bool = True
 
-    def __post_init__(self):
-        c = _int("trained_length", self.trained_length, 2)
-        if self.window is None:
-            object.__setattr__(self, "window", max(1, c // 8))
+    def _settle(self, c: int) -> None:
+        self._default("window", max(1, c // 8))
         _bool("logn", self.logn)
         self.spec()
-        if self.window >= c:
-            raise ValueError(f"window must be smaller than the trained length {c}, got {self.window}")
+        self._check_below("window", c)
 
     @property
     def reach(self) -> int | None:
@@ -219,21 +226,15 @@ class StringConfig(_FromTrainedLength):
 
     method, display, NEEDED = "string", "STRING", ("shifted_offset", "local_value")
 
-    trained_length: int
     shifted_offset: int | None = None
     local_value: int | None = None
     attention_factor: float = STRING_ATTENTION_FACTOR
 
-    def __post_init__(self):
-        c = _int("trained_length", self.trained_length, 2)
-        if self.shifted_offset is None:
-            object.__setattr__(self, "shifted_offset", max(1, int(0.33 * c)))
-        _int("shifted_offset", self.shifted_offset, 1)
-        if self.local_value is None:
-            object.__setattr__(self, "local_value", min(128, self.shifted_offset // 2))
+    def _settle(self, c: int) -> None:
+        self._default("shifted_offset", max(1, int(0.33 * c)))
+        self._default("local_value", min(128, check_int("shifted_offset", self.shifted_offset, 1) // 2))
         self.spec()
-        if self.shifted_offset >= c:
-            raise ValueError(f"shifted_offset must be smaller than the trained length {c}, got {self.shifted_offset}")
+        self._check_below("shifted_offset", c)
 
     @property
     def reach(self) -> int:
@@ -250,7 +251,7 @@ class StringConfig(_FromTrainedLength):
         local = settings.get("local_value", 0)
         offset = settings.get("shifted_offset")
         if offset is None:  # the smallest offset a valid local_value allows
-            offset = local if isinstance(local, int) and not isinstance(local, bool) and local >= 1 else 1
+            offset = local if int_problem(local) is None else 1
         cls._spec_alone({**settings, "shifted_offset": offset, "local_value": local})
 
     @classmethod
@@ -271,18 +272,14 @@ class SinksConfig(_FromTrainedLength):
 
     method, display, NEEDED = "sinks", "sinks", ("window", "distance_limit")
 
-    trained_length: int
     n_sink: int | None = None
     window: int | None = None
     distance_limit: int | None = None
 
-    def __post_init__(self):
-        c = _int("trained_length", self.trained_length, 2)
-        if self.n_sink is None:
-            object.__setattr__(self, "n_sink", min(100, max(1, c // 16)))
+    def _settle(self, c: int) -> None:
+        self._default("n_sink", min(100, max(1, c // 16)))
         for name in ("window", "distance_limit"):
-            if getattr(self, name) is None:
-                object.__setattr__(self, name, c)
+            self._default(name, c)
         self.spec()
         for name in ("window", "distance_limit"):
             if getattr(self, name) > c:
