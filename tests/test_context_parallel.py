@@ -262,7 +262,7 @@ def test_refusals():
         Shard(None, 0, 2, 7)
     with pytest.raises(ValueError, match=r"engine.context_parallel \(2\) must divide the number of processes \(3\)"):
         check_degree(2, 3)
-    with pytest.raises(ValueError, match="engine.context_parallel must be >= 1"):
+    with pytest.raises(ValueError, match="engine.context_parallel must be an integer >= 1"):
         EngineOptions(context_parallel=0)
     with pytest.raises(ValueError, match="engine.compile"):
         EngineOptions(context_parallel=2, compile=True)

@@ -50,7 +50,7 @@ def test_spec_typed_options():
         ("dca:chunk_size=0", "chunk_size must be >= 1"),
         ("dca:chunk_size=64,pretraining_length=64", "must be smaller than pretraining_length"),
         ("zebra:attention=sparse", "attention must be one of group, global, local, global_approx"),
-        ("zebra:window=0", "window must be >= 1"),
+        ("zebra:window=0", "window must be an integer >= 1"),
         ("none:max_length=1", "max_length must be >= 2"),
         ("none:factor=2", "unknown option 'factor'"),
         ("yarn:factor", "expected key=value"),

@@ -120,14 +120,14 @@ def prepare_output(output: Path, overwrite: bool, device: str | None = None) -> 
 
 def with_options(options, *, before: str, into: str):
     """A decorator: add ``options`` (``(name, type, typer.Option)`` triples) to a command's parameters,
-    placed before its parameter ``before``; the command gets their values as a dict in its parameter
+    placed before its parameter ``before`` (None: after the last); the command gets their values as a dict in its parameter
     ``into`` (typer reads a command's flags from its signature, so a flag shared by several commands
     is otherwise written out in each of them)."""
 
     def decorate(command):
         signature = inspect.signature(command)
         own = [p for p in signature.parameters.values() if p.name != into]
-        at = [p.name for p in own].index(before)
+        at = len(own) if before is None else [p.name for p in own].index(before)
         added = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option, annotation=tp)
                  for name, tp, option in options]
 
@@ -142,3 +142,24 @@ def with_options(options, *, before: str, into: str):
         return wrapper
 
     return decorate
+
+
+def layout_flags(section: str | None = None, *, default: str | None = None) -> list[tuple[str, type, object]]:
+    """One flag per Zebra layer setting, generated from ``ZebraLayout``'s typed fields (name, type, help),
+    as ``with_options`` takes them. Without ``section`` each flag has the layout's default (conversion);
+    with it, None (not given: the config file's value stands) and its help names the config field
+    ``section.<name>`` and the default (``default``, e.g. "the preset's", or else the layout's)."""
+    import dataclasses
+
+    from zebra_llm.modeling.layout import DEFAULT_LAYOUT, SETTING_TYPES, ZebraLayout
+
+    flags = []
+    for f in dataclasses.fields(ZebraLayout):
+        value = getattr(DEFAULT_LAYOUT, f.name)
+        shown = f.metadata.get("none") if value is None else value
+        if section is None:  # typer shows a default that is not None itself
+            option = typer.Option(value, help=f.metadata["help"] + (f" (default: {shown})" if value is None else ""))
+        else:
+            option = typer.Option(None, help=f"{f.metadata['help']} ({section}.{f.name}; default {default or shown})")
+        flags.append((f.name, SETTING_TYPES[f.name], option))
+    return flags

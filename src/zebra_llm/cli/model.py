@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from ._common import layout_flags, with_options
+
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 ALLOW_MISSING_HELP = ("load the source even if its files lack weights the model has, hold weights it has no place "
@@ -14,19 +16,17 @@ ALLOW_MISSING_HELP = ("load the source even if its files lack weights the model 
 
 
 @app.command()
+@with_options(layout_flags(), before="dtype", into="layout")  # --attention, --window, ...: ZebraLayout's fields
 def convert(
     source: str = typer.Argument(..., help="'smollm2', a model directory, a .gguf file or a hub name"),
     output: Path = typer.Argument(..., help="directory to write the Zebra model (and tokenizer) to"),
-    attention: str = typer.Option("group", help="group | global | local | global_approx"),
-    layer_group_size: int = typer.Option(4, help="L: layers 0, L, 2L, ... are global (attention=group)"),
-    window: int = typer.Option(512, help="keys a local query sees, itself included"),
-    approx_chunk_size: int | None = typer.Option(None, help="chunk length of global_approx layers (default: window)"),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
     portable: bool = typer.Option(
         False, help="save as a stock transformers model (Ministral/Qwen2/Qwen3 with layer_types), no zebra_llm needed"
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace OUTPUT if it exists (never the source itself)"),
     allow_missing_weights: bool = typer.Option(False, "--allow-missing-weights", help=ALLOW_MISSING_HELP),
+    layout: dict = None,  # the layer settings' flags (see layout_flags)
 ) -> None:
     """Convert a Llama / Mistral / Qwen2 / Qwen3 checkpoint to a Zebra model, weights unchanged."""
     from zebra_llm.loading import parse_dtype
@@ -39,10 +39,7 @@ def convert(
     out = convert_checkpoint(
         source,
         output,
-        attention=attention,
-        layer_group_size=layer_group_size,
-        window=window,
-        approx_chunk_size=approx_chunk_size,
+        **layout,
         dtype=parse_dtype(dtype),
         portable=portable,
         overwrite=overwrite,

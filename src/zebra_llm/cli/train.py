@@ -20,7 +20,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import with_options
+from ._common import layout_flags, with_options
 
 app = typer.Typer(
     name="train",
@@ -66,29 +66,69 @@ _SHARED_FLAGS = (
                   help="Recompute activations in backward.")),
     ("compile", "engine.compile", bool, typer.Option(None, "--compile/--no-compile", help="torch.compile each decoder block.")),
     ("progress", "train.progress", bool, typer.Option(None, "--progress/--no-progress", help="Progress bar.")),
+    ("set_", None, list[str], _SET),  # applied last, over the file and every flag
 )
 
 
-# added to each command before its ``set_`` parameter; the command gets their values in ``shared``
-_with_shared_flags = with_options([(name, tp, option) for name, _, tp, option in _SHARED_FLAGS], before="set_",
-                                  into="shared")
+def _text_data_flags(seq_len_default: str = "") -> tuple:
+    """The flags of the commands that train on plain text (pretrain, lcat), as in ``_SHARED_FLAGS``."""
+    return (
+        ("data", "data.source", str, typer.Option(
+            None, "--data", help="Text: a file, a directory or a datasets name; default: the stdlib corpus.")),
+        ("seq_len", "data.seq_len", int, typer.Option(None, help=f"Training sequence length (data.seq_len{seq_len_default}).")),
+        ("packing", "data.packing", str, typer.Option(None, help="split, packed or concat (data.packing).")),
+        ("encoding", "data.encoding", str, _ENCODING),
+    )
+
+
+def _layout_flags(default: str | None = None) -> tuple:
+    """The Zebra layer settings' flags (generated from ZebraLayout's fields), as in ``_SHARED_FLAGS``."""
+    return tuple((name, f"model.{name}", tp, option) for name, tp, option in layout_flags("model", default=default))
+
+
+def _with(table: tuple, *, before: str, into: str):
+    """``with_options`` for a flag table: the command gets the flags' values in its parameter ``into``."""
+    return with_options([(name, tp, option) for name, _, tp, option in table], before=before, into=into)
+
+
+def _overrides(table: tuple, values: dict) -> dict[str, object]:
+    """A flag table's values as dotted config overrides (flags not given are left out)."""
+    return {field: values[name] for name, field, *_ in table if field is not None and values[name] is not None}
+
+
+# added to each command after its own flags; the command gets their values in ``shared``
+_with_shared_flags = _with(_SHARED_FLAGS, before=None, into="shared")
+
+
+def _with_flags(table: tuple, *, before: str):
+    """The shared flags and ``table``'s (placed before the parameter ``before``); the command gets their
+    values in ``shared`` and ``flags``."""
+    return lambda command: _with_shared_flags(_with(table, before=before, into="flags")(command))
+
+
+_PRETRAIN_FLAGS = _layout_flags(default="the preset's") + _text_data_flags()
+_LCAT_FLAGS = _layout_flags() + _text_data_flags(", default 8192")
 
 
 def _shared_overrides(values: dict) -> dict[str, object]:
     """The shared flags' values as dotted config overrides (flags not given are left out)."""
-    out = {field: values[name] for name, field, *_ in _SHARED_FLAGS if field is not None}
+    out = _overrides(_SHARED_FLAGS, values)
     resume_from = values["resume_from"]
     out["train.resume"] = str(resume_from) if resume_from else (True if values["resume"] else None)
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _load(cls, config: Path | None, overrides: dict[str, object], sets: list[str] | None):
+def _train(kind: str, config: Path | None, pairs: dict[str, object], shared: dict) -> None:
+    """Run the training ``kind`` (pretrain, lcat or lit) on its typed config: the file, then the flags
+    (``pairs``, the shared ones), then ``--set``."""
     from zebra_llm.config_io import apply_overrides, read_config_file
+    from zebra_llm.train import LCATConfig, LITConfig, PretrainConfig, lcat, lit, pretrain
 
+    config_type, run = {"pretrain": (PretrainConfig, pretrain), "lcat": (LCATConfig, lcat), "lit": (LITConfig, lit)}[kind]
     data = read_config_file(config) if config is not None else {}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    data = apply_overrides(apply_overrides(data, overrides), list(sets or []))
-    return cls.from_dict(data)
+    overrides = {k: v for k, v in {**pairs, **_shared_overrides(shared)}.items() if v is not None}
+    data = apply_overrides(apply_overrides(data, overrides), list(shared["set_"] or []))
+    _finish(run(config_type.from_dict(data)))
 
 
 def _finish(result) -> None:
@@ -108,70 +148,43 @@ def _finish(result) -> None:
     typer.echo(f"trained to step {result.step} (final loss {last}{skipped}); model in {result.final_dir}")
 
 
-# Each command's own flags stay written out in its signature (same typer shape, different options): they
-# are what `--help` shows for that command, and a table would hide which command has which flag.
+# Each command's own flags are written out in its signature (what `--help` shows for that command); the
+# flags several commands share come from tables: _SHARED_FLAGS, the plain-text data flags, and the Zebra
+# layer settings' flags generated from ZebraLayout (so --attention, --window, ... match it everywhere).
 @app.command()
-@_with_shared_flags
+@_with_flags(_PRETRAIN_FLAGS, before="tokenizer")
 def pretrain(
     config: Path = _CONFIG,
     preset: str = typer.Option(None, help="Zebra preset name (model.preset)."),
     model_config: str = typer.Option(None, "--model-config", help="Config file or directory of any transformers causal LM (model.config; replaces the preset)."),
-    attention: str = typer.Option(None, help="group, global, local or global_approx (model.attention)."),
-    layer_group_size: int = typer.Option(None, help="Zebra group size L (model.layer_group_size)."),
-    window: int = typer.Option(None, help="Local attention window (model.window)."),
     tokenizer: str = typer.Option(None, help="Tokenizer: smollm2, a directory, a .gguf file or a hub name."),
-    data: str = typer.Option(None, "--data", help="Text: a file, a directory or a datasets name; default: the stdlib corpus."),
-    seq_len: int = typer.Option(None, help="Training sequence length (data.seq_len)."),
-    packing: str = typer.Option(None, help="split, packed or concat (data.packing)."),
-    encoding: str = _ENCODING,
-    set_: list[str] = _SET,
     shared: dict = None,  # the _SHARED_FLAGS' values (see _with_shared_flags)
+    flags: dict = None,  # _PRETRAIN_FLAGS' values
 ) -> None:
     """Pretrain a Zebra (or global / local / global_approx) model from scratch."""
-    from zebra_llm.train import PretrainConfig
-    from zebra_llm.train import pretrain as run
-
-    pairs = {
-        "model.preset": preset, "model.config": model_config, "model.attention": attention,
-        "model.layer_group_size": layer_group_size, "model.window": window, "model.tokenizer": tokenizer,
-        "data.source": data, "data.seq_len": seq_len, "data.packing": packing, "data.encoding": encoding,
-    }
-    _finish(run(_load(PretrainConfig, config, {**pairs, **_shared_overrides(shared)}, set_)))
+    pairs = {"model.preset": preset, "model.config": model_config, "model.tokenizer": tokenizer}
+    _train("pretrain", config, {**pairs, **_overrides(_PRETRAIN_FLAGS, flags)}, shared)
 
 
 @app.command()
-@_with_shared_flags
+@_with_flags(_LCAT_FLAGS, before="rope_theta")
 def lcat(
     config: Path = _CONFIG,
     source: str = typer.Option(None, "--from", help="Llama-family model: smollm2, a directory, a .gguf file or a hub name."),
-    attention: str = typer.Option(None, help="group (default), global, local or global_approx."),
-    layer_group_size: int = typer.Option(None, help="Zebra group size L (default 4)."),
-    window: int = typer.Option(None, help="Local attention window (default 512)."),
     rope_theta: float = typer.Option(None, help="New RoPE base (model.rope_theta)."),
     rope_scaling: str = typer.Option(None, help="RoPE scaling type: linear, dynamic, yarn, longrope, llama3."),
     rope_factor: float = typer.Option(None, help="RoPE scaling factor (with --rope-scaling)."),
-    data: str = typer.Option(None, "--data", help="Text: a file, a directory or a datasets name; default: the stdlib corpus."),
-    seq_len: int = typer.Option(None, help="Training sequence length (data.seq_len, default 8192)."),
-    packing: str = typer.Option(None, help="split, packed or concat (data.packing)."),
-    encoding: str = _ENCODING,
-    set_: list[str] = _SET,
+    flags: dict = None,  # _LCAT_FLAGS' values
     shared: dict = None,  # the _SHARED_FLAGS' values (see _with_shared_flags)
 ) -> None:
     """Long context adaptation: convert a Llama-family checkpoint to Zebra and train it on long sequences."""
-    from zebra_llm.train import LCATConfig
-    from zebra_llm.train import lcat as run
-
     if rope_factor is not None and rope_scaling is None:
         raise ValueError("--rope-factor needs --rope-scaling (linear, dynamic, yarn, longrope, llama3)")
     scaling = None
     if rope_scaling is not None:
         scaling = {"rope_type": rope_scaling, **({"factor": rope_factor} if rope_factor is not None else {})}
-    pairs = {
-        "model.source": source, "model.attention": attention, "model.layer_group_size": layer_group_size,
-        "model.window": window, "model.rope_theta": rope_theta, "model.rope_scaling": scaling,
-        "data.source": data, "data.seq_len": seq_len, "data.packing": packing, "data.encoding": encoding,
-    }
-    _finish(run(_load(LCATConfig, config, {**pairs, **_shared_overrides(shared)}, set_)))
+    pairs = {"model.source": source, "model.rope_theta": rope_theta, "model.rope_scaling": scaling}
+    _train("lcat", config, {**pairs, **_overrides(_LCAT_FLAGS, flags)}, shared)
 
 
 @app.command()
@@ -187,16 +200,12 @@ def lit(
     lora_r: int = typer.Option(None, help="LoRA rank (model.lora.r)."),
     lora_alpha: float = typer.Option(None, help="LoRA alpha (model.lora.alpha)."),
     encoding: str = _ENCODING,
-    set_: list[str] = _SET,
     shared: dict = None,  # the _SHARED_FLAGS' values (see _with_shared_flags)
 ) -> None:
     """Long instruction tuning: loss on response tokens only, optionally with LoRA."""
-    from zebra_llm.train import LITConfig
-    from zebra_llm.train import lit as run
-
     pairs = {
         "model.source": source, "data.path": data, "data.seq_len": seq_len, "data.overflow": overflow,
         "data.chat_template": chat_template, "model.lora.enabled": lora, "model.lora.r": lora_r,
         "model.lora.alpha": lora_alpha, "data.encoding": encoding,
     }
-    _finish(run(_load(LITConfig, config, {**pairs, **_shared_overrides(shared)}, set_)))
+    _train("lit", config, pairs, shared)

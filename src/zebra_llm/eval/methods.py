@@ -51,7 +51,7 @@ from zebra_llm.extensions.config import CONFIGS as EXTENSION_CONFIGS
 from zebra_llm.extensions.rope_scaling import apply_rope_scaling
 from zebra_llm.loading import trained_context
 from zebra_llm.modeling import convert_to_zebra
-from zebra_llm.modeling.configuration_zebra import LayerSettingError, check_layer_settings
+from zebra_llm.modeling.layout import DEFAULT_LAYOUT, SETTING_TYPES, LayerSettingError, ZebraLayout, settings_of
 
 # How far past its nominal context a method may be asked to go by default.
 DEFAULT_LIMIT_MULTIPLE = 4
@@ -319,27 +319,35 @@ def _resolution_inputs(model_config) -> tuple:
             trained_context(model_config))
 
 
-def _extension_options(method: str, config_type: type) -> type:
-    """The options record of an extension method: every setting of its config (and ``preset`` for DCA),
-    each ``None`` by default, plus ``max_length``; checked by the config's ``check_settings``."""
-    hints = typing.get_type_hints(config_type)
-    names = [f.name for f in dataclasses.fields(config_type)] + [  # DCA's preset (its trained length is c)
-        n for n in getattr(config_type, "SETTINGS", ()) if n not in hints and n != "trained_length"]
-    specs = [(n, hints.get(n, str) | None, dataclasses.field(default=None)) for n in names]
+def _options_record(name: str, settings: list[tuple[str, type, Any]], check) -> type:
+    """A method's options record: its ``settings`` (name, type, default), plus the spec options; frozen,
+    checked by ``check(record)`` on creation."""
+    specs = [(n, tp, dataclasses.field(default=default)) for n, tp, default in settings]
     specs += [(n, int | None if n == "max_length" else bool | None, dataclasses.field(default=None))
               for n in SPEC_OPTIONS]
 
     def __post_init__(self):
-        if getattr(self, "preset", None) is not None:
-            object.__setattr__(self, "preset", self.preset.strip().lower())
-        config_type.check_settings({n: getattr(self, n) for n in names if getattr(self, n) is not None})
+        check(self)
         _check_max_length(self.max_length)
 
-    return dataclasses.make_dataclass(
-        f"{config_type.__name__.removesuffix('Config')}Options",
-        specs,
-        namespace={"__post_init__": __post_init__, "__module__": __name__}, frozen=True,
-    )
+    return dataclasses.make_dataclass(name, specs, namespace={"__post_init__": __post_init__, "__module__": __name__},
+                                      frozen=True)
+
+
+def _extension_options(method: str, config_type: type) -> type:
+    """The options record of an extension method: every setting of its config (and ``preset`` for DCA),
+    each ``None`` by default (from the model), checked by the config's ``check_settings``."""
+    hints = typing.get_type_hints(config_type)
+    names = [f.name for f in dataclasses.fields(config_type)] + [  # DCA's preset (its trained length is c)
+        n for n in getattr(config_type, "SETTINGS", ()) if n not in hints and n != "trained_length"]
+
+    def check(options):
+        if getattr(options, "preset", None) is not None:
+            object.__setattr__(options, "preset", options.preset.strip().lower())
+        config_type.check_settings({n: getattr(options, n) for n in names if getattr(options, n) is not None})
+
+    return _options_record(f"{config_type.__name__.removesuffix('Config')}Options",
+                           [(n, hints.get(n, str) | None, None) for n in names], check)
 
 
 def _register_extensions() -> None:
@@ -353,37 +361,24 @@ def _register_extensions() -> None:
 _register_extensions()
 
 
-@dataclass(frozen=True)
-class ZebraOptions:
-    attention: str = "group"
-    layer_group_size: int | None = None
-    window: int | None = None
-    approx_chunk_size: int | None = None
-    max_length: int | None = None
-    override_saved: bool | None = None
+def _check_layout(options) -> None:
+    try:  # ZebraLayout's own check, so a bad setting fails before the model is loaded
+        ZebraLayout(**settings_of(options))
+    except LayerSettingError as e:
+        raise ValueError(f"option {e.field} {e.problem}") from None
 
-    def __post_init__(self):
-        try:  # ZebraConfig's own checks, so a bad setting fails before the model is loaded
-            check_layer_settings(attention=self.attention, layer_group_size=self.layer_group_size,
-                                 window=self.window, approx_chunk_size=self.approx_chunk_size)
-        except LayerSettingError as e:
-            raise ValueError(f"option {e.field} {e.problem}") from None
-        _check_max_length(self.max_length)
+
+# The zebra method's options: ZebraLayout's settings with its defaults and its check.
+ZebraOptions = _options_record(
+    "ZebraOptions", [(n, tp, getattr(DEFAULT_LAYOUT, n)) for n, tp in SETTING_TYPES.items()], _check_layout)
 
 
 @register_method
 class ZebraConversion(Method):
     """Conversion to Zebra layerwise grouped local-global attention (Song et al., 2023), weights unchanged."""
 
-    name = "zebra"
-    options_type = ZebraOptions
+    name, options_type = "zebra", ZebraOptions
 
     @classmethod
     def apply(cls, model, options):
-        kwargs = {"attention": options.attention}
-        for key in ("layer_group_size", "window", "approx_chunk_size"):
-            if getattr(options, key) is not None:
-                kwargs[key] = getattr(options, key)
-        converted = convert_to_zebra(model, **kwargs)
-        return converted.eval()
-
+        return convert_to_zebra(model, **settings_of(options)).eval()

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from ..modeling.layout import DEFAULT_LAYOUT, LayerSettingError, ZebraLayout
 from .cells import CellStore, log
 
 WORDS = ("heron", "basalt", "quill", "marigold", "tundra", "lantern", "cobalt", "juniper", "falcon", "saffron",
@@ -43,8 +44,8 @@ FACT = "# The access code of project {name} is {code}."
 @dataclass
 class LITExperimentConfig:
     source: str = "smollm2"
-    layer_group_size: int = 4
-    window: int = 128
+    layer_group_size: int = DEFAULT_LAYOUT.layer_group_size
+    window: int = 128  # shorter than Zebra's default, so most distances need the global layers
     doc_tokens: int = 1024
     distances: list[int] = field(default_factory=lambda: [64, 256, 512, 896])
     train_records: int = 96
@@ -60,6 +61,10 @@ class LITExperimentConfig:
     device: str = "auto"
 
     def __post_init__(self):
+        try:  # the layer settings' one check (ZebraLayout's), before any cell runs
+            ZebraLayout(layer_group_size=self.layer_group_size, window=self.window)
+        except LayerSettingError as e:
+            raise ValueError(f"{e.field} {e.problem}") from None
         for d in self.distances:
             if not 0 < d < self.doc_tokens:
                 raise ValueError(f"distances: {d} must be in (0, doc_tokens={self.doc_tokens})")

@@ -34,8 +34,22 @@ from transformers.activations import ACT2FN
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS, RopeParameters
 
-# Canonical ``layer_types`` entries and the attention variant each one runs.
-FULL, SLIDING, GLOBAL_APPROX = "full_attention", "sliding_attention", "global_approx"
+from .._checks import check_int, int_problem
+
+from .layout import (
+    ATTENTION_PATTERNS,
+    ATTENTIONS,
+    DEFAULT_LAYOUT,
+    FULL,
+    GLOBAL_APPROX,
+    LAYER_SETTINGS,
+    SLIDING,
+    LayerSettingError,
+    ZebraLayout,
+    check_layer_settings,
+)
+
+# The attention variant each canonical ``layer_types`` entry runs.
 ATTENTION_OF_LAYER_TYPE = {FULL: "global", SLIDING: "local", GLOBAL_APPROX: "global_approx"}
 LAYER_TYPE_ALIASES = {
     "global": FULL,
@@ -45,78 +59,22 @@ LAYER_TYPE_ALIASES = {
     SLIDING: SLIDING,
 }
 
-
-def _group(n_layers: int, group_size: int) -> list[str]:
-    # Zebra paper: the first layer of every group of L layers is global, the other L-1 local.
-    return [FULL if i % group_size == 0 else SLIDING for i in range(n_layers)]
-
-
-# ``attention=`` shorthands: name -> builder(n_layers, layer_group_size).
-ATTENTION_PATTERNS = {
-    "group": _group,
-    "global": lambda n, _: [FULL] * n,
-    "local": lambda n, _: [SLIDING] * n,
-    "global_approx": lambda n, _: [GLOBAL_APPROX] * n,
-}
-
-# The ``attention=`` names, in the order error messages and docs list them (defined here only).
-ATTENTIONS: tuple[str, ...] = tuple(ATTENTION_PATTERNS)
-
-# The layer settings a caller may give without a whole config (conversion, training, eval methods).
-LAYER_SETTINGS = ("attention", "layer_group_size", "window", "approx_chunk_size")
-
 _UNSET = object()
-
-
-class LayerSettingError(ValueError):
-    """A Zebra layer setting is invalid: ``field`` names it, ``problem`` says what is allowed.
-
-    Callers that take these settings under another name (``model.window`` in a training config,
-    ``zebra:window=`` in an eval method) re-word the message with their own prefix.
-    """
-
-    def __init__(self, field: str, problem: str):
-        super().__init__(f"ZebraConfig.{field} {problem}")
-        self.field, self.problem = field, problem
-
-
-def check_layer_settings(
-    *, attention=None, layer_group_size=None, window=None, approx_chunk_size=None, required=()
-) -> None:
-    """Validate Zebra's layer settings exactly as :class:`ZebraConfig` does, before any config or
-    model exists (None: not given, allowed unless the name is in ``required``). Raises
-    :class:`LayerSettingError` for the first bad one."""
-    given = {"attention": attention, "layer_group_size": layer_group_size, "window": window,
-             "approx_chunk_size": approx_chunk_size}
-    for name in required:
-        if given[name] is None:
-            raise LayerSettingError(name, "must be given, got None")
-    if attention is not None and attention not in ATTENTION_PATTERNS:
-        raise LayerSettingError("attention", f"must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
-    for name, value in (("layer_group_size", layer_group_size), ("window", window),
-                        ("approx_chunk_size", approx_chunk_size)):
-        if value is not None:
-            _check_positive_int(name, value)
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise LayerSettingError(name, f"must be an integer, got {value!r}")
-    if value < 1:
-        raise LayerSettingError(name, f"must be >= 1, got {value}")
 
 
 @strict
 class ZebraConfig(PreTrainedConfig):
     r"""Configuration of a Zebra model (Llama blocks, per-layer attention).
 
-    Beyond Llama's fields:
+    Beyond Llama's fields (the layer settings -- ``attention``, ``layer_group_size``, ``window``,
+    ``approx_chunk_size`` -- are :class:`~zebra_llm.modeling.layout.ZebraLayout`'s, with its defaults
+    and its check):
 
     * ``layer_types``: one of ``full_attention`` / ``sliding_attention`` /
       ``global_approx`` per layer (aliases ``global`` / ``local``). Built from
       ``attention`` when not given.
     * ``attention`` (init only): ``"group"`` (default), ``"global"``, ``"local"``
-      or ``"global_approx"``; ``layer_group_size`` (init only, default 4) is
+      or ``"global_approx"``; ``layer_group_size`` (init only) is
       the group length ``L`` of ``"group"``. Give either these or
       ``layer_types``. After construction ``config.attention`` and
       ``config.layer_group_size`` describe the pattern ``layer_types`` holds.
@@ -180,8 +138,8 @@ class ZebraConfig(PreTrainedConfig):
     qk_norm: bool = False
     attention_dropout: float | int = 0.0
     layer_types: list[str] | None = None
-    window: int = 512
-    approx_chunk_size: int | None = None
+    window: int = DEFAULT_LAYOUT.window  # the layer settings' defaults are ZebraLayout's (modeling/layout.py)
+    approx_chunk_size: int | None = DEFAULT_LAYOUT.approx_chunk_size
 
     def __post_init__(self, **kwargs):
         attention = kwargs.pop("attention", None)
@@ -217,7 +175,7 @@ class ZebraConfig(PreTrainedConfig):
             "window",
             "approx_chunk_size",
         ):
-            _check_positive_int(name, getattr(self, name))
+            check_int(name, getattr(self, name), error=LayerSettingError)
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(
                 f"ZebraConfig.num_attention_heads ({self.num_attention_heads}) must be a multiple of "
@@ -257,7 +215,7 @@ class ZebraConfig(PreTrainedConfig):
         """The smallest ``L`` for which ``attention="group"`` gives ``layer_types`` (None if none does)."""
         n = len(self.layer_types)
         for size in range(1, n + 1):
-            if _group(n, size) == self.layer_types:
+            if ATTENTION_PATTERNS["group"](n, size) == self.layer_types:
                 return size
         return None
 
@@ -280,7 +238,7 @@ class ZebraConfig(PreTrainedConfig):
 
 
 def _is_positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return int_problem(value) is None
 
 
 def _resolve_layer_types(layer_types, attention, group_size, n_layers) -> list[str]:
@@ -298,11 +256,7 @@ def _resolve_layer_types(layer_types, attention, group_size, n_layers) -> list[s
                 f"ZebraConfig.layer_types has unknown entries {unknown}; allowed: {sorted(LAYER_TYPE_ALIASES)}"
             )
         return [LAYER_TYPE_ALIASES[t] for t in layer_types]
-    attention = "group" if attention is None else attention
-    group_size = 4 if group_size is None else group_size
-    check_layer_settings(attention=attention, layer_group_size=group_size)
-    _check_positive_int("num_hidden_layers", n_layers)
-    return ATTENTION_PATTERNS[attention](n_layers, group_size)
+    return ZebraLayout.from_given(attention=attention, layer_group_size=group_size).layer_types(n_layers)
 
 
 def _check_layer_types(layer_types, n_layers) -> None:

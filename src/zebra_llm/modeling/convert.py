@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from ..io import atomic_directory
-from .configuration_zebra import SLIDING, LayerSettingError, ZebraConfig, check_layer_settings
+from .configuration_zebra import SLIDING, ZebraConfig
+from .layout import LayerSettingError, ZebraLayout, layout_keywords, split_settings
 from .modeling_zebra import ZebraForCausalLM, ZebraRotaryEmbedding
 
 log = logging.getLogger(__name__)
@@ -46,36 +47,32 @@ FAMILIES = {
 }
 
 
-def _check_request(attention, layer_group_size, window, approx_chunk_size, layer_types) -> None:
-    """Fail on a bad attention request before any weights are loaded (ZebraConfig's own checks)."""
+def _layout_of(settings: dict, layer_types) -> ZebraLayout:
+    """The layer settings of a conversion, checked before any weights are loaded (ZebraLayout's check);
+    ``attention`` is left out when ``layer_types`` gives the pattern."""
+    if layer_types is not None:
+        settings = {k: v for k, v in settings.items() if k != "attention"}
     try:
-        check_layer_settings(
-            attention=None if layer_types is not None else attention,
-            layer_group_size=layer_group_size,
-            window=window,
-            approx_chunk_size=approx_chunk_size,
-            required=("layer_group_size", "window"),
-        )
+        return ZebraLayout(**settings)
     except LayerSettingError as e:
         raise ValueError(f"convert_to_zebra: {e.field} {e.problem}") from None
 
 
-# zebra_config_from, convert_to_zebra and convert_checkpoint spell out the same attention keywords: they are
-# public signatures, read in help() and IDEs; **kwargs would hide them. One check (_check_request) serves all.
-def zebra_config_from(
-    source_config,
-    *,
-    attention: str = "group",
-    layer_group_size: int = 4,
-    window: int = 512,
-    approx_chunk_size: int | None = None,
-    layer_types: list[str] | None = None,
-    **config_overrides,
-) -> ZebraConfig:
+# zebra_config_from, convert_to_zebra and convert_checkpoint take the layer settings (attention,
+# layer_group_size, window, approx_chunk_size) as keywords; @layout_keywords shows them, with ZebraLayout's
+# defaults, in their signatures (help(), inspect), and split_settings takes them apart from the rest.
+@layout_keywords
+def zebra_config_from(source_config, *, layer_types: list[str] | None = None, **settings) -> ZebraConfig:
     """The ``ZebraConfig`` of a Llama-family config: same shapes, norms, RoPE, biases, special tokens;
-    attention as asked (``layer_types`` overrides ``attention``/``layer_group_size``); any other
-    ``ZebraConfig`` field in ``config_overrides`` (e.g. a new ``rope_parameters`` or
-    ``max_position_embeddings`` for long context adaptation) replaces the source's value."""
+    attention as asked (the layer settings of :class:`~zebra_llm.modeling.layout.ZebraLayout`;
+    ``layer_types`` overrides ``attention``/``layer_group_size``); any other ``ZebraConfig`` field in
+    ``settings`` (e.g. a new ``rope_parameters`` or ``max_position_embeddings`` for long context
+    adaptation) replaces the source's value."""
+    layout, overrides = split_settings(settings)
+    return _config_from(source_config, _layout_of(layout, layer_types), layer_types, overrides)
+
+
+def _config_from(source_config, layout: ZebraLayout, layer_types, config_overrides: dict) -> ZebraConfig:
     model_type = getattr(source_config, "model_type", None)
     if model_type not in FAMILIES:
         raise ValueError(
@@ -89,10 +86,9 @@ def zebra_config_from(
     if not rope:
         raise ValueError(f"convert_to_zebra: model type {model_type!r} has no rope_parameters (RoPE is required)")
     pattern = {"layer_types": list(layer_types)} if layer_types is not None else {
-        "attention": attention,
-        "layer_group_size": layer_group_size,
+        "attention": layout.attention,
+        "layer_group_size": layout.layer_group_size,
     }
-    _check_request(attention, layer_group_size, window, approx_chunk_size, layer_types)
     kwargs = dict(
         vocab_size=c.vocab_size,
         hidden_size=c.hidden_size,
@@ -111,8 +107,8 @@ def zebra_config_from(
         bos_token_id=getattr(c, "bos_token_id", None),
         eos_token_id=getattr(c, "eos_token_id", None),
         pad_token_id=getattr(c, "pad_token_id", None),
-        window=window,
-        approx_chunk_size=approx_chunk_size,
+        window=layout.window,
+        approx_chunk_size=layout.approx_chunk_size,
         **FAMILIES[model_type](c),
         **pattern,
     )
@@ -194,30 +190,27 @@ def check_output_path(source, output_dir: str | os.PathLike, *, overwrite: bool,
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
+@layout_keywords
 def convert_to_zebra(
     model_or_path,
     *,
-    attention: str = "group",
-    layer_group_size: int = 4,
-    window: int = 512,
-    approx_chunk_size: int | None = None,
     layer_types: list[str] | None = None,
     dtype: torch.dtype | str | None = None,
-    **config_overrides,
+    **settings,
 ) -> ZebraForCausalLM:
     """A ``ZebraForCausalLM`` with the weights of a Llama / Mistral / Ministral / Qwen2 / Qwen3 checkpoint.
 
     Args:
         model_or_path: a transformers model object, a local directory, a hub name, ``"smollm2"`` or a
             ``.gguf`` file (strings load through ``zebra_llm.loading.load_model``).
-        attention: ``"group"`` (layers 0, L, 2L, ... global, the rest local), ``"global"``, ``"local"`` or
-            ``"global_approx"``.
-        layer_group_size: ``L`` for ``attention="group"``.
-        window: keys a local query sees, itself included.
-        approx_chunk_size: chunk length of ``global_approx`` layers (default ``window``).
+        attention, layer_group_size, window, approx_chunk_size: the layer settings
+            (:class:`~zebra_llm.modeling.layout.ZebraLayout`: ``attention="group"`` makes layers 0, L, 2L,
+            ... global and the rest local, ``L = layer_group_size``; ``window``: keys a local query sees,
+            itself included; ``approx_chunk_size``: chunk length of ``global_approx`` layers, default
+            ``window``). Checked before any weights are loaded.
         layer_types: explicit per-layer types (overrides ``attention``).
         dtype: dtype to load a string source in (default float32); a model object keeps its own.
-        config_overrides: other ``ZebraConfig`` fields to change, typically ``rope_parameters`` (a larger
+        settings: also other ``ZebraConfig`` fields to change, typically ``rope_parameters`` (a larger
             ``rope_theta`` or a scaling) and ``max_position_embeddings`` for long context adaptation.
 
     The weights are copied unchanged (a model object is left untouched: its tensors are cloned), tied
@@ -225,17 +218,10 @@ def convert_to_zebra(
     """
     from transformers import PreTrainedModel
 
-    _check_request(attention, layer_group_size, window, approx_chunk_size, layer_types)
+    layout, overrides = split_settings(settings)
+    layout = _layout_of(layout, layer_types)
     source, _ = load_source(model_or_path, dtype=dtype)
-    config = zebra_config_from(
-        source.config,
-        attention=attention,
-        layer_group_size=layer_group_size,
-        window=window,
-        approx_chunk_size=approx_chunk_size,
-        layer_types=layer_types,
-        **config_overrides,
-    )
+    config = _config_from(source.config, layout, layer_types, overrides)
     # A model the caller holds is left untouched; one loaded here just hands its tensors over.
     return _transplant(source, config, clone=isinstance(model_or_path, PreTrainedModel))
 
@@ -268,42 +254,33 @@ def _transplant(source, config: ZebraConfig, *, clone: bool) -> ZebraForCausalLM
     return model
 
 
+@layout_keywords
 def convert_checkpoint(
     source,
     output_dir: str | os.PathLike,
     *,
-    attention: str = "group",
-    layer_group_size: int = 4,
-    window: int = 512,
-    approx_chunk_size: int | None = None,
     layer_types: list[str] | None = None,
     dtype: torch.dtype | str | None = None,
     portable: bool = False,
     overwrite: bool = False,
     strict: bool = True,
-    **config_overrides,
+    **settings,
 ) -> Path:
     """Convert ``source`` and save it (with its tokenizer, when there is one) to ``output_dir``, atomically.
 
-    ``portable=True`` saves the stock-transformers form of :func:`zebra_llm.modeling.export_portable`
-    (global and local layers only) instead of the native ``zebra`` form. An existing ``output_dir``
-    (a directory or a file) is replaced only with ``overwrite=True``; ``output_dir`` may never be the
-    source directory, lie inside it, or contain it.
+    The layer settings and ``settings`` as for :func:`convert_to_zebra`. ``portable=True`` saves the
+    stock-transformers form of :func:`zebra_llm.modeling.export_portable` (global and local layers only)
+    instead of the native ``zebra`` form. An existing ``output_dir`` (a directory or a file) is replaced
+    only with ``overwrite=True``; ``output_dir`` may never be the source directory, lie inside it, or
+    contain it.
     """
     from transformers import PreTrainedModel
 
-    _check_request(attention, layer_group_size, window, approx_chunk_size, layer_types)
+    layout, overrides = split_settings(settings)
+    layout = _layout_of(layout, layer_types)
     check_output_path(source, output_dir, overwrite=overwrite)
     model, tokenizer = load_source(source, dtype=dtype, strict=strict)
-    config = zebra_config_from(
-        model.config,
-        attention=attention,
-        layer_group_size=layer_group_size,
-        window=window,
-        approx_chunk_size=approx_chunk_size,
-        layer_types=layer_types,
-        **config_overrides,
-    )
+    config = _config_from(model.config, layout, layer_types, overrides)
     zebra = _transplant(model, config, clone=isinstance(source, PreTrainedModel))
     del model
     if portable:

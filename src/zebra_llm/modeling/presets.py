@@ -21,111 +21,67 @@ attention: layers 0, L, 2L, ... global, the others a sliding window.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from .layout import DEFAULT_LAYOUT, ZebraLayout, given
+
+
+def llama_shape(*, layers: int, hidden: int, heads: int, mlp: int, vocab: int, positions: int,
+                kv_heads: int | None = None, rope_theta: float = 10000.0, tied: bool = True, **more) -> dict:
+    """The ``ZebraConfig`` fields of a Llama-style shape (``kv_heads`` None: as many as ``heads``); ``more``:
+    any other field (e.g. ``rms_norm_eps``)."""
+    return dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=kv_heads or heads, max_position_embeddings=positions,
+                rope_parameters={"rope_type": "default", "rope_theta": rope_theta}, tie_word_embeddings=tied, **more)
 
 
 @dataclass(frozen=True)
 class Preset:
-    description: str
-    kwargs: dict = field(default_factory=dict)
+    """A named model: what it is for, its shape (``ZebraConfig`` fields) and its layer settings (Zebra's
+    defaults unless it says otherwise). Its description is written from these, so it cannot disagree."""
+
+    purpose: str
+    shape: dict
+    layout: ZebraLayout = DEFAULT_LAYOUT
+
+    @property
+    def kwargs(self) -> dict:
+        """The preset's ``ZebraConfig`` fields (a copy: changing it leaves the preset as it is)."""
+        return {**copy.deepcopy(self.shape), **given(self.layout.settings())}
+
+    @property
+    def description(self) -> str:
+        s, layout = self.shape, self.layout
+        q, kv = s["num_attention_heads"], s["num_key_value_heads"]
+        heads = f"{q} heads" if q == kv else f"{q} query / {kv} key-value heads"
+        return (f"{self.purpose}: {s['num_hidden_layers']} layers, hidden {s['hidden_size']}, {heads}, "
+                f"MLP {s['intermediate_size']}, vocabulary {s['vocab_size']}, {s['max_position_embeddings']} "
+                f"positions, RoPE base {s['rope_parameters']['rope_theta']:g}, window {layout.window}, "
+                f"group size {layout.layer_group_size}")
 
 
-# Each preset spells out every field although many repeat: a preset is read as one complete shape,
-# and a shared base dict would make a reader assemble it (`duplicates` lists these on purpose).
-# Each preset is written out in full rather than derived from a base: a preset is read as one model's
-# complete settings, and the shared values (RoPE, tying, group attention) are the model's, not a default.
 PRESETS: dict[str, Preset] = {
     "debug": Preset(
-        "tiny model for tests: 4 layers, hidden 64, 4 query / 2 key-value heads, SmolLM2 vocabulary (49152), "
-        "window 16, group size 2",
-        dict(
-            vocab_size=49152,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=4,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=8192,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-            tie_word_embeddings=True,
-            attention="group",
-            layer_group_size=2,
-            window=16,
-            approx_chunk_size=8,
-        ),
+        "tiny model for tests (SmolLM2's vocabulary)",
+        llama_shape(layers=4, hidden=64, heads=4, kv_heads=2, mlp=128, vocab=49152, positions=8192),
+        ZebraLayout(layer_group_size=2, window=16, approx_chunk_size=8),
     ),
     "cpu-20m": Preset(
-        "~20M parameters for CPU benchmarks and short training runs: 8 layers, hidden 512, 8 query / 2 key-value "
-        "heads, MLP 1024, vocabulary 4096, window 512, group size 4",
-        dict(
-            vocab_size=4096,
-            hidden_size=512,
-            intermediate_size=1024,
-            num_hidden_layers=8,
-            num_attention_heads=8,
-            num_key_value_heads=2,
-            max_position_embeddings=32768,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-            tie_word_embeddings=True,
-            attention="group",
-            layer_group_size=4,
-            window=512,
-        ),
+        "~20M parameters for CPU benchmarks and short training runs",
+        llama_shape(layers=8, hidden=512, heads=8, kv_heads=2, mlp=1024, vocab=4096, positions=32768),
     ),
     "paper-117m": Preset(
-        "117M-class, paper-like: 12 layers, hidden 768, 12 heads, MLP 2048, vocabulary 32000, "
-        "window 512, group size 4",
-        dict(
-            vocab_size=32000,
-            hidden_size=768,
-            intermediate_size=2048,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            num_key_value_heads=12,
-            max_position_embeddings=16384,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-            tie_word_embeddings=True,
-            attention="group",
-            layer_group_size=4,
-            window=512,
-        ),
+        "117M-class, paper-like",
+        llama_shape(layers=12, hidden=768, heads=12, mlp=2048, vocab=32000, positions=16384),
     ),
     "paper-345m": Preset(
-        "345M-class, paper-like: 24 layers, hidden 1024, 16 heads, MLP 2816, vocabulary 32000, "
-        "window 512, group size 4",
-        dict(
-            vocab_size=32000,
-            hidden_size=1024,
-            intermediate_size=2816,
-            num_hidden_layers=24,
-            num_attention_heads=16,
-            num_key_value_heads=16,
-            max_position_embeddings=16384,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-            tie_word_embeddings=True,
-            attention="group",
-            layer_group_size=4,
-            window=512,
-        ),
+        "345M-class, paper-like",
+        llama_shape(layers=24, hidden=1024, heads=16, mlp=2816, vocab=32000, positions=16384),
     ),
     "llama2-7b": Preset(
-        "Llama-2-7B shape: 32 layers, hidden 4096, 32 heads, MLP 11008, vocabulary 32000, RoPE base 10000, "
-        "4096 positions, window 512, group size 4",
-        dict(
-            vocab_size=32000,
-            hidden_size=4096,
-            intermediate_size=11008,
-            num_hidden_layers=32,
-            num_attention_heads=32,
-            num_key_value_heads=32,
-            max_position_embeddings=4096,
-            rms_norm_eps=1e-5,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-            tie_word_embeddings=False,
-            attention="group",
-            layer_group_size=4,
-            window=512,
-        ),
+        "Llama-2-7B shape",
+        llama_shape(layers=32, hidden=4096, heads=32, mlp=11008, vocab=32000, positions=4096, tied=False,
+                    rms_norm_eps=1e-5),
     ),
 }
 
@@ -138,7 +94,7 @@ def list_presets() -> dict[str, str]:
 def preset_kwargs(name: str) -> dict:
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
-    return copy.deepcopy(PRESETS[name].kwargs)
+    return PRESETS[name].kwargs
 
 
-__all__ = ["PRESETS", "Preset", "list_presets", "preset_kwargs"]
+__all__ = ["PRESETS", "Preset", "llama_shape", "list_presets", "preset_kwargs"]

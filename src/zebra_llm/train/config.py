@@ -24,7 +24,9 @@ import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from .._checks import check_int
 from ..config_io import ConfigError, apply_overrides, build as _build, read_config_file
+from ..modeling.layout import DEFAULT_LAYOUT, LayerSettingError, check_layer_settings, settings_of
 
 PACKING_MODES = ("split", "packed", "concat")  # see zebra_llm.data.packing
 DECAYS = ("cosine", "linear", "constant")  # see zebra_llm.train.schedule
@@ -34,13 +36,16 @@ OVERFLOW = ("drop", "truncate", "error")
 NONFINITE = ("stop", "skip")  # what a step whose loss or gradient is inf/nan does (engine.py)
 
 
+def _error(path: str, message: str) -> ConfigError:
+    return ConfigError(f"{path} {message}")
+
+
 def _fail(path: str, message: str) -> None:
-    raise ConfigError(f"{path} {message}")
+    raise _error(path, message)
 
 
 def _check_int(section: str, name: str, value, *, minimum: int) -> None:
-    if value < minimum:
-        _fail(f"{section}.{name}", f"must be >= {minimum}, got {value}")
+    check_int(f"{section}.{name}", value, minimum, error=_error)  # the package's one integer check
 
 
 def _check_finite(section: str, obj, *names: str) -> None:
@@ -235,14 +240,11 @@ def _check_encoding(section: str, encoding: str) -> None:
 # --------------------------------------------------------------------------- model sections
 
 
-def _check_zebra_fields(s: str, attention, layer_group_size, window, approx_chunk_size) -> None:
-    # ZebraConfig's own checks, so a bad setting fails before any model is built; lazily imported
-    # because the config is read before transformers is needed.
-    from ..modeling.configuration_zebra import LayerSettingError, check_layer_settings
-
+def _check_layout(s: str, options) -> None:
+    """ZebraLayout's check of the section's layer settings (None: not given), so a bad one fails before any
+    model is built, named by its dotted path."""
     try:
-        check_layer_settings(attention=attention, layer_group_size=layer_group_size, window=window,
-                             approx_chunk_size=approx_chunk_size)
+        check_layer_settings(**settings_of(options))
     except LayerSettingError as e:
         _fail(f"{s}.{e.field}", e.problem)
 
@@ -255,7 +257,7 @@ class PretrainModelOptions:
     _section: ClassVar[str] = "model"
     preset: str | None = "debug"  # ZebraConfig.from_preset name
     config: str | None = None  # a config.json / model directory / YAML of any causal LM; replaces preset
-    attention: str | None = None  # a ZebraConfig attention= name (group, global, ...)
+    attention: str | None = None  # the layer settings (ZebraLayout's); None: the preset's
     layer_group_size: int | None = None
     window: int | None = None
     approx_chunk_size: int | None = None
@@ -267,7 +269,7 @@ class PretrainModelOptions:
         s = self._section
         if self.preset is None and self.config is None:
             _fail(f"{s}.preset", "or model.config must be given")
-        _check_zebra_fields(s, self.attention, self.layer_group_size, self.window, self.approx_chunk_size)
+        _check_layout(s, self)
 
 
 @dataclass
@@ -277,10 +279,10 @@ class LCATModelOptions:
 
     _section: ClassVar[str] = "model"
     source: str = "smollm2"  # --from: a model spec (zebra_llm.loading)
-    attention: str = "group"
-    layer_group_size: int = 4
-    window: int = 512
-    approx_chunk_size: int | None = None
+    attention: str = DEFAULT_LAYOUT.attention  # the layer settings, with ZebraLayout's defaults
+    layer_group_size: int = DEFAULT_LAYOUT.layer_group_size
+    window: int = DEFAULT_LAYOUT.window
+    approx_chunk_size: int | None = DEFAULT_LAYOUT.approx_chunk_size
     rope_theta: float | None = None  # new RoPE base (e.g. 500000)
     rope_scaling: dict[str, Any] | None = None  # transformers rope_parameters, e.g. {rope_type: yarn, factor: 4}
     max_position_embeddings: int | None = None  # default: max(source's, data.seq_len)
@@ -289,7 +291,7 @@ class LCATModelOptions:
         s = self._section
         if not str(self.source).strip():
             _fail(f"{s}.source", "must name a model (a directory, a .gguf file, a hub name or 'smollm2')")
-        _check_zebra_fields(s, self.attention, self.layer_group_size, self.window, self.approx_chunk_size)
+        _check_layout(s, self)
         _check_finite(s, self, "rope_theta")
         if self.rope_scaling is not None:
             for key, value in self.rope_scaling.items():

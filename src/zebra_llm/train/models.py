@@ -12,10 +12,12 @@ from typing import Any
 
 import torch
 
+from ..modeling.layout import LAYER_SETTINGS, given, settings_of
+
 log = logging.getLogger(__name__)
 
-# Zebra config fields a task may override, under their ZebraConfig names.
-ZEBRA_FIELDS = ("attention", "layer_group_size", "window", "approx_chunk_size")
+# Zebra config fields a task may override, under their ZebraConfig names: the layer settings.
+ZEBRA_FIELDS = LAYER_SETTINGS
 
 
 def load_tokenizer(spec: str):
@@ -76,7 +78,7 @@ def _read_config_dict(path: Path) -> dict[str, Any]:
 
 def resolve_pretrain_config(opts):
     """The transformers config of the model to pretrain (no weights built)."""
-    zebra_kwargs = {k: getattr(opts, k) for k in ZEBRA_FIELDS if getattr(opts, k) is not None}
+    zebra_kwargs = given(settings_of(opts))
     if opts.config is not None:
         from transformers import AutoConfig
 
@@ -172,10 +174,7 @@ def build_lcat_model(opts, *, seq_len: int) -> torch.nn.Module:
             max_position_embeddings=opts.max_position_embeddings,
             seq_len=seq_len,
         )
-    kwargs = {"attention": opts.attention, "layer_group_size": opts.layer_group_size, "window": opts.window}
-    if opts.approx_chunk_size is not None:
-        kwargs["approx_chunk_size"] = opts.approx_chunk_size
-    return convert_to_zebra(model, **kwargs)
+    return convert_to_zebra(model, **given(settings_of(opts)))
 
 
 def build_lit_model(opts) -> torch.nn.Module:
