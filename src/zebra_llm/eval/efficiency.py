@@ -28,7 +28,6 @@ import gc
 import multiprocessing as mp
 import os
 import statistics
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -303,9 +302,5 @@ def run_bench(config: BenchConfig, output=None, *, resume: bool = True, progress
         gc.collect()
         bar.update(1)
     bar.close()
-    note = results.resume_note()
-    if note:
-        print(f"bench: {note}", file=sys.stderr)
     keep = {(m, n) for m in methods for n in config.lengths}
-    results.set_summary([r for r in summarize_bench(results.items) if (r["method"], r["length"]) in keep])
-    return results.data
+    return results.finish("bench", [r for r in summarize_bench(results.items) if (r["method"], r["length"]) in keep])

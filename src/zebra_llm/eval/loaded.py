@@ -3,6 +3,7 @@ spec (``method_spec``) put on it, with the length limit computed on the unmodifi
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,7 @@ from ..hf.extension import attention_modules, extension_state
 from ..loading import load_model, trained_context
 from .method_spec import MethodSpec, check_limit
 from .methods import ExtensionMethod
+from .results import model_fingerprint, produced_by, tokens_hash
 
 
 @dataclass
@@ -91,4 +93,16 @@ def load_for_run(config, spec: "MethodSpec", model_objects: dict | None = None) 
                             strict=not getattr(config, "allow_missing_weights", False))
 
 
-__all__ = ["LoadedModel", "load_for_run", "load_with_method"]
+def item_records(config, loaded: LoadedModel, model_objects: dict | None = None) -> Callable[[Sequence[int]], dict]:
+    """``made(ids)``: the ``produced_by`` record (issue 25.1) of an item of a run on ``loaded`` whose tokens
+    are ``ids``: the model's files (``config.model``, or the weights of the object given for the method
+    in ``model_objects``), the method as applied (its device left out: a resume may move to another
+    device) and the tokens."""
+    spec = loaded.method
+    given = model_objects and str(spec) in model_objects
+    weights = model_fingerprint(model_objects[str(spec)] if given else config.model)
+    applied = [spec.to_dict(), {k: v for k, v in loaded.info.items() if k != "device"}]
+    return lambda ids: produced_by(model=weights, method=applied, tokens=tokens_hash(ids))
+
+
+__all__ = ["LoadedModel", "item_records", "load_for_run", "load_with_method"]

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import gc
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from dataclasses import field as dc_field
@@ -37,10 +36,10 @@ import torch
 
 from .corpus import TokenDocs, load_token_docs
 from .loss import DEFAULT_LOSS_CHUNK, check_loss_path, token_nll
-from .loaded import load_for_run
+from .loaded import item_records, load_for_run
 from .method_spec import MethodSpec, check_plan, parse_methods
 from .progress import progress_bar
-from .results import ResultsFile, group_rows, model_fingerprint, produced_by, tokens_hash
+from .results import ResultsFile, group_rows
 
 MODES = ("fixed", "windows", "buckets")
 BLOCK = 512  # positions per block of the per-position NLL sums
@@ -372,12 +371,8 @@ def run_perplexity(
             )
             segments = plan_segments(config, docs)
         results.set_model(str(spec), {"source": loaded.source, "method": spec.to_dict(), **loaded.info})
-        # what produced each item: the model's files, the method as applied, the item's own tokens
-        weights = model_fingerprint(model_objects[str(spec)] if model_objects and str(spec) in model_objects
-                                    else config.model)
-        applied = {k: v for k, v in loaded.info.items() if k != "device"}  # a resume may move to another device
-        made = {s: produced_by(model=weights, method=[spec.to_dict(), applied],
-                               tokens=tokens_hash(docs.ids[s.doc][s.start:s.end])) for s in segments}
+        record = item_records(config, loaded, model_objects)  # what produced each item (issue 25.1)
+        made = {s: record(docs.ids[s.doc][s.start:s.end]) for s in segments}
         todo = [s for s in segments
                 if results.reuse(made[s], method=str(spec), length=s.group, doc=s.name, start=s.start) is None]
         if todo:
@@ -392,13 +387,9 @@ def run_perplexity(
             bar.close()
         del loaded
         gc.collect()
-    note = results.resume_note()
-    if note:
-        print(f"ppl: {note}", file=sys.stderr)
     # The summary covers this run's plan only (a resumed file may hold items of other plans).
     planned = {(str(m), s.group, s.name, s.start) for m in methods for s in segments}
-    results.set_summary(summarize_perplexity(
+    return results.finish("ppl", summarize_perplexity(
         [i for i in results.items if (i["method"], i["length"], i["doc"], i["start"]) in planned]
     ))
-    return results.data
 

@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import platform
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -262,6 +263,15 @@ class ResultsFile:
     def set_summary(self, rows: list[dict]) -> None:
         self.data["summary"] = _normalise(rows)
         self.save()
+
+    def finish(self, who: str, summary: list[dict]) -> dict:
+        """The end of a run: what a resume reused said on stderr (``"ppl: reused ..."``, see
+        :meth:`resume_note`), ``summary`` saved; returns the results dict."""
+        note = self.resume_note()
+        if note:
+            print(f"{who}: {note}", file=sys.stderr)
+        self.set_summary(summary)
+        return self.data
 
     def save(self) -> None:
         self.data["updated"] = _now()

@@ -22,7 +22,6 @@ import copy
 import gc
 import random
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from dataclasses import field as dc_field
@@ -31,10 +30,10 @@ from typing import Protocol
 import torch
 
 from ..hf import CACHE_KWARG
-from .loaded import LoadedModel, load_for_run
+from .loaded import LoadedModel, item_records, load_for_run
 from .method_spec import MethodSpec, check_plan, parse_methods
 from .progress import progress_bar
-from .results import ResultsFile, group_rows, model_fingerprint, produced_by, tokens_hash
+from .results import ResultsFile, group_rows
 
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -270,16 +269,13 @@ def run_retrieval(
         for n in config.lengths:
             loaded.check_length(n)
         results.set_model(str(spec), {"source": loaded.source, "method": spec.to_dict(), **loaded.info})
-        # what produced each item (issue 25.1): the model's files, the method as applied, the prompt's tokens
-        weights = model_fingerprint(model_objects[str(spec)] if model_objects and str(spec) in model_objects
-                                    else config.model)
-        applied = [spec.to_dict(), {k: v for k, v in loaded.info.items() if k != "device"}]
+        record = item_records(config, loaded, model_objects)  # what produced each item (issue 25.1)
         made, cells = {}, []
         for n in config.lengths:
             for d in config.depths:
                 for t in range(config.trials):
                     prompt = task.build(loaded.tokenizer, n, d, trial_rng(config.seed, n, d, t))
-                    made[n, d, t] = produced_by(model=weights, method=applied, tokens=tokens_hash(prompt.ids))
+                    made[n, d, t] = record(prompt.ids)
                 todo = [t for t in range(config.trials)
                         if results.reuse(made[n, d, t], method=str(spec), length=n, depth=d, trial=t) is None]
                 if todo:
@@ -292,14 +288,9 @@ def run_retrieval(
         bar.close()
         del loaded
         gc.collect()
-    note = results.resume_note()
-    if note:
-        print(f"{task.name}: {note}", file=sys.stderr)
     keep = {str(m) for m in methods}
-    results.set_summary(
-        [r for r in summarize_retrieval(results.items) if r["method"] in keep and r["length"] in config.lengths]
-    )
-    return results.data
+    return results.finish(task.name, [r for r in summarize_retrieval(results.items)
+                                      if r["method"] in keep and r["length"] in config.lengths])
 
 
 def _run_cell(task, loaded: LoadedModel, config: RetrievalConfig, length: int, depth: float, trials: list[int]):

@@ -35,15 +35,14 @@ import gc
 import math
 import random
 import re
-import sys
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .loaded import load_for_run
+from .loaded import item_records, load_for_run
 from .method_spec import MethodSpec, check_plan, parse_methods
 from .progress import progress_bar
-from .results import ResultsFile, group_rows, model_fingerprint, produced_by, tokens_hash
+from .results import ResultsFile, group_rows
 from .retrieval import bos, check_run_sizes, encode, greedy_continuations
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -357,16 +356,13 @@ def run_ruler(config: RulerConfig, output=None, *, resume: bool = True, progress
         results.set_model(str(spec), {"source": loaded.source, "method": spec.to_dict(), **loaded.info})
         if hay is None:
             hay = Haystacks.from_corpus(loaded.tokenizer, config.data, encoding=config.encoding)
-        # what produced each item (issue 25.1): the model's files, the method as applied, the prompt's tokens
-        weights = model_fingerprint(model_objects[str(spec)] if model_objects and str(spec) in model_objects
-                                    else config.model)
-        applied = [spec.to_dict(), {k: v for k, v in loaded.info.items() if k != "device"}]
+        record = item_records(config, loaded, model_objects)  # what produced each item (issue 25.1)
         todo = []
         for n in config.lengths:
             for t in config.tasks:
                 for k in range(config.trials):
                     prompt = build_prompt(t, loaded.tokenizer, n, hay, seed=config.seed, trial=k)
-                    made = produced_by(model=weights, method=applied, tokens=tokens_hash(prompt.ids))
+                    made = record(prompt.ids)
                     if results.reuse(made, method=str(spec), task=t, length=n, trial=k) is None:
                         todo.append((n, t, k, prompt, made))
         bar = progress_bar(total=len(todo), desc=f"ruler {spec}", enable=progress)
@@ -381,13 +377,9 @@ def run_ruler(config: RulerConfig, output=None, *, resume: bool = True, progress
         bar.close()
         del loaded
         gc.collect()
-    note = results.resume_note()
-    if note:
-        print(f"ruler: {note}", file=sys.stderr)
     keep = {str(m) for m in methods}
-    results.set_summary([r for r in summarize_ruler(results.items)
-                         if r["method"] in keep and r["length"] in config.lengths])
-    return results.data
+    return results.finish("ruler", [r for r in summarize_ruler(results.items)
+                                    if r["method"] in keep and r["length"] in config.lengths])
 
 
 # ------------------------------------------------------------------ table and heatmap
