@@ -286,7 +286,25 @@ def create_app(model="smollm2", method="none", *, config: ServeConfig | None = N
     def sse(obj) -> str:
         return f"data: {obj.model_dump_json(exclude_unset=True)}\n\n"
 
-    def stream(request: GenerationRequest, events, make_chunk, include_usage: bool):
+    def chunk_maker(cls, object_name: str, rid: str, now: int, choices):
+        """The ``make_chunk`` of :func:`stream` for one response: the envelope every chunk shares (id,
+        object, time, model, usage when given) around ``choices(text, finish, first)`` (None: no chunk);
+        built unvalidated, as ``finish_reason`` is null until the last chunk, which the choice types refuse."""
+
+        def make_chunk(text, finish, use, first=False, usage_only=False):
+            picked = [] if usage_only else choices(text, finish, first)
+            if picked is None:
+                return None
+            fields = dict(id=rid, object=object_name, created=now, model=name, choices=picked)
+            if use is not None:
+                fields["usage"] = use
+            return cls.model_construct(**fields)
+
+        return make_chunk
+
+    def stream(request: GenerationRequest, events, make_chunk, stream_options):
+        include_usage = bool(stream_options and stream_options.include_usage)
+
         async def body():
             finished = False
             try:
@@ -348,19 +366,13 @@ def create_app(model="smollm2", method="none", *, config: ServeConfig | None = N
         rid = f"cmpl-{uuid.uuid4().hex}"
         now = int(time.time())
         if body.stream:
-            def chunk(text, finish, use, first=False, usage_only=False):
+            def choices(text, finish, first):
                 if first:
-                    return None
-                # finish_reason is null until the last chunk, which CompletionChoice's own type does not allow
-                choices = [] if usage_only else [CompletionChoice.model_construct(index=0, text=text,
-                                                                                  finish_reason=finish, logprobs=None)]
-                fields = dict(id=rid, object="text_completion", created=now, model=name, choices=choices)
-                if use is not None:
-                    fields["usage"] = use
-                return Completion.model_construct(**fields)
+                    return None  # the completions stream has no role-only first chunk
+                return [CompletionChoice.model_construct(index=0, text=text, finish_reason=finish, logprobs=None)]
 
-            include = bool(body.stream_options and body.stream_options.include_usage)
-            return stream(gen, events, chunk, include)
+            make_chunk = chunk_maker(Completion, "text_completion", rid, now, choices)
+            return stream(gen, events, make_chunk, body.stream_options)
         text, done = await collect(request, gen, events)
         return Completion(id=rid, object="text_completion", created=now, model=name, usage=usage(done),
                           choices=[CompletionChoice(index=0, text=text, finish_reason=done.finish_reason,
@@ -384,19 +396,12 @@ def create_app(model="smollm2", method="none", *, config: ServeConfig | None = N
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         now = int(time.time())
         if body.stream:
-            def chunk(text, finish, use, first=False, usage_only=False):
-                if usage_only:
-                    choices = []
-                else:
-                    delta = ChoiceDelta(role="assistant", content="") if first else ChoiceDelta(content=text)
-                    choices = [ChunkChoice(index=0, delta=delta, finish_reason=finish, logprobs=None)]
-                fields = dict(id=rid, object="chat.completion.chunk", created=now, model=name, choices=choices)
-                if use is not None:
-                    fields["usage"] = use
-                return ChatCompletionChunk.model_construct(**fields)
+            def choices(text, finish, first):
+                delta = ChoiceDelta(role="assistant", content="") if first else ChoiceDelta(content=text)
+                return [ChunkChoice(index=0, delta=delta, finish_reason=finish, logprobs=None)]
 
-            include = bool(body.stream_options and body.stream_options.include_usage)
-            return stream(gen, events, chunk, include)
+            make_chunk = chunk_maker(ChatCompletionChunk, "chat.completion.chunk", rid, now, choices)
+            return stream(gen, events, make_chunk, body.stream_options)
         text, done = await collect(request, gen, events)
         message = ChatCompletionMessage(role="assistant", content=text)
         return ChatCompletion(id=rid, object="chat.completion", created=now, model=name, usage=usage(done),
