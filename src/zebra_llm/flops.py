@@ -34,6 +34,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ._checks import check_int
+
 SUPPORTED_MODEL_TYPES = ("zebra", "llama", "mistral", "ministral", "qwen2", "qwen3")
 
 
@@ -136,8 +138,7 @@ def attention_flops(config, layer: LayerAttention, seq_len: int) -> int:
 def estimate(config, seq_len: int, *, batch_size: int = 1) -> FlopsEstimate:
     """Forward FLOPs of ``config`` on ``batch_size`` sequences of ``seq_len`` tokens (see the module docstring)."""
     for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"flops: {name} must be an integer >= 1, got {value!r}")
+        check_int(f"flops: {name}", value, 1)
     layers = layer_attention(config)
     h, i, n = config.hidden_size, config.intermediate_size, seq_len
     hq = config.num_attention_heads

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import check_int
+
 RELATIONS = ("intra", "succ", "inter")
 
 
@@ -74,8 +76,7 @@ def relative_positions(seq_len: int, *, chunk_size: int, pretraining_length: int
     of ``i`` and ``j`` minus the key's position ``j mod s``. For ``seq_len=12,
     chunk_size=6, pretraining_length=10`` this is the paper's Figure 2(c).
     """
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 0:
-        raise ValueError(f"seq_len must be an integer >= 0, got {seq_len!r}")
+    check_int("seq_len", seq_len, 0)
     s, c = check_geometry(chunk_size, pretraining_length)
     i = torch.arange(seq_len)[:, None]  # (L, 1)
     j = torch.arange(seq_len)[None, :]  # (1, L)

@@ -114,8 +114,7 @@ class PiecewiseSpec:
 
     def relative_positions(self, seq_len: int) -> torch.Tensor:
         """``[seq_len, seq_len]``: what RoPE sees for query ``i`` and key ``j``; ``-1`` above the diagonal."""
-        if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 0:
-            raise ValueError(f"seq_len must be an integer >= 0, got {seq_len!r}")
+        check_int("seq_len", seq_len, 0)
         n = torch.arange(seq_len)
         i, j = n[:, None], n[None, :]
         region = self.region_of(i, j).expand(seq_len, seq_len)

@@ -19,6 +19,8 @@ import functools
 import math
 from collections.abc import Sequence
 
+from .._checks import check_int
+
 Z95 = 1.959963984540054  # the 0.975 quantile of the standard normal
 
 
@@ -48,8 +50,7 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
     """Exact McNemar p-value from the discordant counts: prompts only method A got right (``only_a``) and
     prompts only method B got right (``only_b``)."""
     for name, v in (("only_a", only_a), ("only_b", only_b)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"mcnemar_exact: {name} must be an integer >= 0, got {v!r}")
+        check_int(f"mcnemar_exact: {name}", v, 0)
     return binomial_two_sided(only_a, only_a + only_b)
 
 
@@ -73,8 +74,7 @@ def fisher_exact(a: int, b: int, c: int, d: int) -> float:
     right / wrong): the probability, with the margins fixed, of every table no more likely than the
     observed one (the convention of R's ``fisher.test`` and SciPy)."""
     for name, v in (("a", a), ("b", b), ("c", c), ("d", d)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"fisher_exact: {name} must be an integer >= 0, got {v!r}")
+        check_int(f"fisher_exact: {name}", v, 0)
     row1, col1, n = a + b, a + c, a + b + c + d
     lo, hi = max(0, col1 - (n - row1)), min(row1, col1)
     total = math.comb(n, col1)

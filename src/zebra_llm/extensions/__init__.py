@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import check_int
 from ..hf.extension import (
     CONFIG_KEYS,
     EXTENSION_CONFIG_KEY,
@@ -136,8 +137,7 @@ def relative_positions(method: str, seq_len: int, **settings) -> torch.Tensor:
     (``neighbor_window``; ``window``; ``shifted_offset`` and ``local_value``; ``window`` and
     ``distance_limit``). Long for integer rules, float64 for leaky ReRoPE.
     """
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 0:
-        raise ValueError(f"seq_len must be an integer >= 0, got {seq_len!r}")
+    check_int("seq_len", seq_len, 0)
     return spec_for(method, **settings).relative_positions(seq_len)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from .._checks import check_int
 from ..attention.dca_positions import check_geometry
 from ..attention.specs import DCASpec
 
@@ -211,8 +212,7 @@ class DCAConfig:
         original = data.get("original_max_position_embeddings", 0)
         fields = (("chunk_size", vllm_chunk), ("local_size", local), ("original_max_position_embeddings", original))
         for name, value in fields:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"dual_chunk_attention_config.{name} must be an integer >= 0, got {value!r}")
+            check_int(f"dual_chunk_attention_config.{name}", value, 0)
         if local >= vllm_chunk:
             raise ValueError(
                 f"dual_chunk_attention_config.local_size ({local}) must be smaller than chunk_size ({vllm_chunk})"
