@@ -59,6 +59,9 @@ ALLOW_MISSING_WEIGHTS = typer.Option(
 )
 ENCODING = typer.Option("utf-8", "--encoding", help="Encoding of local text files (strict: a byte that does not "
                         "decode is an error naming the file and offset), e.g. latin-1.")
+# The flags after --output of every command that writes a results file and draws its figure, as
+# ``with_options`` takes them (the command gets their values as the dict ``after``).
+OUTPUT_FLAGS = (("overwrite", bool, OVERWRITE), ("no_progress", bool, NO_PROGRESS), ("no_figure", bool, NO_FIGURE))
 
 
 def parse_lengths(text: str, what: str = "lengths") -> list[int]:
@@ -99,6 +102,14 @@ def finish(data: dict, output: Path, *, figure: bool) -> None:
     typer.echo(f"results: {output}")
     for f in figures:
         typer.echo(f"figure: {f}")
+
+
+def run_to_output(run, config, output: Path, after: dict, device: str | None = None, **task) -> None:
+    """What an eval-like command does with its config: check ``output`` (``after``: the values of
+    :data:`OUTPUT_FLAGS`), ``run(config, output, progress=..., **task)``, then print and draw (``finish``)."""
+    output = prepare_output(output, after["overwrite"], device)
+    data = run(config, output, progress=not after["no_progress"], **task)
+    finish(data, output, figure=not after["no_figure"])
 
 
 def prepare_output(output: Path, overwrite: bool, device: str | None = None) -> Path:

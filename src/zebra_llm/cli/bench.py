@@ -14,16 +14,15 @@ from ._common import (
     DTYPE,
     METHOD,
     MODEL,
-    NO_FIGURE,
-    NO_PROGRESS,
-    OVERWRITE,
-    finish,
+    OUTPUT_FLAGS,
     parse_lengths,
-    prepare_output,
     quiet_transformers,
+    run_to_output,
+    with_options,
 )
 
 
+@with_options(OUTPUT_FLAGS, before=None, into="after")
 def bench(
     model: str = MODEL,
     method: Optional[list[str]] = METHOD,
@@ -36,9 +35,7 @@ def bench(
     dtype: str = DTYPE,
     device: Optional[str] = DEVICE,
     output: Path = typer.Option(Path("results/bench.json"), "--output", "-o"),
-    overwrite: bool = OVERWRITE,
-    no_progress: bool = NO_PROGRESS,
-    no_figure: bool = NO_FIGURE,
+    after: dict = None,
 ) -> None:
     """FLOPs, prefill time, decode tokens/s, peak memory and KV-cache bytes per method and length,
     with ratios to the unmodified model measured in the same run."""
@@ -48,6 +45,4 @@ def bench(
     config = BenchConfig(model=model, methods=method or ["none"], lengths=parse_lengths(lengths),
                          decode_tokens=decode_tokens, repeats=repeats, batch_size=batch_size,
                          isolate=not in_process, dtype=dtype, device=device)
-    output = prepare_output(output, overwrite, device)
-    data = run_bench(config, output, progress=not no_progress)
-    finish(data, output, figure=not no_figure)
+    run_to_output(run_bench, config, output, after, device)

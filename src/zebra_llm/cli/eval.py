@@ -24,12 +24,14 @@ from ._common import (  # noqa: F401  (the options and helpers every eval-like c
     MODEL,
     NO_FIGURE,
     NO_PROGRESS,
+    OUTPUT_FLAGS,
     OVERWRITE,
     finish,
     parse_floats,
     parse_lengths,
     prepare_output,
     quiet_transformers,
+    run_to_output,
     with_options,
 )
 
@@ -37,6 +39,7 @@ from ._common import (  # noqa: F401  (the options and helpers every eval-like c
 
 
 @app.command("ppl")
+@with_options(OUTPUT_FLAGS, before="allow_missing_weights", into="after")
 def ppl(
     model: str = MODEL,
     method: Optional[list[str]] = METHOD,
@@ -62,10 +65,8 @@ def ppl(
     dtype: str = DTYPE,
     device: Optional[str] = DEVICE,
     output: Path = typer.Option(Path("results/ppl.json"), "--output", "-o", help="Results JSON (resumed if present)."),
-    overwrite: bool = OVERWRITE,
-    no_progress: bool = NO_PROGRESS,
-    no_figure: bool = NO_FIGURE,
     allow_missing_weights: bool = ALLOW_MISSING_WEIGHTS,
+    after: dict = None,
 ) -> None:
     """Perplexity by length for each method, side by side."""
     from zebra_llm.eval import PerplexityConfig, run_perplexity
@@ -79,9 +80,7 @@ def ppl(
         batch_size=batch_size, loss_chunk=loss_chunk, dtype=dtype, device=device, encoding=encoding,
         allow_missing_weights=allow_missing_weights,
     )
-    output = prepare_output(output, overwrite, device)
-    data_ = run_perplexity(config, output, progress=not no_progress)
-    finish(data_, output, figure=not no_figure)
+    run_to_output(run_perplexity, config, output, after, device)
 
 
 # The flags passkey and needle share (a RetrievalConfig each), written once: (parameter, type, option).
@@ -102,8 +101,7 @@ _RETRIEVAL_OPTIONS = (
     ("device", Optional[str], DEVICE),
 )
 _retrieval_options = with_options(_RETRIEVAL_OPTIONS, before="output", into="shared")
-_AFTER_RETRIEVAL = (("overwrite", bool, OVERWRITE), ("no_progress", bool, NO_PROGRESS), ("no_figure", bool, NO_FIGURE))
-_output_options = with_options(_AFTER_RETRIEVAL, before="shared", into="after")
+_output_options = with_options(OUTPUT_FLAGS, before="shared", into="after")
 
 
 def _run_retrieval(run, shared: dict, output: Path, after: dict, **task) -> None:
@@ -117,9 +115,7 @@ def _run_retrieval(run, shared: dict, output: Path, after: dict, **task) -> None
         batch_size=shared["batch_size"], max_new_tokens=shared["max_new_tokens"],
         reuse_prefix=not shared["no_prefix_cache"], dtype=shared["dtype"], device=shared["device"],
     )
-    output = prepare_output(output, after["overwrite"], shared["device"])
-    data = run(config, output, progress=not after["no_progress"], **task)
-    finish(data, output, figure=not after["no_figure"])
+    run_to_output(run, config, output, after, shared["device"], **task)
 
 
 @app.command("passkey")
@@ -159,6 +155,7 @@ def needle(
 
 
 @app.command("ruler")
+@with_options(OUTPUT_FLAGS, before=None, into="after")
 def ruler(
     model: str = MODEL,
     method: Optional[list[str]] = METHOD,
@@ -175,9 +172,7 @@ def ruler(
     dtype: str = DTYPE,
     device: Optional[str] = DEVICE,
     output: Path = typer.Option(Path("results/ruler.json"), "--output", "-o"),
-    overwrite: bool = OVERWRITE,
-    no_progress: bool = NO_PROGRESS,
-    no_figure: bool = NO_FIGURE,
+    after: dict = None,
 ) -> None:
     """RULER-style synthetic tasks generated offline (needles, variable tracking, common words), scored as
     RULER does (fraction of the expected strings in the answer); table and methods x lengths heatmap."""
@@ -188,9 +183,9 @@ def ruler(
     config = RulerConfig(model=model, methods=method or ["none"], tasks=names, lengths=parse_lengths(lengths),
                          trials=trials, seed=seed, max_new_tokens=max_new_tokens, data=data, encoding=encoding,
                          dtype=dtype, device=device)
-    output = prepare_output(output, overwrite)
-    result = run_ruler(config, output, progress=not no_progress)
+    output = prepare_output(output, after["overwrite"])
+    result = run_ruler(config, output, progress=not after["no_progress"])
     typer.echo(ruler_table(result["summary"]))
     typer.echo(f"results: {output}")
-    if not no_figure:
+    if not after["no_figure"]:
         typer.echo(f"figure: {plot_ruler(result['summary'], output.with_suffix('.png'))}")
