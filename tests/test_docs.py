@@ -92,12 +92,9 @@ def test_readme_test_command_is_what_ci_runs():
     shlex.split(readme_tests[0])  # and it parses as a shell command line
 
 
-def _dca_quality_module():
-    return load_benchmark("dca_quality")
-
-
 def test_generated_tables_match_their_json(capsys):
-    dq = _dca_quality_module()
+    from zebra_llm.experiments import dca_quality as dq
+
     blocks = dq.build_report(dq.parse_args(["--report-only", "--no-figures", "--no-progress"]))
     capsys.readouterr()
     assert {"ppl_pydecimal", "passkey", "summary"} <= set(blocks), "the committed results give these tables"
@@ -107,12 +104,13 @@ def test_generated_tables_match_their_json(capsys):
         seen.update(dq.generated_names(text))
         assert dq.fill_blocks(text, blocks, page=page.name) == text, (
             f"{page.relative_to(ROOT)}: a generated table differs from docs/results/dca_quality; run "
-            "python benchmarks/dca_quality.py --report-only --write-docs")
+            "zebra experiment dca_quality --report-only --write-docs")
     assert set(blocks) <= seen, f"tables generated but shown nowhere: {sorted(set(blocks) - seen)}"
 
 
 def test_fill_blocks_replaces_only_between_markers_and_refuses_unknown_blocks():
-    dq = _dca_quality_module()
+    from zebra_llm.experiments import dca_quality as dq
+
     begin, end = dq._marker("begin", "passkey"), dq._marker("end", "passkey")
     page = f"intro\n{begin}\nold table\n{end}\noutro\n"
     assert dq.fill_blocks(page, {"passkey": "| new |"}) == f"intro\n{begin}\n| new |\n{end}\noutro\n"
@@ -138,9 +136,12 @@ def _documented_zebra_commands() -> list[tuple[str, list[str]]]:
 
 
 def test_documented_commands_and_options_exist():
+    import importlib
+
     import typer
 
     from zebra_llm.cli import app
+    from zebra_llm.experiments import OWN_OPTIONS
 
     documented = _documented_zebra_commands()
     assert len(documented) > 10, "the docs' command examples were not found"
@@ -158,6 +159,12 @@ def test_documented_commands_and_options_exist():
             continue
         if path[-1] == "lm-eval":
             continue  # every argument goes to lm-evaluation-harness
+        if path[-2:-1] == ["experiment"] and path[-1] in OWN_OPTIONS:  # its own argparse command line
+            try:
+                importlib.import_module(f"zebra_llm.experiments.{path[-1]}").parse_args(argv)
+            except SystemExit:
+                wrong.append(f"{page}: {' '.join(path)} does not take {' '.join(argv)}")
+            continue
         known = {name for p in command.params for name in (*p.opts, *p.secondary_opts)}
         for word in argv:
             if word.startswith("-") and word.split("=", 1)[0] not in known:

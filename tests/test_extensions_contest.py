@@ -6,11 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
-from helpers import load_benchmark
-
-
-def _contest():
-    return load_benchmark("extensions_contest")
+from zebra_llm.experiments import contest
+from zebra_llm.experiments import contest_decide as decide
+from zebra_llm.experiments import contest_plan as plan
+from zebra_llm.experiments import contest_report as report
 
 
 def _argv(model_dir: Path, out: Path) -> list[str]:
@@ -21,7 +20,6 @@ def _argv(model_dir: Path, out: Path) -> list[str]:
 
 
 def test_contest_runs_reports_and_resumes(tiny_model_dir, tmp_path):
-    contest = _contest()
     out = tmp_path / "contest"
     assert contest.main(_argv(tiny_model_dir, out)) == 0
     data = json.loads((out / "contest.json").read_text())
@@ -61,38 +59,34 @@ def test_contest_runs_reports_and_resumes(tiny_model_dir, tmp_path):
 
 
 def test_wilson_interval():
-    contest = _contest()
-    lo, hi = contest.wilson(0, 10)
+    lo, hi = plan.wilson(0, 10)
     assert lo == 0 and 0.27 < hi < 0.28  # the textbook 0/10 Wilson upper bound, 0.2775
-    lo, hi = contest.wilson(5, 10)
+    lo, hi = plan.wilson(5, 10)
     assert abs(lo - 0.2366) < 1e-3 and abs(hi - 0.7634) < 1e-3
 
 
 def test_readme_block_is_generated_from_the_committed_results():
-    contest = _contest()
-    rows, scores = contest.load_cells(contest.OUT_DIR)
-    text = contest.README.read_text(encoding="utf-8")
-    assert contest.fill_readme(text, contest.readme_text(rows, None, scores)) == text, (
+    rows, scores = decide.load_cells(plan.OUT_DIR)
+    text = report.README.read_text(encoding="utf-8")
+    assert report.fill_readme(text, report.readme_text(rows, None, scores)) == text, (
         "README's contest block differs from docs/results/extensions/contest; run "
-        "python benchmarks/extensions_contest.py --report-only --write-docs")
+        "zebra experiment contest --report-only --write-docs")
 
 
 def test_docs_block_is_generated_from_the_committed_results():
-    contest = _contest()
-    rows, scores = contest.load_cells(contest.OUT_DIR)
-    text = contest.DOCS.read_text(encoding="utf-8")
-    assert contest.fill_docs(text, contest.docs_text(rows, scores)) == text, (
+    rows, scores = decide.load_cells(plan.OUT_DIR)
+    text = report.DOCS.read_text(encoding="utf-8")
+    assert report.fill_docs(text, report.docs_text(rows, scores)) == text, (
         "docs/extensions.md's recommendation block differs from docs/results/extensions/contest; run "
-        "python benchmarks/extensions_contest.py --report-only --write-docs")
+        "zebra experiment contest --report-only --write-docs")
 
 
 def test_readme_block_reports_no_retrieval_honestly():
-    contest = _contest()
     base = {"model": "m", "trained_context": 256, "length": 2048, "n": 8}
     rows = [{**base, "method": "none", "metric": "ppl", "ratio_vs_none": 1.0, "ratio_ci": [1.0, 1.0]},
             {**base, "method": "dca", "metric": "ppl", "ratio_vs_none": 0.99, "ratio_ci": [0.98, 1.01]},
             {**base, "method": "dca", "metric": "accuracy", "value": 0.0, "n": 10}]
-    text = contest.readme_block(rows, model="m")
+    text = report.readme_block(rows, model="m")
     assert "0 of 1 paired" in text and "no method retrieves" in text and "0 of 10 prompts" in text
 
 
@@ -122,14 +116,13 @@ SPEED = {16384: {"dca": {"prefill": 1.01, "decode": 1.0}, "rerope": {"prefill": 
 
 
 def test_recommendation_names_the_tied_set_and_its_cheapest_member_when_no_lead_is_significant():
-    contest = _contest()
     rows, scores = _synthetic({"none": 30, "rerope": 30, "dca": 29, "yarn": 10, "dynamic": 29, "string": 0})
-    rec = contest.recommendation(rows, scores, SPEED, "smollm2-135m-c2048")
+    rec = decide.recommendation(rows, scores, SPEED, "smollm2-135m-c2048")
     dec = rec["retrieval"]
     assert dec["best"] == "rerope" and not dec["significant"]
     assert dec["tied"] == ["rerope", "dynamic", "dca"] and dec["cheapest"] == "dca" and dec["unmeasured"] == ["dynamic"]
     assert dec["tests"]["yarn"]["p_holm"] < 0.05 and "string" not in dec["tests"] and "none" not in dec["tests"]
-    text = contest.recommendation_text(rec, SPEED)
+    text = report.recommendation_text(rec, SPEED)
     assert "no method's lead is significant (passkey at 8192; n = 30 prompts per method; no cells yet for " \
            "`linear`, `dca:temperature=true`" in text
     assert "the best, `rerope` 30/30, ties with `dynamic` 29/30, `dca` 29/30" in text
@@ -139,7 +132,7 @@ def test_recommendation_names_the_tied_set_and_its_cheapest_member_when_no_lead_
     # a run that measures more of the tied methods wins: there dynamic is the cheapest
     both = {**SPEED, 4096: {"dynamic": {"prefill": 0.9, "decode": 0.9}, "dca": {"prefill": 1.0, "decode": 1.0},
                             "rerope": {"prefill": 1.0, "decode": 1.2}}}
-    dec = contest.recommendation(rows, scores, both, "smollm2-135m-c2048")["retrieval"]
+    dec = decide.recommendation(rows, scores, both, "smollm2-135m-c2048")["retrieval"]
     assert dec["speed_seq"] == 4096 and dec["cheapest"] == "dynamic" and dec["unmeasured"] == []
     assert "significantly behind: `yarn` 10/30" in text
     assert "Past their nominal reach and so not ranked: `string` (at 8192)" in text
@@ -147,28 +140,26 @@ def test_recommendation_names_the_tied_set_and_its_cheapest_member_when_no_lead_
 
 
 def test_recommendation_names_a_method_only_when_its_lead_survives_holm():
-    contest = _contest()
     rows, scores = _synthetic({"none": 30, "dca": 30, "rerope": 22, "yarn": 5})
-    dec = contest.recommendation(rows, scores, SPEED, "smollm2-135m-c2048")["retrieval"]
+    dec = decide.recommendation(rows, scores, SPEED, "smollm2-135m-c2048")["retrieval"]
     # dca against rerope: 8 discordant prompts all dca's, exact p = 2 / 2^8; Holm over two comparisons:
     # the smaller p (yarn's, 2 / 2^25) doubled, the larger one as it is
     assert dec["significant"] and dec["tied"] == ["dca"]
     assert dec["tests"]["rerope"]["p"] == 2 / 2**8 and dec["tests"]["rerope"]["p_holm"] == 2 / 2**8
     assert dec["tests"]["yarn"]["p_holm"] == 2 * 2 / 2**25
-    text = contest.decision_text(dec, True, SPEED)
+    text = report.decision_text(dec, True, SPEED)
     assert text.startswith("For retrieval use `dca`: `dca` 30/30 (passkey at 8192; n = 30")
     # 5 discordant prompts: p = 0.0625 alone is not significant, so no method is named
     rows, scores = _synthetic({"dca": 30, "rerope": 25})
-    dec = contest.recommendation(rows, scores, SPEED, "smollm2-135m-c2048")["retrieval"]
+    dec = decide.recommendation(rows, scores, SPEED, "smollm2-135m-c2048")["retrieval"]
     assert not dec["significant"] and dec["tied"] == ["dca", "rerope"]
 
 
 def test_systematic_misses_are_depths_where_a_method_always_fails_and_another_does_not():
-    contest = _contest()
     rows, scores = _synthetic({"dca": 24, "rerope": 30, "string": 0}, fail_depth={"dca": 0.9})
-    misses = contest.systematic_misses(rows, scores, "smollm2-135m-c2048")
+    misses = decide.systematic_misses(rows, scores, "smollm2-135m-c2048")
     assert misses == [{"method": "dca", "length": 8192, "depth": 0.9, "trials": 6}]  # string: not ranked
-    text = contest.recommendation_text(contest.recommendation(rows, scores, SPEED, "smollm2-135m-c2048"), SPEED)
+    text = report.recommendation_text(decide.recommendation(rows, scores, SPEED, "smollm2-135m-c2048"), SPEED)
     assert "`dca` at depth 0.9 of 8192 (0/6)" in text
 
 
@@ -177,10 +168,9 @@ def test_committed_recommendation_follows_from_the_cells():
     decisions that contest.json (and so the README) states: the pooled prompts, the exact tests, Holm."""
     from zebra_llm.eval import stats
 
-    contest = _contest()
-    data = json.loads((contest.OUT_DIR / "contest.json").read_text())
+    data = json.loads((plan.OUT_DIR / "contest.json").read_text())
     cells = {}
-    for path in (contest.OUT_DIR / "cells").glob("*/*/*.json"):
+    for path in (plan.OUT_DIR / "cells").glob("*/*/*.json"):
         cell = json.loads(path.read_text())
         r = cell["row"]
         cells[(r["model"], r["task"], r["method"], r["length"])] = cell["items"]
@@ -216,8 +206,7 @@ def test_committed_recommendation_follows_from_the_cells():
 
 
 def test_speed_ratios_read_the_committed_runs():
-    contest = _contest()
-    speed = contest.speed_ratios()
+    speed = report.speed_ratios()
     assert {"dca", "self_extend", "rerope", "string"} <= set(speed[16384])
     assert all(0.5 < r["prefill"] < 3 and 0.5 < r["decode"] < 3 for by in speed.values() for r in by.values())
 
@@ -241,12 +230,11 @@ def _longer_tiny_model(tiny_model_dir: Path, target: Path, context: int = 256) -
 def test_simulated_protocol_sets_every_method_up_for_the_simulated_trained_length(tiny_model_dir, tmp_path):
     """--trained-length C: cells of model '<name>-cC', settings derived from C, `none` the real model
     (ceiling, not ranked), STRING past its reach at C; the cells differ from the real protocol's."""
-    contest = _contest()
     out = tmp_path / "contest"
     model = _longer_tiny_model(tiny_model_dir, tmp_path / "tiny256")
     assert contest.main(_sim_argv(model, out)) == 0
     rows = json.loads((out / "contest.json").read_text())["rows"]
-    assert {r["model"] for r in rows} == {f"{contest.model_name(str(model))}-c64"}
+    assert {r["model"] for r in rows} == {f"{plan.model_name(str(model))}-c64"}
     by = {(r["task"], r["method"], r["length"]): r for r in rows}
     assert len(by) == 4 * 2 * 2
     for r in rows:
@@ -262,7 +250,7 @@ def test_simulated_protocol_sets_every_method_up_for_the_simulated_trained_lengt
     assert by[("ppl", "rerope", 256)]["value"] != by[("ppl", "none", 256)]["value"]  # applied, and kept
     assert by[("passkey", "dca", 128)]["n"] == 4
     # the real protocol's cells are elsewhere and unaffected
-    assert not (out / "cells" / contest.model_name(str(model))).exists()
+    assert not (out / "cells" / plan.model_name(str(model))).exists()
     # pairwise tests against the best in-reach method, on the shared prompts (2 depths x 2 trials)
     ranked = [r for r in rows if r["task"] == "passkey" and r["length"] == 128 and "vs_best" in r]
     assert ranked and all(r["vs_best"]["n_shared"] == 4 for r in ranked)
@@ -273,10 +261,9 @@ def test_simulated_plans_derive_every_setting_from_the_simulated_trained_length(
     from zebra_llm.extensions.config import SelfExtendConfig, StringConfig
     from zebra_llm.loading import load_config
 
-    contest = _contest()
     config = load_config("smollm2")
-    sim = contest.simulated_config(config, 2048)
-    plans = {m: contest.method_plan(m, 8192, 8192, 2048) for m in contest.METHODS}
+    sim = plan.simulated_config(config, 2048)
+    plans = {m: plan.method_plan(m, 8192, 8192, 2048) for m in plan.METHODS}
     assert plans["none"].spec == "none:max_length=8192" and plans["none"].extension is None
     for m in ("linear", "dynamic", "yarn"):
         assert plans[m].spec == f"{m}:factor=4,original_max_position_embeddings=2048,max_length=8192"
@@ -288,13 +275,13 @@ def test_simulated_plans_derive_every_setting_from_the_simulated_trained_length(
     for m in ("self_extend", "rerope", "string"):
         assert plans[m].extension == (m, 2048) and plans[m].spec.startswith("none:")
         assert "max_length=8192" in plans[m].spec
-    assert contest.method_plan("dynamic", 4096, 8192, 2048).spec.startswith("dynamic:factor=2,")
+    assert plan.method_plan("dynamic", 4096, 8192, 2048).spec.startswith("dynamic:factor=2,")
     # reach at c' = 2048: STRING c' + S - W, SelfExtend (c' - W) G + W; DCA, ReRoPE and rope factors: any
     s = StringConfig(2048)
-    assert contest.nominal_reach("string", sim) == 2048 + s.shifted_offset - s.local_value == 2595
-    assert contest.past_nominal("string", 4096, sim) and not contest.past_nominal("string", 4096, config)
-    assert contest.nominal_reach("self_extend", sim) == SelfExtendConfig(2048).max_length == 12800
-    assert [m for m in contest.BASE_METHODS if m != "none" and contest.past_nominal(m, 8192, sim)] == ["string"]
+    assert plan.nominal_reach("string", sim) == 2048 + s.shifted_offset - s.local_value == 2595
+    assert plan.past_nominal("string", 4096, sim) and not plan.past_nominal("string", 4096, config)
+    assert plan.nominal_reach("self_extend", sim) == SelfExtendConfig(2048).max_length == 12800
+    assert [m for m in plan.BASE_METHODS if m != "none" and plan.past_nominal(m, 8192, sim)] == ["string"]
     # the real protocol is as before: the model's own trained length
-    assert contest.method_plan("yarn+dca", 16384, 8192) == contest.Plan("dca:pretraining_length=16384,max_length=16384",
+    assert plan.method_plan("yarn+dca", 16384, 8192) == plan.Plan("dca:pretraining_length=16384,max_length=16384",
                                                                          "yarn:factor=2")

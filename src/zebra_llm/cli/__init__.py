@@ -38,7 +38,7 @@ app.command("generate")(_generate.generate)
 app.command("report")(_report.report)
 app.command("demo")(_demo.demo)
 app.command("serve")(__import__("zebra_llm.cli.serve", fromlist=["serve"]).serve)
-app.command("experiment")(__import__("zebra_llm.cli.experiment", fromlist=["experiment"]).experiment)
+app.add_typer(__import__("zebra_llm.cli.experiment", fromlist=["app"]).app, name="experiment")
 app.command("lm-eval", context_settings=_lm_eval.SETTINGS, add_help_option=False)(_lm_eval.lm_eval)
 
 
