@@ -83,9 +83,10 @@ def test_seeded_grid_with_position_loss_end_to_end(tmp_path, monkeypatch):
              and r["strategy"] == "global"}
     assert first[0] != first[1]
     for name in ("### positions", "### position_summary", "### split_ppl", "### position_models",
-                 "### position_cost", "### efficiency_first_seed"):
+                 "### position_cost", "### efficiency_first_seed", "### position_assessment"):
         assert name in text
     assert "(n=2)" in text and "pending" not in text
+    assert "- 64 tokens, `local` beyond the local reach vs global (loss): " in text
     assert "fig_position_loss.png" in {p.name for p in figures}
 
     monkeypatch.setattr(strategies, "train_run", lambda *a, **k: pytest.fail("a finished cell was recomputed"))

@@ -146,6 +146,57 @@ def summary_table(data: dict) -> str:
     return markdown_table(header, body)
 
 
+def _verdict(a: dict, b: dict) -> str:
+    """``a`` against ``b`` (seed -> value): the means, the seeds and the rank test's reading."""
+    if not a or not b:
+        return PENDING
+    va, vb = list(a.values()), list(b.values())
+    order = separated(va, vb)
+    said = "not separated at these seeds" if order == "not separated" else f"every seed {order}"
+    return f"{mean_sd(va)} vs {mean_sd(vb)}: {said}"
+
+
+def assessment(data: dict) -> str:
+    """Bullets read from the numbers: does the quantity move (global vs local beyond the local reach), where
+    each other strategy lies, what DCA does past the training length."""
+    from .strategies import HAS_GLOBAL
+
+    cfg, rows = data["config"], data["rows"]
+    out = []
+    for n in cfg["train_lengths"]:
+        w, reach = n // cfg["window_divisor"], local_reach(cfg, n)
+
+        def band(s, lo, hi, f=1, method="none"):
+            return _band_values(rows, n, s, f, method, lo, hi)
+
+        g_win, g_far = band("global", w // 2, w), band("global", reach, n)
+        if not g_far:
+            out.append(f"- {n} tokens: pending (global needs a finished cell).")
+            continue
+        fall = {k: g_win[k] - g_far[k] for k in g_far if k in g_win}
+        out.append(f"- {n} tokens, global's own loss from the end of the window (positions {w // 2 + 1}-{w}) to "
+                   f"beyond the local reach (> {reach}): falls by {mean_sd(list(fall.values()))} nats.")
+        for s in [s for s in cfg["strategies"] if s != "global"]:
+            win, far = band(s, w // 2, w), band(s, reach, n)
+            if not far:
+                out.append(f"- {n} tokens, `{s}`: pending.")
+                continue
+            gap_w = {k: win[k] - g_win[k] for k in win if k in g_win}
+            gap_f = {k: far[k] - g_far[k] for k in far if k in g_far}
+            excess = {k: gap_f[k] - gap_w[k] for k in gap_f if k in gap_w}
+            out.append(f"- {n} tokens, `{s}` beyond the local reach vs global (loss): {_verdict(far, g_far)}; "
+                       f"its gap to global there {mean_sd(list(gap_f.values()))}, at the window "
+                       f"{mean_sd(list(gap_w.values()))}, excess beyond {mean_sd(list(excess.values()))}.")
+        top = max(cfg.get("position_factors") or [1])
+        if top > 1:
+            for s in [s for s in cfg["strategies"] if s in HAS_GLOBAL]:
+                plain, dca = band(s, n, top * n, top), band(s, n, top * n, top, "dca")
+                if plain and dca:
+                    out.append(f"- {n} tokens, `{s}` scored at {top * n}, positions past {n}: no method vs DCA "
+                               f"{_verdict(plain, dca)}.")
+    return "\n".join(out) or PENDING
+
+
 def split_ppl_table(data: dict) -> str:
     """Test perplexity gap to global per length split (the paper's Figure 2), mean ± sd over seeds of the
     gap at the same seed."""
@@ -225,7 +276,7 @@ def position_grid_tables(data: dict) -> dict[str, str]:
 
     out = {"positions": positions_tables(data), "position_summary": summary_table(data),
            "split_ppl": split_ppl_table(data), "position_models": model_table(data),
-           "position_cost": cost_table(data)}
+           "position_cost": cost_table(data), "position_assessment": assessment(data)}
     first = strategy_tables(first_seed_data(data))
     for name in ("efficiency", "gap", "ppl"):
         out[f"{name}_first_seed"] = first[name]
