@@ -34,6 +34,11 @@ class LoadedModel:
         """Refuse a length above the method's limit on this model (computed before the method was applied)."""
         check_limit(self.method, length, self.max_length, self.info.get("limit_reason", ""))
 
+    @property
+    def description(self) -> dict:
+        """What a results file records of the model (``ResultsFile.set_model``): source, method, info."""
+        return {"source": self.source, "method": self.method.to_dict(), **self.info}
+
 
 def load_with_method(
     model_spec,
@@ -84,13 +89,19 @@ def load_with_method(
     return LoadedModel(model, tokenizer, spec, source, info)
 
 
-def load_for_run(config, spec: "MethodSpec", model_objects: dict | None = None) -> LoadedModel:
+def load_for_run(config, spec: "MethodSpec", model_objects: dict | None = None, *,
+                 lengths: Sequence[int] = ()) -> LoadedModel:
     """The model of an evaluation run (``config.model``, ``config.dtype``, ``config.device``) with
-    ``spec`` applied, or the ``(model, tokenizer)`` given for that spec in ``model_objects``."""
+    ``spec`` applied, or the ``(model, tokenizer)`` given for that spec in ``model_objects``; each of
+    ``lengths`` checked against the method's limit on it (:meth:`LoadedModel.check_length`)."""
     if model_objects and str(spec) in model_objects:
-        return load_with_method(model_objects[str(spec)], spec)
-    return load_with_method(config.model, spec, dtype=config.dtype, device=config.device,
-                            strict=not getattr(config, "allow_missing_weights", False))
+        loaded = load_with_method(model_objects[str(spec)], spec)
+    else:
+        loaded = load_with_method(config.model, spec, dtype=config.dtype, device=config.device,
+                                  strict=not getattr(config, "allow_missing_weights", False))
+    for n in lengths:
+        loaded.check_length(n)
+    return loaded
 
 
 def item_records(config, loaded: LoadedModel, model_objects: dict | None = None) -> Callable[[Sequence[int]], dict]:

@@ -360,17 +360,15 @@ def run_perplexity(
     docs = None
     segments: list[Segment] | None = None
     for i, spec in enumerate(methods):
-        loaded = load_for_run(config, spec, model_objects)
+        loaded = load_for_run(config, spec, model_objects, lengths=config.groups)
         spec = methods[i] = loaded.method  # as it runs: a saved method's settings in the label (issue 25.2)
-        for n in config.groups:
-            loaded.check_length(n)
         if docs is None:
             docs = load_token_docs(
                 loaded.tokenizer, config.data, field=config.field, split=config.split,
                 limit=config.doc_limit, concat=config.concat, encoding=config.encoding,
             )
             segments = plan_segments(config, docs)
-        results.set_model(str(spec), {"source": loaded.source, "method": spec.to_dict(), **loaded.info})
+        results.set_model(str(spec), loaded.description)
         record = item_records(config, loaded, model_objects)  # what produced each item (issue 25.1)
         made = {s: record(docs.ids[s.doc][s.start:s.end]) for s in segments}
         todo = [s for s in segments

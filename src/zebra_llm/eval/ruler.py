@@ -349,11 +349,9 @@ def run_ruler(config: RulerConfig, output=None, *, resume: bool = True, progress
         check_plan(config.model, methods, config.lengths)
     hay = None
     for i, spec in enumerate(methods):
-        loaded = load_for_run(config, spec, model_objects)
+        loaded = load_for_run(config, spec, model_objects, lengths=config.lengths)
         spec = methods[i] = loaded.method  # as it runs: a saved method's settings in the label (issue 25.2)
-        for n in config.lengths:
-            loaded.check_length(n)
-        results.set_model(str(spec), {"source": loaded.source, "method": spec.to_dict(), **loaded.info})
+        results.set_model(str(spec), loaded.description)
         if hay is None:
             hay = Haystacks.from_corpus(loaded.tokenizer, config.data, encoding=config.encoding)
         record = item_records(config, loaded, model_objects)  # what produced each item (issue 25.1)
