@@ -97,27 +97,36 @@ def _items(path: Path, spec: str, length: int) -> list[dict]:
     return [i for i in load_results(path)["items"] if i["method"] == spec and i["length"] == length]
 
 
+def _summaries(args, part: str, lengths, text_path: Path | None, make_config, run, summarize):
+    """(label, length, row) of each row ``summarize`` gives for every (length, method) of ``part``, each
+    evaluated first by ``run`` on ``make_config(spec, length)`` unless ``args.report_only`` (the results
+    file resumes what it holds)."""
+    for length in lengths:
+        for base, spec, label in methods_at(length, args.methods):
+            path = _file(args.out_dir, part, None if text_path is None else text_path.name, base)
+            config = make_config(spec, length)
+            where = part if text_path is None else f"{part} {text_path.name}"
+            print(f"{where} {length} {label}", file=sys.stderr, flush=True)
+            if not args.report_only:
+                run(config, path, progress=args.progress, model_objects=_objects(base, spec, args.dtype, args.device))
+            for row in summarize(_items(path, spec, length)):
+                yield label, length, row
+
+
 def run_ppl(args, text_path: Path) -> tuple[dict[tuple[str, int], dict], list[dict]]:
     """Table rows by (label, length), and the same rows as a list for the figure."""
     from zebra_llm.eval import PerplexityConfig, run_perplexity, summarize_perplexity
 
+    def config(spec: str, length: int) -> PerplexityConfig:
+        return PerplexityConfig(model="smollm2", methods=[spec], data=str(text_path), mode="fixed",
+                                lengths=[length], dtype=args.dtype, device=args.device)
+
     rows: dict[tuple[str, int], dict] = {}
     figure_rows: list[dict] = []
-    for length in args.lengths:
-        for base, spec, label in methods_at(length, args.methods):
-            path = _file(args.out_dir, "ppl", text_path.name, base)
-            config = PerplexityConfig(
-                model="smollm2", methods=[spec], data=str(text_path), mode="fixed", lengths=[length],
-                dtype=args.dtype, device=args.device,
-            )
-            print(f"ppl {text_path.name} {length} {label}", file=sys.stderr, flush=True)
-            if not args.report_only:
-                run_perplexity(config, path, progress=args.progress,
-                               model_objects=_objects(base, spec, args.dtype, args.device))
-            items = _items(path, spec, length)
-            for row in summarize_perplexity(items):
-                rows[(label, length)] = row
-                figure_rows.append({**row, "method": label})
+    for label, length, row in _summaries(args, "ppl", args.lengths, text_path, config, run_perplexity,
+                                         summarize_perplexity):
+        rows[(label, length)] = row
+        figure_rows.append({**row, "method": label})
     return rows, figure_rows
 
 
@@ -126,25 +135,18 @@ def run_passkey_grid(args) -> tuple[dict[tuple[str, int], dict], list[dict]]:
     from zebra_llm.eval.passkey import run_passkey
     from zebra_llm.eval.retrieval import RetrievalConfig, summarize_retrieval
 
+    def config(spec: str, length: int) -> RetrievalConfig:
+        return RetrievalConfig(model="smollm2", methods=[spec], lengths=[length], depths=args.depths,
+                               trials=args.trials, dtype=args.dtype, device=args.device)
+
     rows: dict[tuple[str, int], dict] = {}
     figure_rows: list[dict] = []
-    for length in args.passkey_lengths:
-        for base, spec, label in methods_at(length, args.methods):
-            path = _file(args.out_dir, "passkey", None, base)
-            config = RetrievalConfig(
-                model="smollm2", methods=[spec], lengths=[length], depths=args.depths, trials=args.trials,
-                dtype=args.dtype, device=args.device,
-            )
-            print(f"passkey {length} {label}", file=sys.stderr, flush=True)
-            if not args.report_only:
-                run_passkey(config, path, progress=args.progress,
-                            model_objects=_objects(base, spec, args.dtype, args.device))
-            items = _items(path, spec, length)
-            for row in summarize_retrieval(items):
-                if row["depth"] == "all":
-                    rows[(label, length)] = row
-                else:
-                    figure_rows.append({**row, "method": label})
+    for label, length, row in _summaries(args, "passkey", args.passkey_lengths, None, config, run_passkey,
+                                         summarize_retrieval):
+        if row["depth"] == "all":
+            rows[(label, length)] = row
+        else:
+            figure_rows.append({**row, "method": label})
     return rows, figure_rows
 
 
@@ -160,36 +162,30 @@ def _length(n: int) -> str:
     return f"{n // 1024}k" if n % 1024 == 0 else str(n)
 
 
-def ppl_table(rows, lengths) -> str:
+def _method_table(rows, lengths, cell) -> str:
+    """A method x length table of ``cell(row)`` for each (label, length) row, empty where there is none."""
     head = "| method | " + " | ".join(_length(n) for n in lengths) + " |"
     lines = [head, "|---|" + "---:|" * len(lengths)]
     for label in _labels(rows):
-        cells = []
-        for n in lengths:
-            r = rows.get((label, n))
-            if r is None:
-                cells.append("")
-            else:
-                tail = r.get("ppl_last_quarter")
-                quarter = f" ({tail:.1f})" if tail is not None and math.isfinite(tail) else ""
-                cells.append(f"{r['ppl']:.2f}{quarter}")
+        cells = ["" if (label, n) not in rows else cell(rows[(label, n)]) for n in lengths]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _ppl_cell(r: dict) -> str:
+    tail = r.get("ppl_last_quarter")
+    quarter = f" ({tail:.1f})" if tail is not None and math.isfinite(tail) else ""
+    return f"{r['ppl']:.2f}{quarter}"
+
+
+def ppl_table(rows, lengths) -> str:
+    return _method_table(rows, lengths, _ppl_cell)
 
 
 def passkey_table(rows, lengths) -> str:
-    head = "| method | " + " | ".join(_length(n) for n in lengths) + " |"
-    lines = [head, "|---|" + "---:|" * len(lengths)]
-    for label in _labels(rows):
-        cells = []
-        for n in lengths:
-            r = rows.get((label, n))
-            cells.append("" if r is None else f"{100 * r['accuracy']:.0f}% ({r['correct']}/{r['trials']})")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return _method_table(rows, lengths, lambda r: f"{100 * r['accuracy']:.0f}% ({r['correct']}/{r['trials']})")
 
 
-# the checkout: the committed results and the pages whose tables this fills
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_OUT_DIR = REPO / "docs" / "results" / "dca_quality"
 DOC_PAGES = (REPO / "docs" / "benchmarks.md", REPO / "README.md")
