@@ -24,6 +24,7 @@ HELP = {
     "lcat_smollm2": "Long context adaptation training of SmolLM2-135M converted to Zebra.",
     "lit": "Long instruction tuning on synthetic long-document QA records.",
     "recall": "Multi-query associative recall trained from scratch for every attention layout.",
+    "lcat_control": "LCAT from a model pretrained here, beside the same model kept all-global (its control).",
     "contest": "The extension contest: every extension method on the same prompts (its own options: --help).",
     "dca_quality": "Dual Chunk Attention's perplexity and passkey on SmolLM2-135M (its own options: --help).",
 }
