@@ -250,7 +250,30 @@ class DCASpec(PiecewiseSpec):
         return groups
 
 
-class SelfExtendSpec(PiecewiseSpec):
+class DistanceSplitSpec(PiecewiseSpec):
+    """A rule with two regions split by distance: ``d < boundary`` (region 0, the keys' own positions)
+    and ``d >= boundary`` (region 1, the method's remapped positions). SelfExtend, ReRoPE and STRING are
+    of this shape; a subclass names its ``boundary`` and the positions of region 1."""
+
+    @property
+    def boundary(self) -> int:
+        raise NotImplementedError
+
+    def key_offset(self, region):
+        return 0 if region == 0 else None
+
+    def region_of(self, i, j):
+        return ((i - j) >= self.boundary).long()
+
+    @property
+    def plain_length(self):
+        return self.boundary
+
+    def plan(self, n_keys, n_queries):
+        return distance_plan(n_keys, n_queries, self.boundary)
+
+
+class SelfExtendSpec(DistanceSplitSpec):
     """SelfExtend: neighbour attention for ``d < W``, grouped attention beyond.
 
     Grouped region: query at ``i // G + W - W // G``, key at ``j // G``, so the
@@ -279,14 +302,8 @@ class SelfExtendSpec(PiecewiseSpec):
     def key_positions(self, region, ranks):
         return ranks if region == 0 else ranks // self.group_size
 
-    def key_offset(self, region):
-        return 0 if region == 0 else None
-
-    def region_of(self, i, j):
-        return ((i - j) >= self.neighbor_window).long()
-
     @property
-    def plain_length(self):
+    def boundary(self):
         return self.neighbor_window
 
     def query_scale(self, ranks):
@@ -294,11 +311,8 @@ class SelfExtendSpec(PiecewiseSpec):
             return None
         return (torch.log(ranks.to(torch.float64) + 1) / math.log(self.scale_base)).clamp(min=1.0)
 
-    def plan(self, n_keys, n_queries):
-        return distance_plan(n_keys, n_queries, self.neighbor_window)
 
-
-class ReRoPESpec(PiecewiseSpec):
+class ReRoPESpec(DistanceSplitSpec):
     """ReRoPE: exact positions for ``d < w``; beyond, ``w`` (or leaky ``w + (d - w) / k``).
 
     ``logn_length``: the official code multiplies queries by
@@ -333,14 +347,8 @@ class ReRoPESpec(PiecewiseSpec):
             return torch.zeros_like(ranks)
         return ranks.to(torch.float64) / self.leak
 
-    def key_offset(self, region):
-        return 0 if region == 0 else None
-
-    def region_of(self, i, j):
-        return ((i - j) >= self.window).long()
-
     @property
-    def plain_length(self):
+    def boundary(self):
         return self.window
 
     def query_scale(self, ranks):
@@ -349,11 +357,8 @@ class ReRoPESpec(PiecewiseSpec):
         factor = (torch.log(ranks.to(torch.float64) + 1) / math.log(self.logn_length)).clamp(min=1.0)
         return None if bool((factor == 1).all()) else factor
 
-    def plan(self, n_keys, n_queries):
-        return distance_plan(n_keys, n_queries, self.window)
 
-
-class StringSpec(PiecewiseSpec):
+class StringSpec(DistanceSplitSpec):
     """STRING: ``d < S``: ``d``; ``d >= S``: ``d - S + W`` (query shifted to ``i - S + W``).
 
     The seam follows the official decoding path (keys ``d < S`` in the sliding part,
@@ -391,20 +396,14 @@ class StringSpec(PiecewiseSpec):
     def key_offset(self, region):
         return 0
 
-    def region_of(self, i, j):
-        return ((i - j) >= self.shifted_offset).long()
-
     @property
-    def plain_length(self):
+    def boundary(self):
         return self.shifted_offset
 
     def query_scale(self, ranks):
         if self.attention_factor == 1.0:
             return None
         return torch.full(ranks.shape, self.attention_factor**2, dtype=torch.float64)
-
-    def plan(self, n_keys, n_queries):
-        return distance_plan(n_keys, n_queries, self.shifted_offset)
 
 
 class SinksSpec(PiecewiseSpec):
@@ -461,6 +460,7 @@ __all__ = [
     "GROUP_ROWS",
     "Block",
     "DCASpec",
+    "DistanceSplitSpec",
     "Group",
     "PiecewiseSpec",
     "ReRoPESpec",
