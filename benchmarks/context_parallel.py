@@ -271,11 +271,11 @@ def docs_block(data: dict) -> str:
 
 
 def fill_page(text: str, block: str) -> str:
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{PAGE.name} has no {BEGIN!r} ... {END!r} block")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return head + block + tail
+    """``text`` (docs/training.md) with its generated block replaced by ``block`` (markers included)."""
+    from zebra_llm.experiments.markdown import fill_block
+
+    inner = block.removeprefix(BEGIN + "\n").removesuffix("\n" + END)
+    return fill_block(text, BEGIN, END, inner, page=PAGE.name)
 
 
 def main(argv=None) -> None:
