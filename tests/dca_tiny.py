@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 # Small enough that a test forward takes milliseconds; pretraining_length 16 so a
@@ -71,17 +70,6 @@ def tiny_model(family: str = "llama", *, rope: dict | None = None, dtype=torch.f
 def logits(model, ids, **kw) -> torch.Tensor:
     with torch.no_grad():
         return model(ids, **kw).logits
-
-
-@pytest.fixture
-def one_thread():
-    """Run a test on one thread. These tests use small tensors; on a busy shared
-    2-core machine every multi-threaded kernel call waits for a second thread
-    (measured: a 300-token SmolLM2 forward took 7.3 s on two threads, 1.6 s on one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_zebra(layer_types=None, **overrides):

@@ -29,7 +29,7 @@ import yaml
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from train_helpers import one_thread, tiny_pretrain_config, write_tiny_llama_config  # noqa: E402, F401
+from train_helpers import tiny_pretrain_config, write_tiny_llama_config  # noqa: E402
 
 DOC = HERE.parent / "docs" / "errors.md"
 

@@ -134,6 +134,7 @@ def test_bad_inputs_exit_nonzero_with_one_line(argv, message, tiny_model_dir, tm
     assert "Traceback" not in err + out
 
 
+@pytest.mark.subprocess
 def test_console_entry_point_no_traceback(tmp_path):
     """The real process: exit code 2 and a single stderr line."""
     proc = subprocess.run(

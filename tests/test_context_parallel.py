@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from train_helpers import losses_of, one_thread  # noqa: F401
+from train_helpers import losses_of
 
 from zebra_llm.attention.context_parallel import Shard, halo_plan
 
@@ -202,6 +202,7 @@ def single(tmp_path_factory):
     return pretrain(cfg).losses
 
 
+@pytest.mark.subprocess
 def test_two_processes_equal_one_and_resume_exactly(tmp_path, single):
     results = _spawn_cases(2, TWO, tmp_path, train=(TRAIN, 2, "ddp"))
     _check(results, TWO)
@@ -225,6 +226,7 @@ def _check_training(training: dict, single: list[float]) -> None:
     assert training["resumed"] == training["losses"][2:]  # bit-exact
 
 
+@pytest.mark.subprocess
 def test_four_processes_equal_one_also_as_two_data_replicas_of_two_under_fsdp(tmp_path, single):
     results = _spawn_cases(4, FOUR, tmp_path, train=(TRAIN, 2, "fsdp"))  # training: world 4 = dp 2 x cp 2, FSDP2
     _check(results, FOUR)
@@ -307,6 +309,7 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow  # ~30 s of CPU; the 2-process test above trains through the same library entry
+@pytest.mark.subprocess
 def test_torchrun_context_parallel_command_trains_like_one_process(tmp_path, single):
     """The command of docs/training.md, under torchrun."""
     _torchrun("--preset", "debug", "--window", "20", "--seq-len", "48", "--steps", "4", "--batch-size", "2",

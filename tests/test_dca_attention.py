@@ -15,7 +15,6 @@ from zebra_llm.attention import dca_attention
 from zebra_llm.attention import reference as R
 from zebra_llm.attention.specs import DCASpec
 
-from dca_tiny import one_thread  # noqa: F401 (fixture)
 from helpers import LargestTensor, max_abs_err, rel_err
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -165,6 +164,7 @@ def test_no_seq_by_seq_tensor():
     assert probe.largest < seq * seq // 16, probe.op
 
 
+@pytest.mark.subprocess
 def test_prefill_peak_memory_is_linear():
     """At 16k tokens a seq x seq float32 score matrix is 1 GiB per head; DCA's
     peak stays a small multiple of its inputs (measured in a fresh process)."""

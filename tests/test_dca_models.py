@@ -9,7 +9,7 @@ import zebra_llm
 from zebra_llm.attention import use_backend
 from zebra_llm.dca import DCAConfig, apply_dca, dca_config, remove_dca
 
-from dca_tiny import PRETRAINING, logits, one_thread, tiny_model  # noqa: F401 (fixture)
+from dca_tiny import PRETRAINING, logits, tiny_model
 from helpers import max_abs_err, rel_err
 
 pytestmark = pytest.mark.usefixtures("one_thread")

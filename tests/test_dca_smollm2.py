@@ -18,7 +18,6 @@ import torch
 
 from zebra_llm.dca import apply_dca, remove_dca
 
-from dca_tiny import one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -9,7 +9,7 @@ from zebra_llm import hf
 from zebra_llm.attention import use_backend
 from zebra_llm.dca import apply_dca, dca_config, remove_dca
 
-from dca_tiny import logits, one_thread, tiny_zebra  # noqa: F401 (fixture)
+from dca_tiny import logits, tiny_zebra
 from helpers import max_abs_err
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,10 +12,9 @@ import zebra_llm
 from zebra_llm.attention import use_backend
 from zebra_llm.extensions import apply_extension, extension_config, remove_extension
 
-from dca_tiny import (  # noqa: F401 (fixture)
+from dca_tiny import (
     LAYER_TYPE_FAMILIES,
     logits,
-    one_thread,
     tiny_layer_types_model,
     tiny_model,
     tiny_zebra,

@@ -12,7 +12,7 @@ from zebra_llm.attention import piecewise
 from zebra_llm.attention.specs import DCASpec, ReRoPESpec, SelfExtendSpec, SinksSpec, StringSpec
 from zebra_llm.extensions import SinksConfig, extension_config, relative_positions
 
-from dca_tiny import logits, one_thread, tiny_model  # noqa: F401 (fixture)
+from dca_tiny import logits, tiny_model
 from helpers import max_abs_err
 
 pytestmark = pytest.mark.usefixtures("one_thread")

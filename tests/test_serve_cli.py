@@ -43,6 +43,7 @@ def _stream(url: str, body: dict, out: dict, started: threading.Event) -> None:
         started.set()
 
 
+@pytest.mark.subprocess
 def test_sigterm_finishes_or_cancels_running_requests_and_exits_0(tiny_model_dir):
     port = free_port()
     url = f"http://127.0.0.1:{port}"

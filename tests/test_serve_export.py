@@ -32,6 +32,7 @@ def _transformers_serve_command():
     return exe
 
 
+@pytest.mark.subprocess
 def test_portable_export_is_served_by_transformers_serve(tiny_model_dir, tmp_path):
     from zebra_llm import export_portable
     from zebra_llm.eval.loaded import load_with_method

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import yaml
-from train_helpers import losses_of, one_thread, tiny_pretrain_config, write_tiny_llama_config  # noqa: F401
+from train_helpers import losses_of, tiny_pretrain_config, write_tiny_llama_config
 
 from zebra_llm.cli import app
 from zebra_llm.cli._common import run_guarded

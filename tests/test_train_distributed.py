@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from train_helpers import losses_of, one_thread, tiny_pretrain_config, write_tiny_llama_config  # noqa: F401
+from train_helpers import losses_of, tiny_pretrain_config, write_tiny_llama_config
 
 from zebra_llm.train import pretrain
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.subprocess]
 
 
 def torchrun(config: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import losses_of, one_thread, tiny_pretrain_config, write_tiny_llama_config  # noqa: F401
+from train_helpers import losses_of, tiny_pretrain_config, write_tiny_llama_config
 
 from zebra_llm.train import pretrain
 from zebra_llm.train.checkpoint import list_checkpoints
@@ -65,6 +65,7 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path, reference):
     assert not [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.subprocess
 def test_killed_process_resumes_exactly(tmp_path, reference):
     """A real `zebra train pretrain` process killed with SIGTERM, resumed with --resume."""
     import yaml

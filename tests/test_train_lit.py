@@ -7,7 +7,7 @@ import signal
 
 import pytest
 import torch
-from train_helpers import TINY_LLAMA, one_thread  # noqa: F401
+from train_helpers import TINY_LLAMA
 
 from zebra_llm.data.instructions import build_instruction_dataset
 from zebra_llm.train import lit

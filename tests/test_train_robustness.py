@@ -11,7 +11,7 @@ import pytest
 import torch
 import typer
 import yaml
-from train_helpers import one_thread, tiny_pretrain_config, write_tiny_llama_config  # noqa: F401
+from train_helpers import tiny_pretrain_config, write_tiny_llama_config
 
 from zebra_llm.io import atomic_directory, backup_path
 from zebra_llm.train import PretrainConfig, pretrain

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import TINY_LLAMA, losses_of, one_thread  # noqa: F401
+from train_helpers import TINY_LLAMA, losses_of
 
 import zebra_llm
 from zebra_llm.train import lcat, pretrain

@@ -78,6 +78,7 @@ def _export_and_compare(cases, tmp_path, inputs, tokenizer=None):
         assert max_abs_err(result["logits"], expected[job["name"]]) <= TOL, job
 
 
+@pytest.mark.subprocess
 def test_portable_export_loads_in_stock_transformers(tmp_path):
     cases = {
         # Llama-style, no biases, group pattern -> MinistralForCausalLM (its eager path and its sdpa path)
@@ -97,6 +98,7 @@ def test_portable_export_loads_in_stock_transformers(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.subprocess
 def test_portable_export_of_converted_smollm2(tmp_path, load_smollm2):
     smollm2, tok = load_smollm2()
     zebra = convert_to_zebra(smollm2, attention="group", layer_group_size=4, window=24)

@@ -6,9 +6,6 @@ import copy
 import json
 from pathlib import Path
 
-import pytest
-import torch
-
 # A random Llama small enough to train on CPU in a fraction of a second per
 # step; its vocabulary fits the SmolLM2 tokenizer that every test uses.
 TINY_LLAMA = {
@@ -49,11 +46,3 @@ def losses_of(output_dir: Path) -> list[float]:
     return [json.loads(line)["loss"] for line in lines if line.strip()]
 
 
-@pytest.fixture(autouse=False)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine OpenMP's
-    thread hand-offs make each small op orders of magnitude slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
