@@ -1,6 +1,7 @@
 """Probe before the per-position grid (issue 19.2): does a global model use context past a small window?
 
     python experiments/probe_window_cut.py LENGTH WINDOW STEPS HIDDEN STRATEGIES     # e.g. 512 32 128 128 global
+    python experiments/probe_window_cut.py --model DIR LENGTH WINDOW    # a trained grid model, no training
 
 Trains the strategy grid's model (``zebra_llm.experiments.strategies.model_config``) at LENGTH with a plain
 AdamW loop on the grid's train split (its tokenizer), and every STEPS/4 steps scores the first LENGTH tokens of
@@ -77,7 +78,29 @@ def train(strategy: str, cfg: StrategyGridConfig, n: int, w: int, steps: int, ro
                                     **found}) + "\n")
 
 
+def score_trained(model_dir: str, n: int, w: int) -> None:
+    """The window cut of a model trained elsewhere (a grid cell's ``final`` directory), on its grid's test split."""
+    from zebra_llm.data import tokenize_documents
+    from zebra_llm.experiments.corpus import load_bpe_tokenizer, split_corpus
+    from zebra_llm.modeling import ZebraForCausalLM
+
+    torch.set_num_threads(1)
+    model = ZebraForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tok = load_bpe_tokenizer(Path(model_dir) / "tokenizer.json")
+    docs = [d for d in tokenize_documents(split_corpus().test, tok) if len(d) >= n]
+    found = score(model, docs, n, w)
+    print(f"{model_dir} at {n} tokens, {min(DOCS, len(docs))} test files", flush=True)
+    print("   full " + "  ".join(f"{r['lo'] + 1}-{r['hi']}:{r['nll']:.3f}±{r['se']:.3f}" for r in found["res"]))
+    for keys, delta in found["cut_minus_full"].items():
+        print(f"   win{keys} " + "  ".join(f"{r['lo'] + 1}-{r['hi']}:{d:+.3f}" for r, d in zip(found["res"], delta)))
+    OUT.mkdir(parents=True, exist_ok=True)
+    with open(OUT / "probe.jsonl", "a") as f:
+        f.write(json.dumps({"model": model_dir, "n": n, "w": w, **found}) + "\n")
+
+
 def main(argv: list[str]) -> None:
+    if argv[0] == "--model":
+        return score_trained(argv[1], int(argv[2]), int(argv[3]))
     n, w, steps, hidden = (int(a) for a in argv[:4])
     OUT.mkdir(parents=True, exist_ok=True)
     if not (OUT / "tokenizer.json").is_file():
