@@ -6,6 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from zebra_llm.experiments import contest
 from zebra_llm.experiments import contest_decide as decide
 from zebra_llm.experiments import contest_plan as plan
@@ -285,3 +287,18 @@ def test_simulated_plans_derive_every_setting_from_the_simulated_trained_length(
     # the real protocol is as before: the model's own trained length
     assert plan.method_plan("yarn+dca", 16384, 8192) == plan.Plan("dca:pretraining_length=16384,max_length=16384",
                                                                          "yarn:factor=2")
+
+
+def test_command_is_zebra_experiment_contest_and_refuses_lengths_past_the_real_context(tiny_model_dir, tmp_path,
+                                                                                         capsys):
+    """`zebra experiment contest` takes the script's options; the simulated protocol stays inside the model's
+    real context (64 tokens here), a one-line error with exit 2 otherwise."""
+    from zebra_llm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["experiment", "contest", "--model", str(tiny_model_dir), "--out-dir", str(tmp_path / "c"),
+              "--trained-length", "16", "--multiples", "8", "--no-report"])
+    assert e.value.code == 2
+    assert "error: --multiples: the simulated protocol evaluates inside the model's real context (64 tokens), " \
+           "got 128 (= 8 x 16)" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "cells").exists()

@@ -193,7 +193,7 @@ def run_grid(args) -> int:
     trained = _trained(config) if simulated is None else simulated
     lengths = [int(m * trained) for m in args.multiples]
     if simulated is not None and max(lengths) > _trained(config):
-        raise SystemExit(f"--multiples: the simulated protocol evaluates inside the model's real context "
+        raise ValueError(f"--multiples: the simulated protocol evaluates inside the model's real context "
                          f"({_trained(config)} tokens), got {max(lengths)} (= {max(args.multiples):g} x {simulated})")
     # every length on the same documents: those long enough for the longest length of this run
     args.ppl_min_tokens = args.ppl_min_tokens or max(lengths)
