@@ -56,7 +56,7 @@ def _grid_command(name: str) -> Callable[..., None]:
         for f in figures:
             typer.echo(f"figure: {f}")
 
-    command.__doc__ = HELP[name]
+    command.__doc__ = HELP.get(name, f"Run (or resume) the experiment {name}.")
     return command
 
 
@@ -70,7 +70,7 @@ def _own_options_command(name: str) -> Callable[[typer.Context], None]:
         if code:
             raise typer.Exit(code)
 
-    command.__doc__ = HELP[name]
+    command.__doc__ = HELP.get(name, f"Run (or resume) the experiment {name}.")
     return command
 
 
