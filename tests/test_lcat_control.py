@@ -87,3 +87,18 @@ def test_pretrain_len_must_be_a_grid_length(tmp_path):
     cfg = load_config(lcat_control.LCATControlConfig, None, _sets(tmp_path) + ["pretrain_len=32"])
     with pytest.raises(ValueError, match="pretrain_len: 32"):
         lcat_control.stored_config(cfg)
+
+
+def _ppl_rows(short: dict) -> list[dict]:
+    return [{"variant": v, "split": "test", "metric": "ppl", "context": "short", "value": x} for v, x in short.items()]
+
+
+def test_recovered_share_is_in_log_perplexity():
+    data = {"config": {"pretrain_len": 64, "factor": 2, "window": 8}, "cells": {},
+            "rows": _ppl_rows({"pretrained": 10.0, "converted": 40.0, "adapt_group": 20.0, "adapt_global": 10.0})}
+    summary = lcat_control.lcat_control_tables(data)["summary"]
+    # ln(40/20) / ln(40/10) = 50%; the control back at the pretrained model: 100%
+    assert "| LCAT: group attention, trained long | 20.00 | +100.0 | 50 |" in summary
+    assert "| control: all global, trained long | 10.00 | +0.0 | 100 |" in summary
+    data["rows"] = _ppl_rows({"pretrained": 10.0, "converted": 9.0, "adapt_group": 8.0})
+    assert "| 8.00 | -20.0 | conversion lost nothing |" in lcat_control.lcat_control_tables(data)["summary"]

@@ -349,12 +349,13 @@ def lcat_control_tables(data: dict) -> dict[str, str]:
         pos = rows_where(rows, variant=v, split="position")
         beyond = band_nll(pos, short, long) if pos else None
         kept = None if s is None or base_short is None else 100 * (s / base_short - 1)
-        recovered = None
-        if v.startswith("adapt") and None not in (s, base_short, conv_short) and conv_short != base_short:
-            recovered = 100 * (math.log(conv_short) - math.log(s)) / (math.log(conv_short) - math.log(base_short))
+        recovered = ""  # the share of the conversion's short-context loss (log ppl) that training won back
+        if v.startswith("adapt") and None not in (s, base_short, conv_short):
+            recovered = ("conversion lost nothing" if conv_short <= base_short else
+                         fmt(100 * math.log(conv_short / s) / math.log(conv_short / base_short), ".0f"))
         tokens = value_where(rows, variant=v, metric="train_tokens")
         tfl = value_where(rows, variant=v, metric="train_tflops_total")
-        body.append([LABELS[v], fmt(s), fmt(kept, "+.1f"), fmt(recovered, ".0f", ""), fmt(lg),
+        body.append([LABELS[v], fmt(s), fmt(kept, "+.1f"), recovered, fmt(lg),
                      fmt(beyond, ".3f"), fmt(tokens, ",.0f", "") if tokens else "",
                      fmt(tfl, ".2f", "") if tfl else ""])
     out = {"summary": markdown_table(
