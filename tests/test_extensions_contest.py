@@ -302,3 +302,38 @@ def test_command_is_zebra_experiment_contest_and_refuses_lengths_past_the_real_c
     assert "error: --multiples: the simulated protocol evaluates inside the model's real context (64 tokens), " \
            "got 128 (= 8 x 16)" in capsys.readouterr().err
     assert not (tmp_path / "c" / "cells").exists()
+
+
+def test_other_dtypes_are_their_own_model_folder_and_recorded(tiny_model_dir, tmp_path):
+    """--dtype bfloat16: the cells go to '<name>-bfloat16' (never mixed with float32 cells) and each row says
+    which dtype and device computed it; the float32 folder is untouched."""
+    out = tmp_path / "contest"
+    argv = ["--no-report", "--no-figures", "--model", str(tiny_model_dir), "--out-dir", str(out), "--heldout-dir",
+            str(out / "heldout"), "--multiples", "2", "--methods", "none", "dca", "--tasks", "passkey",
+            "--passkey-trials", "1", "--passkey-depths", "0.5", "--dtype", "bfloat16", "--batch-size", "2"]
+    assert contest.main(argv) == 0
+    name = plan.model_name(str(tiny_model_dir))
+    assert plan.model_name(str(tiny_model_dir), dtype="bfloat16") == f"{name}-bfloat16"
+    cells = sorted((out / "cells").rglob("*.json"))
+    assert cells and all(p.relative_to(out / "cells").parts[0] == f"{name}-bfloat16" for p in cells)
+    for p in cells:
+        row = json.loads(p.read_text())["row"]
+        assert row["dtype"] == "bfloat16" and row["device"] == "cpu" and row["model"] == f"{name}-bfloat16"
+
+
+@pytest.mark.parametrize("extra, message", [(["--batch-size", "0"], "--batch-size must be >= 1"),
+                                            (["--dtype", "float8"], "invalid choice")])
+def test_run_options_are_checked(extra, message, capsys):
+    with pytest.raises(SystemExit):
+        contest.parse_args(["--model", "smollm2", *extra])
+    assert message in capsys.readouterr().err
+
+
+def test_a_cuda_device_without_cuda_is_refused_before_any_cell(tiny_model_dir, tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    args = contest.parse_args(["--model", str(tiny_model_dir), "--out-dir", str(tmp_path), "--device", "cuda"])
+    with pytest.raises(ValueError, match="--device cuda: this torch has no CUDA device"):
+        contest.run_grid(args)
+    assert not (tmp_path / "cells").exists()

@@ -110,7 +110,7 @@ def heldout_dir(where: Path, tokenizer, min_tokens: int, max_docs: int) -> Path:
 # ------------------------------------------------------------------ running a cell
 
 
-def _load_objects(model: str, plan: Plan):
+def _load_objects(model: str, plan: Plan, dtype: str = "float32", device: str | None = None):
     """``{spec: (model, tokenizer)}`` with the plan's extension and base applied, or None (spec alone)."""
     if plan.base is None and plan.extension is None:
         return None
@@ -118,7 +118,7 @@ def _load_objects(model: str, plan: Plan):
     from zebra_llm.extensions import apply_extension
     from zebra_llm.loading import load_model
 
-    m, tok = load_model(model)
+    m, tok = load_model(model, dtype=dtype, device=device)
     if plan.extension is not None:
         method, trained = plan.extension
         apply_extension(m, method, **({} if trained is None else {"trained_length": trained}))
@@ -135,14 +135,15 @@ def run_cell(args, model: str, config, tokenizer, task: str, label: str, length:
     trained = _trained(config)
     plan = method_plan(label, length, trained, simulated)
     spec = str(MethodSpec.parse(plan.spec))
-    objects = _load_objects(model, plan)
+    run = {"dtype": args.dtype, "device": args.device}  # the configs' own loading for the plain model
+    objects = _load_objects(model, plan, **run)
     started = time.perf_counter()
     if task == "ppl":
         from zebra_llm.eval import PerplexityConfig, run_perplexity
 
         data = heldout_dir(args.heldout_dir, tokenizer, max(args.ppl_min_tokens or 0, length), args.ppl_docs)
         cfg = PerplexityConfig(model=model, methods=[spec], data=str(data), mode="fixed", lengths=[length],
-                               max_docs=args.ppl_docs, same_docs=True)
+                               max_docs=args.ppl_docs, same_docs=True, **run)
         result = run_perplexity(cfg, None, progress=False, model_objects=objects)
         items = [i for i in result["items"] if i["method"] == spec]
         row = ppl_row(items)
@@ -151,7 +152,7 @@ def run_cell(args, model: str, config, tokenizer, task: str, label: str, length:
         from zebra_llm.eval.retrieval import RetrievalConfig
 
         cfg = RetrievalConfig(model=model, methods=[spec], lengths=[length], depths=list(args.passkey_depths),
-                              trials=args.passkey_trials, seed=0)
+                              trials=args.passkey_trials, seed=0, batch_size=args.batch_size, **run)
         result = run_passkey(cfg, None, progress=False, model_objects=objects)
         items = [i for i in result["items"] if i["method"] == spec]
         row = accuracy_row([float(bool(i["correct"])) for i in items], "accuracy")
@@ -159,11 +160,11 @@ def run_cell(args, model: str, config, tokenizer, task: str, label: str, length:
         from zebra_llm.eval.ruler import RulerConfig, run_ruler
 
         cfg = RulerConfig(model=model, methods=[spec], tasks=[task], lengths=[length], trials=args.ruler_trials,
-                          seed=0)
+                          seed=0, **run)
         result = run_ruler(cfg, None, progress=False, model_objects=objects)
         items = [i for i in result["items"] if i["method"] == spec]
         row = accuracy_row([float(i["score"]) for i in items], "score")
-    row.update(model=model_name(model, simulated), task=task, method=label, spec=spec, base=plan.base, length=length)
+    row.update(model=model_name(model, simulated, args.dtype), task=task, method=label, spec=spec, base=plan.base, length=length)
     if simulated is None:
         row.update(multiple=length / trained, trained_context=trained,
                    past_nominal=past_nominal(label, length, config))
@@ -175,6 +176,8 @@ def run_cell(args, model: str, config, tokenizer, task: str, label: str, length:
                    past_nominal=False if ceiling else past_nominal(label, length, sim))
     if plan.extension is not None and simulated is None:
         row["applied"] = plan.describe()
+    if args.dtype != "float32" or args.device not in (None, "cpu"):
+        row.update(dtype=args.dtype, device=args.device or "cpu")
     row["seconds"] = round(time.perf_counter() - started, 2)
     return {"row": row, "items": items}
 
@@ -187,6 +190,11 @@ def run_grid(args) -> int:
     from zebra_llm.loading import load_config
     from zebra_llm.train.models import load_tokenizer
 
+    if args.device is not None and args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: this torch has no CUDA device; use --device cpu")
     config = load_config(args.model)
     tokenizer = load_tokenizer(args.model)
     simulated = args.trained_length
@@ -201,10 +209,10 @@ def run_grid(args) -> int:
     for task in args.tasks:
         for length in lengths:
             for label in args.methods:
-                path = cell_path(args.out_dir, args.model, task, label, length, simulated)
+                path = cell_path(args.out_dir, args.model, task, label, length, simulated, args.dtype)
                 if path.is_file():
                     continue
-                print(f"[contest] {model_name(args.model, simulated)} {task} {label} @ {length}", file=sys.stderr,
+                print(f"[contest] {model_name(args.model, simulated, args.dtype)} {task} {label} @ {length}", file=sys.stderr,
                       flush=True)
                 cell = run_cell(args, args.model, config, tokenizer, task, label, length, simulated)
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -243,7 +251,15 @@ def parse_args(argv=None):
     p.add_argument("--write-docs", action="store_true", help="also fill the README's generated block")
     p.add_argument("--no-report", action="store_true", help="do not regenerate the report after every cell")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (1 for a background job)")
-    return p.parse_args(argv)
+    p.add_argument("--device", default=None, help="cpu (default), cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="weights' dtype; other than float32, the cells go to their own model folder (-<dtype>)")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="passkey prompts of one length decoded together (a GPU run); the other tasks run one by one")
+    args = p.parse_args(argv)
+    if args.batch_size < 1:
+        p.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    return args
 
 
 def main(argv=None) -> int:

@@ -33,10 +33,13 @@ PASSKEY_DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
 MODEL_NAMES = {"smollm2": "smollm2-135m", SMALL_MODEL: "contest-llama-256"}
 
 
-def model_name(model: str, simulated: int | None = None) -> str:
-    """The cells' folder name of a model; ``-c<C>`` for the simulated protocol with trained length C."""
+def model_name(model: str, simulated: int | None = None, dtype: str = "float32") -> str:
+    """The cells' folder name of a model; ``-c<C>`` for the simulated protocol with trained length C, and
+    ``-<dtype>`` for weights other than float32 (a bfloat16 GPU run is its own column of the contest, never
+    mixed into float32 cells)."""
     name = MODEL_NAMES.get(model, re.sub(r"[^A-Za-z0-9_.-]+", "-", model).strip("-"))
-    return name if simulated is None else f"{name}-c{simulated}"
+    name = name if simulated is None else f"{name}-c{simulated}"
+    return name if dtype == "float32" else f"{name}-{dtype}"
 
 
 class Plan(NamedTuple):
@@ -171,9 +174,10 @@ def _trained(config) -> int:
     return trained_context(config)
 
 
-def cell_path(out_dir: Path, model: str, task: str, label: str, length: int, simulated: int | None = None) -> Path:
+def cell_path(out_dir: Path, model: str, task: str, label: str, length: int, simulated: int | None = None,
+              dtype: str = "float32") -> Path:
     slug = re.sub(r"[^A-Za-z0-9_.+-]+", "_", label)
-    return out_dir / "cells" / model_name(model, simulated) / task / f"{slug}@{length}.json"
+    return out_dir / "cells" / model_name(model, simulated, dtype) / task / f"{slug}@{length}.json"
 
 
 
