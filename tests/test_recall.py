@@ -237,3 +237,21 @@ def test_separation_test_and_spread():
     assert rc.separated([0.9, 0.2], [0.3]) is None
     assert rc.mean_sd([0.5]) == "50.0 (n=1)" and rc.mean_sd([]) == "pending"
     assert rc.mean_sd([0.5, 0.7]) == "60.0 ± 14.1"
+
+
+def test_an_extension_cell_whose_checkpoint_is_gone_retrains_it_and_says_whether_it_matches(tmp_path):
+    """The runs/ folder is not committed: a training cell finished on another machine has no checkpoint
+    here, so its extension cell retrains the model from the same seed and records the comparison."""
+    import shutil
+
+    cfg = _cfg(train_lengths=[16], seeds=[0], strategies={"global": "GG"})
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    only = [n for n in rc.cell_names(cfg) if n.startswith("train_")]
+    rc.run_recall(cfg, out, runs_dir=runs, only=only)
+    shutil.rmtree(runs)  # a fresh machine: the cells are committed, the checkpoints are not
+    data = rc.run_recall(cfg, out, runs_dir=runs)
+    assert all(s == "done" for s in data["cells"].values()), data["cells"]
+    ext = json.loads((out / "cells" / "extend_16_global_seed0.json").read_text())
+    assert ext["retrained"]["matches_recorded"] is True  # training is deterministic from the seed
+    assert ext["retrained"]["test_correct_recorded"] == ext["retrained"]["test_correct_retrained"]
+    assert all(r["retrained"] for r in ext["rows"]) and ext["cpu_s"] >= ext["retrained"]["cpu_s"]

@@ -406,6 +406,36 @@ def extend_run(cfg: RecallGridConfig, strategy: str, n: int, seed: int, model_di
             "cpu_s": time.process_time() - c}
 
 
+def _test_correct(rows: list[dict]) -> int:
+    return sum(r["correct"] for r in rows if r.get("split") == "test" and r.get("metric") == "accuracy")
+
+
+def _extend_cell(cfg: RecallGridConfig, strategy: str, n: int, seed: int, lr: float, train: dict,
+                 runs_dir: Path) -> dict:
+    """``extend_run`` on the training cell's model. A checkpoint that is gone (the cell was trained on
+    another machine: ``runs/`` is not committed) is retrained from the same seed into its run folder
+    first, and the cell records whether the retrained model answers the test examples exactly as the
+    recorded one did (``retrained``), so a model that is not the recorded one is never silently used."""
+    model_dir = Path(train["final_dir"])
+    retrained = None
+    if not (model_dir / "config.json").is_file():
+        log(f"{EXPERIMENT}: {model_dir} is gone; retraining {strategy}@{n} seed {seed} lr {lr:g} for the extension")
+        torch.manual_seed(seed)
+        again = train_run(cfg, strategy, n, seed, lr, runs_dir / f"{n}_{strategy}_seed{seed}_{lr_tag(lr)}")
+        model_dir = Path(again["final_dir"])
+        recorded, now = _test_correct(train["rows"]), _test_correct(again["rows"])
+        retrained = {"test_correct_recorded": recorded, "test_correct_retrained": now,
+                     "matches_recorded": recorded == now, "cpu_s": again["cpu_s"], "wall_s": again["wall_s"]}
+    out = extend_run(cfg, strategy, n, seed, model_dir)
+    if retrained is not None:
+        out["retrained"] = retrained
+        for row in out["rows"]:
+            row["retrained"] = True
+        out["cpu_s"] += retrained["cpu_s"]
+        out["wall_s"] += retrained["wall_s"]
+    return out
+
+
 # ----------------------------------------------------------------------------- the grid
 
 
@@ -436,7 +466,7 @@ def run_recall(cfg: RecallGridConfig, out: str | Path, *, runs_dir: str | Path =
             if train is None:
                 log(f"{EXPERIMENT}: {name} waits for its training cell")
                 continue
-            store.run(name, lambda: extend_run(cfg, s, n, seed, Path(train["final_dir"])))
+            store.run(name, lambda: _extend_cell(cfg, s, n, seed, lr, train, runs_dir))
             continue
         lr = p["lr"] if p["lr"] is not None else chosen_lr(cfg, rows_of, n, s)
         if lr is None:
