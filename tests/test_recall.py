@@ -255,3 +255,5 @@ def test_an_extension_cell_whose_checkpoint_is_gone_retrains_it_and_says_whether
     assert ext["retrained"]["matches_recorded"] is True  # training is deterministic from the seed
     assert ext["retrained"]["test_correct_recorded"] == ext["retrained"]["test_correct_retrained"]
     assert all(r["retrained"] for r in ext["rows"]) and ext["cpu_s"] >= ext["retrained"]["cpu_s"]
+    for r in ext["rows"]:  # each answer's outcome, for the methods' paired tests
+        assert len(r["outcomes"]) == r["n"] and r["outcomes"].count("1") == r["correct"]

@@ -398,7 +398,9 @@ def extend_run(cfg: RecallGridConfig, strategy: str, n: int, seed: int, model_di
                 k = int(sel.sum())
                 if k:
                     rows.append({**base, "metric": "accuracy", "band": band, "n": k, "correct": int(correct[sel].sum()),
-                                 "value": float(correct[sel].float().mean())})
+                                 "value": float(correct[sel].float().mean()),
+                                 # every answer's outcome, in the data's order: the methods' paired tests
+                                 "outcomes": "".join("1" if c else "0" for c in correct[sel].tolist())})
             log(f"  {strategy}@{n} seed {seed} at {length} ({method}): accuracy "
                 f"{float(correct.float().mean()):.3f}, beyond the training length "
                 f"{float(correct[d > n].float().mean()) if (d > n).any() else float('nan'):.3f}")
