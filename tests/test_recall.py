@@ -257,3 +257,29 @@ def test_an_extension_cell_whose_checkpoint_is_gone_retrains_it_and_says_whether
     assert all(r["retrained"] for r in ext["rows"]) and ext["cpu_s"] >= ext["retrained"]["cpu_s"]
     for r in ext["rows"]:  # each answer's outcome, for the methods' paired tests
         assert len(r["outcomes"]) == r["n"] and r["outcomes"].count("1") == r["correct"]
+
+
+def test_the_contest_table_pairs_the_methods_on_the_same_answers():
+    """recall_contest against a count by hand: pooled accuracy over seeds, the discordant pairs of the
+    McNemar test, Holm over the row's methods, and the verdict rule (adjusted p < 0.05)."""
+    from zebra_llm.eval.stats import holm, mcnemar_exact, wilson
+
+    cfg = _cfg(train_lengths=[16], strategies={"global": "GG"}, extension_factors=[2],
+               extension_methods=["none", "dca", "rerope"], seeds=[0, 1])
+    none = ["1" * 5 + "0" * 15, "1" * 4 + "0" * 16]
+    dca = ["1" * 20, "1" * 18 + "00"]          # right everywhere none was, and on 29 more
+    rerope = ["1" * 4 + "0" * 16, "1" * 5 + "0" * 15]  # one answer fewer than none, then one more
+
+    def rows(i):
+        return [{"split": "extend", "factor": 2, "method": m, "band": "beyond_train", "n": 20,
+                 "correct": o[i].count("1"), "outcomes": o[i]} for m, o in (("none", none), ("dca", dca),
+                                                                            ("rerope", rerope))]
+
+    table = rc.recall_contest(cfg, {(16, "global"): {"extend": {0: rows(0), 1: rows(1)}}})
+    lines = {ln.split("|")[4].strip(): [c.strip() for c in ln.split("|")[1:-1]] for ln in table.splitlines()[2:]}
+    p = holm([mcnemar_exact(29, 0), mcnemar_exact(1, 1)])
+    lo, hi = wilson(38, 40)
+    assert lines["dca"][4] == f"{95.0:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" and lines["dca"][5] == "40"
+    assert lines["dca"][7] == "29 / 0" and lines["dca"][8] == f"{p[0]:.3g}" and lines["dca"][9] == "better"
+    assert lines["rerope"][7] == "1 / 1" and lines["rerope"][8] == f"{p[1]:.3g}" and lines["rerope"][9] == "tied"
+    assert lines["none"][9] == "reference"

@@ -634,8 +634,61 @@ def recall_tables(data: dict) -> dict[str, str]:
     body.append(["extension evals", str(len(ext)), f"{statistics.fmean(ext):.0f}" if ext else "pending",
                  f"{sum(ext) / 3600:.2f}"])
     out["cost"] = markdown_table(["cells", "finished", "CPU s per cell (mean)", "CPU hours"], body)
+    out["contest"] = recall_contest(cfg, grid)
     out["assessment"] = recall_assessment(cfg, grid)
     return out
+
+
+def _outcomes(ext: dict, factor: int, method: str, band: str = "beyond_train") -> dict | None:
+    """``{(seed, answer): 0/1}`` of one method at one factor over every seed's model, or None if a seed's
+    cell lacks it (the answers are the same examples for every method, so the keys pair them)."""
+    out = {}
+    for seed, rows in ext.items():
+        row = _pick(rows, factor=factor, method=method, band=band)
+        if row is None or "outcomes" not in row:
+            return None
+        out.update({(seed, i): int(c) for i, c in enumerate(row["outcomes"])})
+    return out
+
+
+def recall_contest(cfg: RecallGridConfig, grid: dict) -> str:
+    """The extension contest on genuinely short-trained models: for each layout with global layers, at each
+    factor, every method's accuracy on the answers beyond the training length (pooled over the seeds'
+    models, with its Wilson 95% interval), and the exact McNemar test against no method on the same
+    answers, Holm-adjusted over the methods of the row. Verdict: ``better`` / ``worse`` than no method when
+    the adjusted p < 0.05, else ``tied``."""
+    from ..eval.stats import holm, paired_test, wilson
+    from .markdown import PENDING, markdown_table
+
+    body = []
+    for n in cfg.train_lengths:
+        for s in cfg.strategies:
+            ext = grid[n, s]["extend"]
+            if not ext or "G" not in cfg.strategies[s]:
+                continue
+            for x in cfg.extension_factors:
+                base = _outcomes(ext, x, "none")
+                if base is None:
+                    continue
+                found = {m: o for m in cfg.extension_methods if m != "none" and (o := _outcomes(ext, x, m))}
+                tests = {m: paired_test(o, base) for m, o in found.items()}
+                adjusted = dict(zip(tests, holm([t["p"] for t in tests.values()])))
+                for m, o in [("none", base), *found.items()]:
+                    k, total = sum(o.values()), len(o)
+                    lo, hi = wilson(k, total)
+                    cells = [str(n), f"`{s}`", f"{x}x", m, f"{100 * k / total:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]",
+                             str(total), str(len(ext))]
+                    if m == "none":
+                        cells += ["", "", "reference"]
+                    else:
+                        t, p = tests[m], adjusted[m]
+                        verdict = ("better" if t["a_better"] > t["b_better"] else "worse") if p < 0.05 else "tied"
+                        cells += [f"{t['a_better']} / {t['b_better']}", f"{p:.3g}", verdict]
+                    body.append(cells)
+    if not body:
+        return PENDING
+    return markdown_table(["train len", "strategy", "eval", "method", "accuracy % [95% CI], d > train len",
+                           "answers", "seeds", "only method / only none right", "Holm p vs none", "verdict"], body)
 
 
 def recall_assessment(cfg: RecallGridConfig, grid: dict) -> str:
