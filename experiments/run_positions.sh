@@ -6,6 +6,10 @@
 #
 #   nohup experiments/run_positions.sh > runs/positions.log 2>&1 &
 #
+# Until a global cell passes the window-cut check (experiments/probe_window_cut.py --model DIR: its loss
+# must rise when its attention is cut to the window), the grid's other cells measure training noise, not
+# attention (docs/results.md, "Loss by position, with seeds"); ONLY=1 stops after LCAT with its control.
+#
 # Environment: PYTHON (default .venv/bin/python), NICE (default 15), OMP_NUM_THREADS (default 1).
 set -u
 cd "$(dirname "$0")/.."
@@ -23,5 +27,5 @@ print(text)' "$@" || echo "$1 stopped with status $?"
 GRID=(zebra_strategies experiments/configs/zebra_positions_cpu.yaml docs/results/zebra_positions runs/zebra_positions)
 run "${GRID[@]}" train_1024_global_seed0
 run lcat_control experiments/configs/lcat_control_cpu.yaml docs/results/lcat_control runs/lcat_control
-run "${GRID[@]}"
+[ "${ONLY:-0}" = 1 ] || run "${GRID[@]}"
 "$PY" experiments/write_results_md.py
