@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from ..modeling.layout import DEFAULT_LAYOUT
 from .cells import CellStore, log
 
 VARIANTS = ("original", "original_dca", "converted", "lcat", "lcat_dca")
@@ -39,8 +40,8 @@ VARIANTS = ("original", "original_dca", "converted", "lcat", "lcat_dca")
 @dataclass
 class LCATExperimentConfig:
     source: str = "smollm2"
-    layer_group_size: int = 4
-    window: int = 512
+    layer_group_size: int = DEFAULT_LAYOUT.layer_group_size
+    window: int = DEFAULT_LAYOUT.window
     rope_theta: float | None = 400000.0  # None keeps the source's base
     train_len: int = 4096
     steps: int = 64
