@@ -117,13 +117,15 @@ class PeakMemory:
             return self
         self._base = _rss_bytes()
         self._max = self._base or 0
-        self._stop = threading.Event()
+        self._stop, self._sampling = threading.Event(), threading.Event()
         if self._base is not None:
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
+            self._sampling.wait(1.0)  # the block starts once the sampler runs (a busy machine delays it)
         return self
 
     def _sample(self):
+        self._sampling.set()
         while not self._stop.wait(0.001):
             rss = _rss_bytes()
             if rss is not None and rss > self._max:
