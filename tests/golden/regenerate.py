@@ -4,7 +4,7 @@
 
 Run it only when a deliberate change alters the numbers (a new initialisation,
 a different corpus or tokenizer), and say why in the commit. It trains exactly
-what ``tests/test_train_zebra.py::test_debug_preset_golden_losses`` trains, on
+what ``tests/train/test_train_zebra.py::test_debug_preset_golden_losses`` trains, on
 one CPU thread, float32.
 """
 

@@ -8,7 +8,7 @@ exception with the same message.
 
 ``docs/errors.md`` is generated from this table; after changing it run
 
-    PYTHONPATH=src python tests/test_cli_errors.py
+    PYTHONPATH=src python tests/cli/test_cli_errors.py
 
 (the last test fails while the page is out of date).
 """
@@ -27,11 +27,11 @@ import pytest
 import torch
 import yaml
 
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
+TESTS = Path(__file__).resolve().parents[1]  # the shared helpers; pytest has it on sys.path, a script run not
+sys.path.insert(0, str(TESTS))
 from train_helpers import tiny_pretrain_config, write_tiny_llama_config  # noqa: E402
 
-DOC = HERE.parent / "docs" / "errors.md"
+DOC = TESTS.parent / "docs" / "errors.md"
 
 
 @dataclass(frozen=True)
@@ -398,7 +398,7 @@ def render_page() -> str:
         "without a traceback; a training run stopped by SIGTERM or Ctrl-C checkpoints first and exits with 143",
         "or 130 (see `zebra train --help`).",
         "",
-        "The table below is generated from `tests/test_cli_errors.py`, which checks every row (the message",
+        "The table below is generated from `tests/cli/test_cli_errors.py`, which checks every row (the message",
         "column is the exact part of the line that the test matches):",
         "",
         "| input | exit status | message |",
@@ -436,7 +436,7 @@ def render_page() -> str:
 
 
 def test_errors_page_is_generated_from_this_table():
-    assert DOC.read_text() == render_page(), "docs/errors.md is out of date: PYTHONPATH=src python tests/test_cli_errors.py"
+    assert DOC.read_text() == render_page(), "docs/errors.md is out of date: PYTHONPATH=src python tests/cli/test_cli_errors.py"
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import torch
 
 from zebra_llm.attention import backends
 
-PEERS = Path(__file__).resolve().parents[1] / "docs" / "results" / "performance" / "peers.json"
+PEERS = Path(__file__).resolve().parents[2] / "docs" / "results" / "performance" / "peers.json"
 NAMES = {"sdpa": None, "flex": "flex_sliding"}  # backend -> peers.py variant (None: the variant itself)
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from helpers import load_benchmark
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 DOC_PAGES = sorted((ROOT / "docs").glob("*.md"))
 # pages written on other branches at the same time; they exist once those are merged

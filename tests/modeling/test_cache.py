@@ -11,7 +11,7 @@ from transformers import DynamicCache, StaticCache
 from zebra_llm import hf
 
 from helpers import max_abs_err
-from test_zebra_model import VOCAB, A, F, S, logits, tiny
+from zebra_helpers import VOCAB, A, F, S, logits, tiny
 
 TOL = 1e-4
 LAYOUTS = pytest.mark.parametrize("layer_types", [[F, S, F, S], [A, S, A, F]], ids=["group", "with_global_approx"])

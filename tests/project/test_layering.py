@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "zebra_llm"
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "zebra_llm"
 
 # Bottom to top; each name is a subpackage or a top-level module of zebra_llm ("__init__": the package's own
 # names, such as ``from zebra_llm import convert_to_zebra``).

@@ -16,20 +16,9 @@ from zebra_llm.attention import reference
 from zebra_llm.modeling import zebra_attention_forward
 
 from helpers import max_abs_err
+from zebra_helpers import VOCAB, A, F, S, logits, tiny
 
-F, S, A = "full_attention", "sliding_attention", "global_approx"
-VOCAB = 512
 TOL = 1e-4
-
-
-def tiny(layer_types=None, **overrides):
-    """A random debug-sized model with weights large enough that attention patterns matter."""
-    kwargs = dict(vocab_size=VOCAB, initializer_range=0.1, window=16, approx_chunk_size=6)
-    kwargs.update(overrides)
-    if layer_types is not None:
-        kwargs["layer_types"] = layer_types
-    torch.manual_seed(0)
-    return ZebraForCausalLM(ZebraConfig.from_preset("debug", **kwargs)).eval()
 
 
 def ministral_twin(model, **config_kwargs):
@@ -54,11 +43,6 @@ def ministral_twin(model, **config_kwargs):
     twin = MinistralForCausalLM(cfg).eval()
     twin.load_state_dict(model.state_dict(), strict=True)
     return twin
-
-
-def logits(model, ids, **kwargs):
-    with torch.no_grad():
-        return model(ids, **kwargs).logits
 
 
 def test_group_model_matches_ministral_eager():
@@ -251,7 +235,7 @@ def test_refuses_what_it_cannot_compute():
     ids = torch.randint(0, VOCAB, (1, 20))
     packed = torch.cat([torch.arange(10), torch.arange(10)])[None]
     with pytest.raises(ValueError, match="packed"):
-        model(ids, position_ids=packed, use_cache=False)  # more cases in test_zebra_caches.py
+        model(ids, position_ids=packed, use_cache=False)  # more cases in test_cache.py
     with pytest.raises(ValueError, match="2D padding"):
         model(ids, attention_mask=torch.ones(1, 1, 20, 20, dtype=torch.bool))
     with pytest.raises(ValueError, match="dropout"):

@@ -182,7 +182,7 @@ def test_prefill_peak_memory_is_linear():
         print((after - before) / 1024)
         """
     )
-    src = str(Path(__file__).parents[1] / "src")
+    src = str(Path(__file__).resolve().parents[2] / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
            "MALLOC_MMAP_THRESHOLD_": "65536"}  # resident memory then follows the live tensors
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env)

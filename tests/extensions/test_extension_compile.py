@@ -4,17 +4,13 @@ symbolic; the rotation now takes its expression form under compile, and compiled
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from eval_helpers import tiny_llama  # noqa: E402
+from eval_helpers import tiny_llama
 
-from zebra_llm.attention.piecewise import rotate  # noqa: E402
-from zebra_llm.extensions import apply_extension  # noqa: E402
+from zebra_llm.attention.piecewise import rotate
+from zebra_llm.extensions import apply_extension
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from zebra_llm.train.models import build_lcat_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-GOLDEN = Path(__file__).parent / "golden" / "pretrain_debug.json"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "pretrain_debug.json"
 
 
 def test_debug_preset_golden_losses(tmp_path):

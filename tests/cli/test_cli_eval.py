@@ -11,7 +11,7 @@ from zebra_llm.cli import app
 from zebra_llm.cli._common import run_guarded
 from zebra_llm.cli.eval import parse_lengths
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def zebra(argv, capsys):

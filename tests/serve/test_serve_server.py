@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,16 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers import free_port
+
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-SRC = Path(__file__).resolve().parent.parent / "src"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 def _stream(url: str, body: dict, out: dict, started: threading.Event) -> None:

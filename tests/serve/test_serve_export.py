@@ -17,7 +17,7 @@ pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-from test_serve_cli import free_port  # noqa: E402
+from helpers import free_port  # noqa: E402
 
 PROMPT = "once upon a time the cat sat on a mat"
 

@@ -48,9 +48,7 @@ def test_dca_geometry_is_checked_once_on_the_way_to_the_kernel(monkeypatch):
     """`-m dca:chunk_size=48`: chunk_size's own range when the spec is parsed (the model, and so c, is not known
     yet), the geometry once when the config is built for the model (DCASpec), never in a forward (the layers
     run the spec they were given)."""
-    import sys
     from collections import OrderedDict
-    from pathlib import Path
 
     import torch
 
@@ -61,7 +59,6 @@ def test_dca_geometry_is_checked_once_on_the_way_to_the_kernel(monkeypatch):
     from zebra_llm.attention.dca_positions import check_geometry
     from zebra_llm.eval import load_with_method
 
-    sys.path.insert(0, str(Path(__file__).parent))
     from eval_helpers import tiny_llama
 
     calls = []

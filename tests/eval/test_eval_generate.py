@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 from zebra_llm.attention import backends, use_backend
 from zebra_llm.eval.generate import GenerationSettings, generate_text
 
-from test_zebra_model import F, S, tiny
+from zebra_helpers import F, S, tiny
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Attention sinks (LM-Infinite's Lambda-shaped mask and distance limit) as an extension method: its rule
 against the paper's definition, its plan, and the public entry points. The kernel and model tests against the
-dense reference run with the other methods' (test_extensions_kernel.py, test_extensions_models.py)."""
+dense reference run with the other methods' (attention/test_piecewise.py, extensions/test_extensions_models.py)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ the CPU (``sdpa``, ``flex`` run eagerly, ``reference``), compared with ``zebra_l
 Outputs at padding queries are unspecified (``global_attention``'s docstring) and are not compared.
 
 The profile is small and derandomized, so the default test run stays fast and reproducible; run
-``pytest tests/test_properties_attention.py --hypothesis-profile=zebra-deep`` to search harder.
+``pytest tests/attention/test_properties_attention.py --hypothesis-profile=zebra-deep`` to search harder.
 """
 
 from __future__ import annotations
