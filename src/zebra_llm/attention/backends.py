@@ -106,7 +106,8 @@ def flex_available() -> bool:
 #: checks these numbers against that file). Keyed by (device type, variant, pass); ``auto`` takes the fastest
 #: usable entry. The ``flex`` figure is compiled FlexAttention: it can only win on CPU where it is compiled,
 #: and it is not usable on CPU for ``auto`` anyway (no backward; a C++ compile per shape pattern; torch
-#: 2.13's compiled CPU kernel returns wrong values for some decode shapes, see tests/test_flex_compile.py).
+#: 2.13's compiled CPU kernel returns wrong values for some decode shapes, see
+#: tests/attention/test_flex_compile.py).
 #: No CUDA machine was available for these measurements, so CUDA falls back to the static rule.
 MEASURED: dict[tuple[str, str, str], dict[str, float]] = {
     ("cpu", "local", "fwd"): {"sdpa": 0.099, "flex": 0.208},

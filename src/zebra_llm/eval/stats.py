@@ -2,8 +2,8 @@
 tests on paired prompts, Fisher's exact test for two independent counts, a paired t-test for per-document
 log-likelihoods, and Holm's step-down correction for several comparisons.
 
-Everything is written out here (no SciPy at run time); ``tests/test_eval_stats.py`` checks each function
-against SciPy where it is installed and against hand-computed values otherwise.
+Everything is written out here (no SciPy at run time); ``tests/eval/test_eval_stats.py`` checks each
+function against SciPy where it is installed and against hand-computed values otherwise.
 
 Why these tests: every method of a contest sees the *same* prompts, so the comparison of two methods is
 paired. McNemar's exact test uses only the discordant prompts (one method right, the other wrong); under

@@ -18,7 +18,7 @@ labels, go to ``--out-dir`` too.
 The tables in ``docs/benchmarks.md`` and the summary in ``README.md`` are generated, never typed:
 ``--write-docs`` replaces the text between each ``<!-- BEGIN GENERATED ...: NAME -->`` and
 ``<!-- END GENERATED: NAME -->`` marker pair with block NAME of this report, and
-``tests/test_docs.py`` checks that the pages hold what the JSON gives. Block ``demo`` is the
+``tests/project/test_docs.py`` checks that the pages hold what the JSON gives. Block ``demo`` is the
 table of ``zebra demo --out-dir docs/results/demo`` (the README's main job), read from its JSON.
 
 Methods, at each length N (factor f = N / trained context, only where f > 1):

@@ -4,7 +4,7 @@ A Zebra model whose layers are only ``global`` and ``local`` is, weight for
 weight, a transformers model with per-layer sliding windows: ``layer_types``
 with ``full_attention`` / ``sliding_attention`` and one ``sliding_window``.
 transformers' sliding layers use our window convention (query ``i`` sees keys
-``i - window < j <= i``; ``tests/test_zebra_export.py`` checks it by logits
+``i - window < j <= i``; ``tests/modeling/test_export.py`` checks it by logits
 equality), so the exported model computes the same logits. Which stock
 architecture fits depends on the projections' biases:
 

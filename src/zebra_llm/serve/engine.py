@@ -12,7 +12,7 @@ Scheduling (continuous batching, as far as transformers' caches allow): each loo
 
 Requests that arrive while a step runs join at the next iteration. A request's greedy tokens do not
 depend on which others share its batch (left padding is exact for every method; tested in
-tests/test_serve_engine.py). A prompt whose prefix was prefilled before (a shared system prompt or
+tests/serve/test_serve_engine.py). A prompt whose prefix was prefilled before (a shared system prompt or
 document) reuses that prefix's keys and values (``Snapshot``; the methods whose cached prefix is not
 exact, dynamic NTK, get no prefix cache and a batch of one).
 """
