@@ -207,7 +207,7 @@ def test_zebra_report_puts_experiments_first_then_evaluations():
     from zebra_llm.experiments.cells import load_results
     from zebra_llm.experiments.tables import experiment_report
 
-    docs = Path(__file__).resolve().parents[1] / "docs" / "results"
+    docs = Path(__file__).resolve().parents[2] / "docs" / "results"
     experiment, evaluation = docs / "lit" / "results.json", docs / "demo" / "ppl.json"
     text, figures = build_report([evaluation, experiment], figures=False)
     expected = experiment_report(load_results(experiment))[0].rstrip("\n") + "\n\n"
