@@ -161,7 +161,7 @@ def test_tiny_grid_runs_resumes_and_reports(tmp_path, monkeypatch):
     out, runs = tmp_path / "out", tmp_path / "runs"
     # kill the first training run after step 3 (its checkpoint of step 2 survives), then resume
     calls = {"n": 0}
-    real_save = rc._Clock.save
+    real_save = rc.RunClock.save
 
     def failing_save(self):
         calls["n"] += 1
@@ -169,10 +169,10 @@ def test_tiny_grid_runs_resumes_and_reports(tmp_path, monkeypatch):
             raise RuntimeError("killed")
         return real_save(self)
 
-    monkeypatch.setattr(rc._Clock, "save", failing_save)
+    monkeypatch.setattr(rc.RunClock, "save", failing_save)
     with pytest.raises(RuntimeError, match="killed"):
         rc.run_recall(cfg, out, runs_dir=runs)
-    monkeypatch.setattr(rc._Clock, "save", real_save)
+    monkeypatch.setattr(rc.RunClock, "save", real_save)
     data = rc.run_recall(cfg, out, runs_dir=runs)
     assert all(s == "done" for s in data["cells"].values()), data["cells"]
     first = json.loads((out / "cells" / "train_16_global_seed0_lr0.001.json").read_text())

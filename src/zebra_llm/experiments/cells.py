@@ -130,3 +130,24 @@ def load_results(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list) or "experiment" not in data:
         raise ValueError(f"results: {path} is not an experiment results file (needs 'experiment' and a 'rows' list)")
     return data
+
+
+class RunClock:
+    """Wall and CPU seconds of a training run over all its parts (a killed run resumes; each part adds its time),
+    kept in ``<run_dir>/time.json``, rewritten at every step."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "time.json"
+        saved = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.wall0, self.cpu0 = float(saved.get("wall_s", 0.0)), float(saved.get("cpu_s", 0.0))
+        self.parts = int(saved.get("parts", 0)) + 1
+        self.t, self.c = time.perf_counter(), time.process_time()
+
+    def totals(self) -> dict:
+        return {"wall_s": self.wall0 + time.perf_counter() - self.t, "cpu_s": self.cpu0 + time.process_time() - self.c,
+                "parts": self.parts}
+
+    def save(self) -> dict:
+        out = self.totals()
+        write_json_atomic(self.path, out)
+        return out

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from .cells import CellStore, log
+from .cells import CellStore, RunClock, log
 
 EXPERIMENT = "lcat_control"
 VARIANTS = ("pretrained", "pretrained_dca", "converted", "adapt_group", "adapt_global")
@@ -219,12 +219,11 @@ def adapt_cell(cfg: LCATControlConfig, store: CellStore, data, attention: str, r
     from ..train.batches import Stage
     from ..train.metrics import read_metrics
     from ..train.runner import run_training
-    from .recall import _Clock
 
     variant = f"adapt_{attention}"
     run_dir = runs_dir / variant
     run_dir.mkdir(parents=True, exist_ok=True)
-    clock = _Clock(run_dir)
+    clock = RunClock(run_dir)
     pretrained = load_pretrained(pretrained_dir(cfg, store))
     tcfg = _adapt_train_cfg(cfg, run_dir)
     holder = {}

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from .cells import CellStore, log
+from .cells import CellStore, RunClock, log
 
 EXPERIMENT = "recall"
 LAYER_LETTERS = {"G": "full_attention", "L": "sliding_attention", "A": "global_approx"}
@@ -225,29 +225,6 @@ def distance_rows(correct: torch.Tensor, distance: torch.Tensor, edges: list[int
 # ----------------------------------------------------------------------------- one training run
 
 
-class _Clock:
-    """Wall and CPU seconds of a run over all its parts (a killed run resumes; each part adds its time),
-    kept in ``<run_dir>/time.json``, rewritten at every step."""
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / "time.json"
-        saved = json.loads(self.path.read_text()) if self.path.is_file() else {}
-        self.wall0, self.cpu0 = float(saved.get("wall_s", 0.0)), float(saved.get("cpu_s", 0.0))
-        self.parts = int(saved.get("parts", 0)) + 1
-        self.t, self.c = time.perf_counter(), time.process_time()
-
-    def totals(self) -> dict:
-        return {"wall_s": self.wall0 + time.perf_counter() - self.t, "cpu_s": self.cpu0 + time.process_time() - self.c,
-                "parts": self.parts}
-
-    def save(self) -> dict:
-        from ..io import write_json_atomic
-
-        out = self.totals()
-        write_json_atomic(self.path, out)
-        return out
-
-
 def _train_cfg(cfg: RecallGridConfig, lr: float, seed: int, run_dir: Path):
     from ..train import PretrainConfig
 
@@ -275,7 +252,7 @@ def train_run(cfg: RecallGridConfig, strategy: str, n: int, seed: int, lr: float
     from ..train.runner import run_training
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    clock = _Clock(run_dir)
+    clock = RunClock(run_dir)
     task = cfg.task(n)
     train = make_recall(task, cfg.steps * cfg.batch_size, seed)  # every step sees new examples
     valid = make_recall(task, cfg.valid_examples, VALID_SEED)
@@ -408,6 +385,12 @@ def extend_run(cfg: RecallGridConfig, strategy: str, n: int, seed: int, model_di
             "cpu_s": time.process_time() - c}
 
 
+def _grid_train(cfg: RecallGridConfig, strategy: str, n: int, seed: int, lr: float, runs_dir: Path) -> dict:
+    """``train_run`` in the grid's run folder of (n, strategy, seed, lr), from the seed's initialisation."""
+    torch.manual_seed(seed)
+    return train_run(cfg, strategy, n, seed, lr, runs_dir / f"{n}_{strategy}_seed{seed}_{lr_tag(lr)}")
+
+
 def _test_correct(rows: list[dict]) -> int:
     return sum(r["correct"] for r in rows if r.get("split") == "test" and r.get("metric") == "accuracy")
 
@@ -422,8 +405,7 @@ def _extend_cell(cfg: RecallGridConfig, strategy: str, n: int, seed: int, lr: fl
     retrained = None
     if not (model_dir / "config.json").is_file():
         log(f"{EXPERIMENT}: {model_dir} is gone; retraining {strategy}@{n} seed {seed} lr {lr:g} for the extension")
-        torch.manual_seed(seed)
-        again = train_run(cfg, strategy, n, seed, lr, runs_dir / f"{n}_{strategy}_seed{seed}_{lr_tag(lr)}")
+        again = _grid_train(cfg, strategy, n, seed, lr, runs_dir)
         model_dir = Path(again["final_dir"])
         recorded, now = _test_correct(train["rows"]), _test_correct(again["rows"])
         retrained = {"test_correct_recorded": recorded, "test_correct_retrained": now,
@@ -474,9 +456,7 @@ def run_recall(cfg: RecallGridConfig, out: str | Path, *, runs_dir: str | Path =
         if lr is None:
             log(f"{EXPERIMENT}: {name} waits for the learning-rate sweep of {s} at {cfg.sweep_length_for(n)}")
             continue
-        run_dir = runs_dir / f"{n}_{s}_seed{seed}_{lr_tag(lr)}"
-        torch.manual_seed(seed)
-        store.run(name, lambda: train_run(cfg, s, n, seed, lr, run_dir))
+        store.run(name, lambda: _grid_train(cfg, s, n, seed, lr, runs_dir))
     return store.write_results()
 
 

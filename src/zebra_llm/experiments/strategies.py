@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from .cells import CellStore, log
+from .cells import CellStore, RunClock, log
 
 # name -> (ZebraConfig.attention, layer_group_size)
 STRATEGIES = {
@@ -261,7 +261,6 @@ def train_run(cfg: StrategyGridConfig, strategy: str, n: int, data: Data, run_di
     from ..train.metrics import read_metrics
     from ..train.models import build_from_config
     from ..train.runner import run_training
-    from .recall import _Clock
 
     seeded = cfg.seeds is not None
     seed = cfg.seed if seed is None else seed
@@ -274,7 +273,7 @@ def train_run(cfg: StrategyGridConfig, strategy: str, n: int, data: Data, run_di
     holder: dict = {}
     valid_file = run_dir / "valid.jsonl"
     run_dir.mkdir(parents=True, exist_ok=True)
-    clock = _Clock(run_dir)  # wall and CPU time over every part of a resumed run
+    clock = RunClock(run_dir)  # wall and CPU time over every part of a resumed run
 
     def build_model(tok):
         holder["model"] = build_from_config(config)
