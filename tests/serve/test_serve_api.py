@@ -189,11 +189,16 @@ def test_full_queue_is_503_and_a_disconnect_frees_the_slot(tiny_dca):
         body = {"model": MODEL, "prompt": "a long answer", "max_tokens": 4000, "temperature": 0, "stream": True,
                 "ignore_eos": True}  # an end-of-sequence token must not free the slot before the 503
         with http.stream("POST", "/v1/completions", json=body) as stream:
-            first = next(stream.iter_lines())
-            assert first.startswith("data: ")
+            # keep the line iterator referenced: a discarded one is closed at once, and closing it closes the
+            # connection, a disconnect that frees the slot before the busy request comes (flaky under load)
+            lines = stream.iter_lines()
+            assert next(lines).startswith("data: ")
             busy = http.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "max_tokens": 2})
-            assert busy.status_code == 503 and busy.json()["error"]["code"] == "queue_full"
+            stats = httpx.get(s.url + "/health", timeout=10).json()
+            assert busy.status_code == 503 and busy.json()["error"]["code"] == "queue_full", stats
             assert busy.headers["retry-after"] == "1"
+            assert stats["active"] == 1 and stats["requests_done"] == 0, stats  # the stream still runs
+            lines.close()
         # the client closed the stream long before 4000 tokens: its slot is free again
         stats = _wait_idle(s.url)
         assert stats["requests_done"] >= 1
