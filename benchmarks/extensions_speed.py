@@ -10,8 +10,9 @@ measured call, glibc's ``MALLOC_MMAP_THRESHOLD_=65536``):
 1. **Prefill** of SmolLM2-135M (trained context 8192) on the first N tokens of ``_pydecimal.py``
    (``use_cache=True``, ``logits_to_keep=1``): unmodified (transformers' SDPA) against each method
    at its documented defaults for this model (``zebra_llm.extensions.config``): DCA (chunk 6144),
-   SelfExtend (G 8, W 1024), ReRoPE (w 1024), leaky ReRoPE (w 1024, k 16), STRING (S 2703, W 128);
-   and transformers' dynamic NTK and YaRN rope scaling with ``factor = max(2, N / 8192)``.
+   SelfExtend (G 8, W 1024), ReRoPE (w 1024), leaky ReRoPE (w 1024, k 16), STRING (S 2703, W 128),
+   attention sinks (100 sinks, window and distance limit 8192); and transformers' linear (position
+   interpolation), dynamic NTK and YaRN rope scaling with ``factor = max(2, N / 8192)``.
 2. **Attention only** at SmolLM2's shapes (batch 1, 9 query / 3 key-value heads, head_dim 64):
    causal SDPA against the piecewise kernel with each method's spec, forward.
 3. **Decode** at a context of N tokens (``--decode N``): greedy decoding steps (one token per call,
@@ -49,12 +50,14 @@ METHODS = {
     "rerope": ("rerope", {}),
     "leaky_rerope": ("rerope", {"leak": 16.0}),
     "string": ("string", {}),
+    "sinks": ("sinks", {}),
     # transformers' rope scaling (zebra_llm.eval.methods), factor = max(2, seq / trained): the same attention
     # kernel as the unmodified model, other frequencies (dynamic NTK recomputes them as the sequence grows)
+    "linear": ("rope", "linear"),
     "dynamic": ("rope", "dynamic"),
     "yarn": ("rope", "yarn"),
 }
-ROPE_VARIANTS = ("dynamic", "yarn")
+ROPE_VARIANTS = ("linear", "dynamic", "yarn")
 TRAINED = 8192  # SmolLM2-135M
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "results" / "extensions"

@@ -9,7 +9,7 @@ from helpers import ListQueue, load_benchmark
 def test_decode_case_times_every_variant_on_one_prefill():
     speed = load_benchmark("extensions_speed")
     q = ListQueue()
-    variants = ["unmodified", "dca", "self_extend"]
+    variants = ["unmodified", "dca", "self_extend", "sinks"]
     args = {"device": "cpu", "dtype": "float32", "threads": 0, "decode_steps": 2, "decode_rounds": 2, "repeats": 1}
     speed._decode_case(variants, 48, args, q)
     (rows,) = q.items
@@ -27,11 +27,12 @@ def test_rope_scaling_variants_decode_on_their_own_copy_and_prefill():
     prefill like any method, and have no attention-only case (their kernel is causal SDPA)."""
     speed = load_benchmark("extensions_speed")
     assert speed.rope_spec("yarn", 16384) == "yarn:factor=2" and speed.rope_spec("dynamic", 32768) == "dynamic:factor=4"
+    assert speed.rope_spec("linear", 16384) == "linear:factor=2"
     q = ListQueue()
     args = {"device": "cpu", "dtype": "float32", "threads": 0, "decode_steps": 2, "decode_rounds": 1, "repeats": 1}
-    speed._decode_case(["unmodified", "dynamic", "dca", "yarn"], 48, args, q)
+    speed._decode_case(["unmodified", "dynamic", "dca", "yarn", "linear"], 48, args, q)
     (rows,) = q.items
-    assert [r["variant"] for r in rows] == ["unmodified", "dynamic", "dca", "yarn"]
+    assert [r["variant"] for r in rows] == ["unmodified", "dynamic", "dca", "yarn", "linear"]
     assert all(r["steps"] == 2 and r["seconds"] > 0 for r in rows)
     speed._model_case("yarn", 48, args, q)
     assert q.items[-1]["variant"] == "yarn" and q.items[-1]["part"] == "prefill"
