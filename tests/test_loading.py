@@ -220,3 +220,42 @@ def test_a_relative_path_that_does_not_exist_is_not_sent_to_the_hub(tmp_path, mo
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match=r"not a local path.*HF_HUB_OFFLINE is set"):
         load_model("nobody/nothing")
+
+
+def test_concurrent_first_builds_of_the_embedded_model_build_it_once(tmp_path, monkeypatch, tiny_model_dir):
+    """Two processes (here threads) asking for the embedded model on a fresh cache at once: one builds it,
+    the other waits for the lock and reuses it, so no build replaces a directory another is reading."""
+    import threading
+    import time
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from zebra_llm import loading
+
+    monkeypatch.setenv("ZEBRA_CACHE", str(tmp_path / "cache"))
+    builds = []
+
+    def slow_gguf(path, *, dtype, strict=True):  # the tiny model in place of the GGUF, slow enough to overlap
+        builds.append(threading.get_ident())
+        time.sleep(0.5)
+        return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+    monkeypatch.setattr(loading, "_load_gguf", slow_gguf)
+    monkeypatch.setattr(loading, "smollm2_gguf", lambda: tmp_path / "unused.gguf")
+    found, errors = [], []
+
+    def ask():
+        try:
+            target = loading.smollm2_dir()
+            found.append((target, (target / "model.safetensors").stat().st_ino))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=ask) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(builds) == 1 and len(found) == 2
+    assert found[0] == found[1]  # the same files: the second caller did not rebuild them
+    assert loading.smollm2_dir() == found[0][0] and len(builds) == 1  # built once, then cached

@@ -53,15 +53,28 @@ def smollm2_gguf() -> Path:
 def smollm2_dir() -> Path:
     """A transformers directory (config, float32 safetensors, tokenizer) for the
     embedded SmolLM2, built once from the GGUF and cached."""
+    from filelock import FileLock
+
     target = cache_dir() / _SMOLLM2_CACHE_NAME
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    if _built(target):
         return target
-    model, tokenizer = _load_gguf(smollm2_gguf(), dtype=torch.float32)
-    model.config._name_or_path = EMBEDDED
-    with atomic_directory(target) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Processes that start at once (test workers, parallel jobs on a fresh machine): one builds, the others
+    # wait and use its directory. Without the lock a second build would replace the first one's directory
+    # while a reader opens files in it.
+    with FileLock(str(target) + ".lock"):
+        if _built(target):
+            return target
+        model, tokenizer = _load_gguf(smollm2_gguf(), dtype=torch.float32)
+        model.config._name_or_path = EMBEDDED
+        with atomic_directory(target) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
     return target
+
+
+def _built(target: Path) -> bool:
+    return (target / "config.json").is_file() and (target / "model.safetensors").is_file()
 
 
 def _load_gguf(path: Path, *, dtype, strict: bool = True):
