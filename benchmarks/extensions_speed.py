@@ -12,7 +12,9 @@ measured call, glibc's ``MALLOC_MMAP_THRESHOLD_=65536``):
    at its documented defaults for this model (``zebra_llm.extensions.config``): DCA (chunk 6144),
    SelfExtend (G 8, W 1024), ReRoPE (w 1024), leaky ReRoPE (w 1024, k 16), STRING (S 2703, W 128),
    attention sinks (100 sinks, window and distance limit 8192); and transformers' linear (position
-   interpolation), dynamic NTK and YaRN rope scaling with ``factor = max(2, N / 8192)``.
+   interpolation), dynamic NTK and YaRN rope scaling with ``factor = max(2, N / 8192)``; and the
+   contest's labels ``dca:temperature=true``, ``dca:preset=chunkllama`` and ``yarn+dca``, set up as the
+   contest sets them up at N tokens (``zebra_llm.experiments.contest_plan.method_specs``).
 2. **Attention only** at SmolLM2's shapes (batch 1, 9 query / 3 key-value heads, head_dim 64):
    causal SDPA against the piecewise kernel with each method's spec, forward.
 3. **Decode** at a context of N tokens (``--decode N``): greedy decoding steps (one token per call,
@@ -56,8 +58,15 @@ METHODS = {
     "linear": ("rope", "linear"),
     "dynamic": ("rope", "dynamic"),
     "yarn": ("rope", "yarn"),
+    # the contest's other labels, set up exactly as the contest does at this length (contest_plan.method_specs:
+    # a base spec applied first for yarn+dca, then the evaluated spec)
+    "dca:temperature=true": ("contest", None),
+    "dca:preset=chunkllama": ("contest", None),
+    "yarn+dca": ("contest", None),
 }
 ROPE_VARIANTS = ("linear", "dynamic", "yarn")
+CONTEST_VARIANTS = ("dca:temperature=true", "dca:preset=chunkllama", "yarn+dca")
+COPIED = ROPE_VARIANTS + CONTEST_VARIANTS  # applied through a method spec: each decodes on its own model copy
 TRAINED = 8192  # SmolLM2-135M
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "docs" / "results" / "extensions"
@@ -108,6 +117,13 @@ def _apply(model, variant, seq):
     method, settings = METHODS[variant]
     if method == "rope":
         return MethodSpec.parse(rope_spec(variant, seq)).apply(model)
+    if method == "contest":
+        from zebra_llm.experiments.contest_plan import method_specs
+
+        base, spec = method_specs(variant, seq, TRAINED)
+        if base is not None:
+            model = MethodSpec.parse(base).apply(model)
+        return MethodSpec.parse(spec).apply(model)
     apply_extension(model, method, **settings)
     return model
 
@@ -142,8 +158,8 @@ def _attention_case(variant, seq, args, out_q):
     k = torch.randn(1, 3, seq, 64, device=device, dtype=dtype)
     v = torch.randn(1, 3, seq, 64, device=device, dtype=dtype)
     inv_freq = 1.0 / (100000.0 ** (torch.arange(0, 64, 2, dtype=torch.float32) / 64))
-    if variant in ROPE_VARIANTS:  # their attention is causal SDPA itself: nothing of their own to time
-        return out_q.put(None)
+    if variant in COPIED:  # rope scaling's attention is causal SDPA itself; the contest labels' kernels are
+        return out_q.put(None)  # DCA's (timed as dca): their prefill and decode are timed on the model
     spec = None if METHODS[variant] is None else _spec(variant)
 
     def call():
@@ -175,7 +191,7 @@ def _decode_case(variants, seq, args, out_q):
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
     cache, first = output_cache(out), out.logits[:, -1:].argmax(-1)
     # rope scaling rebuilds the rotary module: each such variant decodes on its own copy of the model
-    copies = {v: _apply(copy.deepcopy(model), v, seq) for v in variants if v in ROPE_VARIANTS}
+    copies = {v: _apply(copy.deepcopy(model), v, seq) for v in variants if v in COPIED}
     steps = {v: [] for v in variants}
     applied = False
     for _ in range(args["decode_rounds"]):

@@ -30,11 +30,22 @@ def test_rope_scaling_variants_decode_on_their_own_copy_and_prefill():
     assert speed.rope_spec("linear", 16384) == "linear:factor=2"
     q = ListQueue()
     args = {"device": "cpu", "dtype": "float32", "threads": 0, "decode_steps": 2, "decode_rounds": 1, "repeats": 1}
-    speed._decode_case(["unmodified", "dynamic", "dca", "yarn", "linear"], 48, args, q)
+    variants = ["unmodified", "dynamic", "dca", "yarn", "linear", "yarn+dca", "dca:temperature=true"]
+    speed._decode_case(variants, 48, args, q)
     (rows,) = q.items
-    assert [r["variant"] for r in rows] == ["unmodified", "dynamic", "dca", "yarn", "linear"]
+    assert [r["variant"] for r in rows] == variants
     assert all(r["steps"] == 2 and r["seconds"] > 0 for r in rows)
     speed._model_case("yarn", 48, args, q)
     assert q.items[-1]["variant"] == "yarn" and q.items[-1]["part"] == "prefill"
     speed._attention_case("dynamic", 48, args, q)
     assert q.items[-1] is None
+    speed._model_case("dca:preset=chunkllama", 48, args, q)  # a contest label, set up as the contest does
+    assert q.items[-1]["variant"] == "dca:preset=chunkllama" and q.items[-1]["part"] == "prefill"
+
+
+def test_contest_labels_are_set_up_as_the_contest_sets_them_up(load_smollm2):
+    speed = load_benchmark("extensions_speed")
+    model = speed._apply(load_smollm2()[0], "yarn+dca", 16384)
+    extension = model.config.zebra_extension
+    assert model.config.rope_parameters["rope_type"] == "yarn" and extension["method"] == "dca"
+    assert extension["pretraining_length"] == 16384 and model.config.rope_parameters["factor"] == 2.0
